@@ -1,0 +1,50 @@
+"""The `vdisk` command: one typer app, one module per command group."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from . import common
+
+app = typer.Typer(
+    name="vdisk",
+    help="Inspect and repair the virtual disks of the innovaphone Virtual Appliance (IPVA).\n\n"
+         "Example: vdisk verify hd-boot.vmdk",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vdisk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """vdisk: VMDK, FAT and IPVA appliance disks, inspected and repaired on image files only."""
+    if debug:
+        common.DEBUG["on"] = True
+
+
+# Command groups register themselves on `app` when imported.
+from . import vmdk  # noqa: E402,F401
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        # click reports usage errors with exit 2, which matches the table.
+        sys.exit(code)

@@ -1,0 +1,144 @@
+"""What every command shares: the exit-code table, one-line errors, --json output,
+progress bars and confirmation prompts. The only layer that prints."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import typer
+
+from ..errors import Finding, LockedError, RefusedError, RepairError, VdiskError
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+EXIT_REPAIR_FAILED = 4
+
+EXIT_CODES = {
+    "ok": EXIT_OK,
+    "findings": EXIT_FINDINGS,
+    "usage": EXIT_USAGE,
+    "error": EXIT_ERROR,
+    "repair-failed": EXIT_REPAIR_FAILED,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one table from exception to exit code."""
+    if isinstance(exc, RepairError):
+        return EXIT_REPAIR_FAILED
+    if isinstance(exc, (VdiskError, OSError, MemoryError, RecursionError)):
+        return EXIT_ERROR
+    return EXIT_ERROR
+
+
+def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> "typer.Exit":
+    """Print one error line (and a hint) on stderr; return the Exit to raise."""
+    typer.echo(f"vdisk: error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn every failure into one line on stderr and the table's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("vdisk: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except BaseException as exc:  # noqa: BLE001 - the single place that catches all
+            if DEBUG["on"]:
+                traceback.print_exc()
+            hint = getattr(exc, "hint", None)
+            if isinstance(exc, VdiskError):
+                msg = str(exc)
+            elif isinstance(exc, OSError):
+                msg = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+            elif isinstance(exc, (MemoryError, RecursionError)):
+                msg = f"input too large or too deeply nested ({type(exc).__name__})"
+            else:
+                msg = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+                hint = hint or "run with --debug for the traceback and report it"
+            raise fail(msg, exit_code_for(exc), hint) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "__dataclass_fields__"):
+        import dataclasses
+        return dataclasses.asdict(o)
+    if isinstance(o, bytes):
+        return o.hex()
+    if hasattr(o, "value"):
+        return o.value
+    return str(o)
+
+
+def print_findings(findings: list[Finding], prefix: str = "") -> None:
+    for f in findings:
+        where = f" @0x{f.offset:x}" if f.offset is not None else ""
+        fix = " (fixable)" if f.fixable else ""
+        typer.echo(f"{prefix}{f.severity.value}: {f.code}{where}: {f.message}{fix}")
+
+
+def warn(message: str) -> None:
+    typer.echo(f"vdisk: warning: {message}", err=True)
+
+
+@contextmanager
+def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback (done, total) drawn as a bar on a TTY, nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), transient=True,
+                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def confirm(message: str, yes: bool) -> None:
+    """Ask before destroying data: a prompt on a TTY; without a TTY, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise fail(f"{message}: refusing without confirmation", EXIT_USAGE,
+                   "pass --yes to confirm when not running on a terminal")
+    if not typer.confirm(f"{message}. Continue?", default=False):
+        raise fail("cancelled", EXIT_USAGE)
+
+
+def refuse(exc: RefusedError | LockedError) -> "typer.Exit":
+    return fail(str(exc), EXIT_ERROR, exc.hint)
+
+
+def findings_exit(findings: list[Finding]) -> int:
+    return EXIT_FINDINGS if any(f.severity.value != "info" for f in findings) else EXIT_OK

@@ -1,0 +1,257 @@
+"""The VMDK text descriptor: parse, edit in place, and write (specs/vmdk.md §Descriptor).
+
+Edits keep every line they do not touch byte for byte, so a descriptor written by VMware
+stays VMware's. Keys compare case-insensitively, as the VMware spec says.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from construct import GreedyBytes, NullStripped, Struct
+
+from ..errors import FormatError
+
+MAX_DESCRIPTOR_BYTES = 1 << 20
+MAX_LINES = 10000
+MAX_EXTENTS = 1024
+ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
+EXTENT_TYPES = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW", "SESPARSE")
+NO_PARENT_CID = 0xFFFFFFFF
+
+# The embedded descriptor area: text, NUL-padded to descriptorSize sectors.
+EmbeddedDescriptor = Struct("text" / NullStripped(GreedyBytes) * "descriptor text, NUL padded")
+
+_KV = re.compile(r'^\s*([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$')
+_EXTENT = re.compile(
+    r'^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?(?:\s+.*)?\s*$')
+
+
+@dataclass
+class ExtentLine:
+    access: str
+    sectors: int
+    extent_type: str
+    filename: str | None
+    offset_sectors: int | None
+    line_index: int
+
+    def render(self) -> str:
+        parts = [self.access, str(self.sectors), self.extent_type]
+        if self.filename is not None:
+            parts.append(f'"{self.filename}"')
+            if self.offset_sectors is not None:
+                parts.append(str(self.offset_sectors))
+        return " ".join(parts)
+
+
+@dataclass
+class Descriptor:
+    """A parsed descriptor; `lines` is the text, `keys` maps lower-case key -> line index."""
+
+    lines: list[str]
+    newline: str = "\n"
+    keys: dict[str, int] = field(default_factory=dict)
+    extents: list[ExtentLine] = field(default_factory=list)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        idx = self.keys.get(key.lower())
+        if idx is None:
+            return default
+        m = _KV.match(self.lines[idx])
+        assert m
+        return unquote(m.group(2))
+
+    def set(self, key: str, value: str, quoted: bool = True, after: str | None = None) -> None:
+        """Set key in place (keeping the line's own key spelling), or append a new line."""
+        text = f'"{value}"' if quoted else value
+        idx = self.keys.get(key.lower())
+        if idx is not None:
+            m = _KV.match(self.lines[idx])
+            assert m
+            self.lines[idx] = f"{m.group(1)}={text}" if "=" in self.lines[idx] and " = " not in self.lines[idx] \
+                else f"{m.group(1)} = {text}"
+            return
+        if key.lower().startswith("ddb."):
+            line = f"{key} = {text}"
+            self.lines.append(line)
+        else:
+            line = f"{key}={text}"
+            pos = self.keys.get(after.lower()) if after else None
+            if pos is None:
+                pos = self._header_end()
+            else:
+                pos += 1
+            self.lines.insert(pos, line)
+        self._reindex()
+
+    def remove(self, key: str) -> None:
+        idx = self.keys.get(key.lower())
+        if idx is not None:
+            del self.lines[idx]
+            self._reindex()
+
+    def set_extent(self, i: int, ext: ExtentLine) -> None:
+        self.lines[self.extents[i].line_index] = ext.render()
+        self._reindex()
+
+    def replace_extents(self, new: list[ExtentLine]) -> None:
+        if self.extents:
+            first = self.extents[0].line_index
+            for e in reversed(self.extents):
+                del self.lines[e.line_index]
+        else:
+            first = self._header_end()
+        for k, e in enumerate(new):
+            self.lines.insert(first + k, e.render())
+        self._reindex()
+
+    def _header_end(self) -> int:
+        for i, line in enumerate(self.lines):
+            if line.strip().lower().startswith("# extent description") or _EXTENT.match(line):
+                return i
+        return len(self.lines)
+
+    def _reindex(self) -> None:
+        fresh = parse_descriptor_lines(self.lines, self.newline)
+        self.keys, self.extents = fresh.keys, fresh.extents
+
+    @property
+    def cid(self) -> int | None:
+        return parse_cid(self.get("CID"))
+
+    @property
+    def parent_cid(self) -> int | None:
+        return parse_cid(self.get("parentCID"))
+
+    @property
+    def create_type(self) -> str | None:
+        return self.get("createType")
+
+    @property
+    def capacity_sectors(self) -> int:
+        return sum(e.sectors for e in self.extents)
+
+    def render(self) -> str:
+        return self.newline.join(self.lines) + self.newline
+
+    def to_bytes(self) -> bytes:
+        return self.render().encode("utf-8")
+
+
+def unquote(value: str) -> str:
+    value = value.strip()
+    if value.startswith('"'):
+        end = value.find('"', 1)
+        return value[1:end] if end > 0 else value[1:]
+    return value.split()[0] if value.split() else ""
+
+
+def parse_cid(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        cid = int(value, 16)
+    except ValueError:
+        return None
+    return cid if 0 <= cid <= 0xFFFFFFFF else None
+
+
+def looks_like_descriptor(data: bytes) -> bool:
+    """qemu's probe: skipping comments and blank lines, the first line is `version=N`."""
+    for raw in data[:4096].split(b"\n"):
+        line = raw.strip(b"\r").strip()
+        if not line or line.startswith(b"#"):
+            continue
+        return re.match(rb"^version\s*=\s*\d", line) is not None
+    return False
+
+
+def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
+    """Parse descriptor bytes (at most MAX_DESCRIPTOR_BYTES, stops at the first NUL)."""
+    if len(data) > MAX_DESCRIPTOR_BYTES:
+        raise FormatError(f"descriptor larger than {MAX_DESCRIPTOR_BYTES} bytes", path=path)
+    data = data.split(b"\0", 1)[0]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        try:
+            text = data.decode("latin-1")
+        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+            raise FormatError(f"descriptor is not text: {exc}", path=path) from None
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > MAX_LINES:
+        raise FormatError(f"descriptor has {len(lines)} lines, more than {MAX_LINES}", path=path)
+    desc = parse_descriptor_lines(lines, newline, path)
+    if desc.get("version") is None:
+        raise FormatError("descriptor has no version= line", path=path)
+    return desc
+
+
+def parse_descriptor_lines(lines: list[str], newline: str = "\n", path: str | None = None) -> Descriptor:
+    desc = Descriptor(lines=lines, newline=newline)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.split()[0] in ACCESS_MODES:
+            m = _EXTENT.match(stripped)
+            if not m:
+                raise FormatError(f"invalid extent line {i + 1}: {stripped[:80]!r}", path=path)
+            etype = m.group(3).upper()
+            if etype not in EXTENT_TYPES:
+                raise FormatError(f"unsupported extent type {m.group(3)!r} on line {i + 1}", path=path)
+            desc.extents.append(ExtentLine(
+                access=m.group(1), sectors=int(m.group(2)), extent_type=etype,
+                filename=m.group(4), offset_sectors=int(m.group(5)) if m.group(5) else None,
+                line_index=i))
+            if len(desc.extents) > MAX_EXTENTS:
+                raise FormatError(f"more than {MAX_EXTENTS} extents", path=path)
+            continue
+        m = _KV.match(stripped)
+        if not m:
+            raise FormatError(f"unparsable descriptor line {i + 1}: {stripped[:80]!r}", path=path)
+        desc.keys.setdefault(m.group(1).lower(), i)
+    return desc
+
+
+def ide_geometry(capacity_sectors: int) -> tuple[int, int, int]:
+    return min(capacity_sectors // (16 * 63), 16383), 16, 63
+
+
+def scsi_geometry(capacity_sectors: int) -> tuple[int, int, int]:
+    return min(capacity_sectors // (255 * 63), 65535), 255, 63
+
+
+def geometry_for(adapter: str, capacity_sectors: int) -> tuple[int, int, int]:
+    return ide_geometry(capacity_sectors) if adapter == "ide" else scsi_geometry(capacity_sectors)
+
+
+def build_descriptor(*, cid: int, create_type: str, extents: list[ExtentLine],
+                     adapter: str = "ide", hw_version: str = "4",
+                     parent_cid: int = NO_PARENT_CID, parent_hint: str | None = None,
+                     extra_ddb: dict[str, str] | None = None) -> Descriptor:
+    """A fresh descriptor laid out as VMware Workstation writes it."""
+    capacity = sum(e.sectors for e in extents)
+    cyl, heads, secs = geometry_for(adapter, capacity)
+    lines = ["# Disk DescriptorFile", "version=1", 'encoding="UTF-8"', f"CID={cid:08x}",
+             f"parentCID={parent_cid:08x}"]
+    if create_type == "vmfs":
+        lines.append('isNativeSnapshot="no"')
+    lines.append(f'createType="{create_type}"')
+    if parent_hint is not None:
+        lines.append(f'parentFileNameHint="{parent_hint}"')
+    lines += ["", "# Extent description"]
+    lines += [e.render() for e in extents]
+    lines += ["", "# The Disk Data Base", "#DDB", ""]
+    ddb = {"ddb.virtualHWVersion": hw_version, "ddb.geometry.cylinders": str(cyl),
+           "ddb.geometry.heads": str(heads), "ddb.geometry.sectors": str(secs),
+           "ddb.adapterType": adapter}
+    if create_type == "vmfs":
+        ddb["ddb.thinProvisioned"] = "1"
+    ddb.update(extra_ddb or {})
+    lines += [f'{k} = "{v}"' for k, v in ddb.items()]
+    return parse_descriptor_lines(lines)

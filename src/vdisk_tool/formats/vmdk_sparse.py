@@ -1,0 +1,127 @@
+"""Binary structures of hosted sparse VMDK extents (VMDK 5.0 technote; specs/vmdk.md).
+
+Schemas only: no file I/O. Field docs carry the spec's own names.
+"""
+from __future__ import annotations
+
+from construct import (Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct,
+                       this)
+
+SECTOR_BYTES = 512
+MAGIC = b"KDMV"
+COWD_MAGIC = b"COWD"
+SESPARSE_MAGIC = b"\xbe\xba\xfe\xca\x00\x00\x00\x00"
+GD_AT_END = 0xFFFFFFFFFFFFFFFF
+
+FLAG_VALID_NEWLINE_TEST = 0x1
+FLAG_REDUNDANT_GRAIN_TABLE = 0x2
+FLAG_ZEROED_GRAIN_GTE = 0x4
+FLAG_COMPRESSED = 0x10000
+FLAG_MARKERS = 0x20000
+KNOWN_INCOMPAT_FLAGS = FLAG_COMPRESSED | FLAG_MARKERS
+INCOMPAT_MASK = 0xFFFF0000
+
+COMPRESSION_NONE = 0
+COMPRESSION_DEFLATE = 1
+
+MARKER_EOS = 0
+MARKER_GT = 1
+MARKER_GD = 2
+MARKER_FOOTER = 3
+MARKER_PROGRESS = 4
+
+GTES_PER_GT = 512
+DEFAULT_GRAIN_SECTORS = 128
+MAX_GRAIN_SECTORS = 0x200000          # 1 GiB, qemu's limit
+MAX_GD_ENTRIES = 32 * 1024 * 1024     # qemu's L1 limit
+MAX_EMBEDDED_DESCRIPTOR_SECTORS = 20480
+ZERO_GRAIN_GTE = 1
+
+SparseExtentHeader = Struct(
+    "magic_number" / Bytes(4) * "magicNumber",
+    "version" / Int32ul * "version",
+    "flags" / Int32ul * "flags",
+    "capacity_sectors" / Int64ul * "capacity",
+    "grain_sectors" / Int64ul * "grainSize",
+    "descriptor_offset_sectors" / Int64ul * "descriptorOffset",
+    "descriptor_sectors" / Int64ul * "descriptorSize",
+    "gtes_per_gt" / Int32ul * "numGTEsPerGT",
+    "rgd_offset_sectors" / Int64ul * "rgdOffset",
+    "gd_offset_sectors" / Int64ul * "gdOffset",
+    "overhead_sectors" / Int64ul * "overHead",
+    "unclean_shutdown" / Int8ul * "uncleanShutdown",
+    "single_end_line_char" / Bytes(1) * "singleEndLineChar",
+    "non_end_line_char" / Bytes(1) * "nonEndLineChar",
+    "double_end_line_char1" / Bytes(1) * "doubleEndLineChar1",
+    "double_end_line_char2" / Bytes(1) * "doubleEndLineChar2",
+    "compress_algorithm" / Int16ul * "compressAlgorithm",
+    "pad" / Bytes(433) * "pad",
+)
+assert SparseExtentHeader.sizeof() == SECTOR_BYTES
+
+GrainMarker = Struct(
+    "lba" / Int64ul * "lba: first virtual sector of the grain",
+    "compressed_bytes" / Int32ul * "size",
+    "data" / Bytes(this.compressed_bytes),
+)
+GRAIN_MARKER_HEADER_BYTES = 12
+
+MetadataMarker = Struct(
+    "num_sectors" / Int64ul * "numSectors",
+    "size" / Const(0, Int32ul) * "size (0 for metadata markers)",
+    "marker_type" / Int32ul * "type",
+    "pad" / Bytes(496),
+)
+assert MetadataMarker.sizeof() == SECTOR_BYTES
+
+CowdHeader = Struct(
+    "magic_number" / Const(COWD_MAGIC) * "magicNumber",
+    "version" / Int32ul,
+    "flags" / Int32ul,
+    "capacity_sectors" / Int32ul * "numSectors",
+    "grain_sectors" / Int32ul * "grainSize",
+    "gd_offset_sectors" / Int32ul * "gdOffset",
+    "gd_entries" / Int32ul * "numGDEntries",
+    "free_sector" / Int32ul * "freeSector",
+    Padding(2048 - 32),
+)
+
+
+def header_defaults(capacity_sectors: int, *, grain_sectors: int = DEFAULT_GRAIN_SECTORS,
+                    version: int = 1, flags: int = FLAG_VALID_NEWLINE_TEST | FLAG_REDUNDANT_GRAIN_TABLE,
+                    descriptor_offset_sectors: int = 0, descriptor_sectors: int = 0,
+                    rgd_offset_sectors: int = 0, gd_offset_sectors: int = 0,
+                    overhead_sectors: int = 0, compress_algorithm: int = COMPRESSION_NONE) -> dict:
+    """A header dict ready for SparseExtentHeader.build()."""
+    return dict(
+        magic_number=MAGIC, version=version, flags=flags, capacity_sectors=capacity_sectors,
+        grain_sectors=grain_sectors, descriptor_offset_sectors=descriptor_offset_sectors,
+        descriptor_sectors=descriptor_sectors, gtes_per_gt=GTES_PER_GT,
+        rgd_offset_sectors=rgd_offset_sectors, gd_offset_sectors=gd_offset_sectors,
+        overhead_sectors=overhead_sectors, unclean_shutdown=0,
+        single_end_line_char=b"\n", non_end_line_char=b" ", double_end_line_char1=b"\r",
+        double_end_line_char2=b"\n", compress_algorithm=compress_algorithm, pad=bytes(433),
+    )
+
+
+def parse_header(data: bytes):
+    """Parse the 512-byte SparseExtentHeader (no validation; see image/sparse.validate)."""
+    return SparseExtentHeader.parse(data)
+
+
+def build_header(fields: dict) -> bytes:
+    return SparseExtentHeader.build(fields)
+
+
+def build_metadata_marker(marker_type: int, num_sectors: int) -> bytes:
+    return MetadataMarker.build(dict(num_sectors=num_sectors, marker_type=marker_type,
+                                     pad=bytes(496)))
+
+
+def gd_entries_for(capacity_sectors: int, grain_sectors: int, gtes_per_gt: int = GTES_PER_GT) -> int:
+    coverage = grain_sectors * gtes_per_gt
+    return -(-capacity_sectors // coverage)
+
+
+def sectors_for_bytes(n: int) -> int:
+    return -(-n // SECTOR_BYTES)

@@ -1,0 +1,231 @@
+"""The BlockDevice protocol and the simplest backends (a host file, a slice of a device).
+
+Every layer above image/ sees a disk only through this protocol: a size, random reads,
+optional writes, and the runs that hold data, so that work can skip what is not allocated.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import os
+from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
+
+from ..errors import ImageError, UnsupportedError
+
+SECTOR_BYTES = 512
+
+
+class RunKind(str, enum.Enum):
+    DATA = "data"            # bytes stored in a file
+    ZERO = "zero"            # explicitly zero (zeroed grain, ZERO extent)
+    UNALLOCATED = "unallocated"  # nothing stored; reads as zeros
+    PARENT = "parent"        # nothing stored here; read from the parent link
+
+
+@dataclass(frozen=True)
+class Run:
+    """A stretch of virtual bytes of one kind. file_offset is where DATA lives, if known."""
+
+    offset: int
+    length_bytes: int
+    kind: RunKind
+    file: str | None = None
+    file_offset: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length_bytes
+
+
+@runtime_checkable
+class BlockDevice(Protocol):
+    """What every backend offers. Offsets and lengths are in bytes."""
+
+    size_bytes: int
+    writable: bool
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+    def write_at(self, offset: int, data: bytes) -> None: ...
+
+    def runs(self) -> Iterator[Run]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_range(dev: BlockDevice, offset: int, length: int) -> None:
+    """Refuse reads and writes that fall outside the device."""
+    if offset < 0 or length < 0 or offset + length > dev.size_bytes:
+        raise ImageError(
+            f"access of {length} bytes at {offset} is outside the device ({dev.size_bytes} bytes)")
+
+
+def merge_runs(runs: Iterator[Run]) -> Iterator[Run]:
+    """Join adjacent runs of the same kind (DATA only when file offsets are contiguous)."""
+    pending: Run | None = None
+    for run in runs:
+        if run.length_bytes <= 0:
+            continue
+        if pending is not None and pending.kind == run.kind and pending.end == run.offset:
+            if run.kind != RunKind.DATA or (
+                    pending.file == run.file and pending.file_offset is not None
+                    and run.file_offset == pending.file_offset + pending.length_bytes):
+                pending = Run(pending.offset, pending.length_bytes + run.length_bytes,
+                              pending.kind, pending.file, pending.file_offset)
+                continue
+        if pending is not None:
+            yield pending
+        pending = run
+    if pending is not None:
+        yield pending
+
+
+def host_data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the ranges in [start, end) that the host file system stores."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            yield pos, end - pos  # no SEEK_DATA support: treat all as data
+            return
+        if data >= end:
+            return
+        try:
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError:
+            hole = end
+        hole = min(hole, end)
+        yield data, hole - data
+        pos = hole
+
+
+class FileDevice:
+    """A host file (raw image or flat extent) seen as a device, optionally a window of it."""
+
+    def __init__(self, path: str | os.PathLike[str], writable: bool = False,
+                 base_offset: int = 0, size_bytes: int | None = None,
+                 create: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.writable = writable
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT
+        try:
+            self._fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise ImageError(f"cannot open: {exc.strerror}", path=self.path) from None
+        file_bytes = os.fstat(self._fd).st_size
+        self.base_offset = base_offset
+        self.size_bytes = file_bytes - base_offset if size_bytes is None else size_bytes
+
+    @property
+    def file_bytes(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        data = os.pread(self._fd, length, self.base_offset + offset)
+        if len(data) < length:
+            # a window that reaches past the end of its file reads as zeros there only if the
+            # file is genuinely shorter than declared: that is a short extent, an error.
+            raise ImageError(f"short read: wanted {length} bytes at {offset}, file ends",
+                             path=self.path, offset=self.base_offset + offset)
+        return data
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        if not self.writable:
+            raise UnsupportedError("device is read-only", path=self.path)
+        check_range(self, offset, len(data))
+        view = memoryview(data)
+        pos = self.base_offset + offset
+        while view:
+            n = os.pwrite(self._fd, view, pos)
+            view = view[n:]
+            pos += n
+
+    def runs(self) -> Iterator[Run]:
+        pos = 0
+        for start, length in host_data_ranges(self._fd, self.base_offset,
+                                              self.base_offset + self.size_bytes):
+            voff = start - self.base_offset
+            if voff > pos:
+                yield Run(pos, voff - pos, RunKind.UNALLOCATED)
+            yield Run(voff, length, RunKind.DATA, self.path, start)
+            pos = voff + length
+        if pos < self.size_bytes:
+            yield Run(pos, self.size_bytes - pos, RunKind.UNALLOCATED)
+
+    def truncate(self, file_bytes: int) -> None:
+        os.ftruncate(self._fd, file_bytes)
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "FileDevice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SliceDevice:
+    """A window [start, start+length) of another device, e.g. one partition."""
+
+    def __init__(self, parent: BlockDevice, start_bytes: int, length_bytes: int) -> None:
+        if start_bytes < 0 or length_bytes < 0 or start_bytes + length_bytes > parent.size_bytes:
+            raise ImageError(
+                f"slice {start_bytes}+{length_bytes} lies outside the device ({parent.size_bytes} bytes)")
+        self.parent = parent
+        self.start_bytes = start_bytes
+        self.size_bytes = length_bytes
+        self.writable = parent.writable
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        return self.parent.read_at(self.start_bytes + offset, length)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        check_range(self, offset, len(data))
+        self.parent.write_at(self.start_bytes + offset, data)
+
+    def runs(self) -> Iterator[Run]:
+        lo, hi = self.start_bytes, self.start_bytes + self.size_bytes
+        for run in self.parent.runs():
+            a, b = max(run.offset, lo), min(run.end, hi)
+            if a >= b:
+                continue
+            fo = None if run.file_offset is None else run.file_offset + (a - run.offset)
+            yield Run(a - lo, b - a, run.kind, run.file, fo)
+
+    def flush(self) -> None:
+        self.parent.flush()
+
+    def close(self) -> None:
+        """A slice does not own its parent."""
+
+
+def iter_chunks(dev: BlockDevice, chunk_bytes: int = 1 << 20
+                ) -> Iterator[tuple[int, int, bytes | None]]:
+    """Yield (offset, length, data) over the whole device; data is None where it reads as zeros
+    without being stored (unallocated or zero runs), so callers can skip that work."""
+    for run in dev.runs():
+        if run.kind in (RunKind.ZERO, RunKind.UNALLOCATED):
+            yield run.offset, run.length_bytes, None
+            continue
+        pos = run.offset
+        while pos < run.end:
+            n = min(chunk_bytes, run.end - pos)
+            yield pos, n, dev.read_at(pos, n)
+            pos += n

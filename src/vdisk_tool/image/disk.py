@@ -1,0 +1,359 @@
+"""open_image(): any raw or VMDK image (every hosted subformat, snapshot chains) as one
+BlockDevice, plus what `info` needs to know about it (specs/vmdk.md)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..errors import FormatError, ImageError, UnsupportedError
+from ..formats import vmdk_descriptor as vd
+from ..formats import vmdk_sparse as vs
+from .base import BlockDevice, FileDevice, Run, RunKind, SECTOR_BYTES, check_range
+from .sparse import SparseExtent
+
+MAX_CHAIN_DEPTH = 64
+
+
+class ZeroDevice:
+    """A ZERO extent: reads as zeros, stores nothing."""
+
+    writable = False
+
+    def __init__(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        return bytes(length)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        raise UnsupportedError("a ZERO extent cannot be written")
+
+    def runs(self) -> Iterator[Run]:
+        yield Run(0, self.size_bytes, RunKind.ZERO)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Extent:
+    """One extent line resolved: where it sits in the disk and what serves it."""
+
+    line: vd.ExtentLine | None
+    start_bytes: int
+    size_bytes: int
+    device: BlockDevice
+    path: str | None
+
+    @property
+    def access(self) -> str:
+        return self.line.access if self.line else "RW"
+
+    @property
+    def kind(self) -> str:
+        return self.line.extent_type if self.line else "SPARSE"
+
+
+@dataclass
+class Disk:
+    """An opened image. It is itself a BlockDevice (size_bytes, read_at, write_at, runs)."""
+
+    path: str
+    format: str                       # "raw" or "vmdk"
+    subformat: str                    # createType, or "raw"
+    descriptor: vd.Descriptor | None
+    descriptor_path: str | None       # file holding the descriptor (text file or sparse file)
+    extents: list[Extent]
+    writable: bool = False
+    parent: "Disk | None" = None
+    size_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.size_bytes = sum(e.size_bytes for e in self.extents)
+
+    # -- the BlockDevice protocol ----------------------------------------------------------
+    def _locate(self, offset: int) -> int:
+        lo, hi = 0, len(self.extents) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.extents[mid].start_bytes <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        out = bytearray()
+        pos, end = offset, offset + length
+        i = self._locate(pos) if self.extents else 0
+        while pos < end:
+            ext = self.extents[i]
+            n = min(end, ext.start_bytes + ext.size_bytes) - pos
+            if ext.access == "NOACCESS":
+                raise ImageError(f"bytes at {pos} lie in a NOACCESS extent", path=self.path, offset=pos)
+            out += ext.device.read_at(pos - ext.start_bytes, n)
+            pos += n
+            i += 1
+        return bytes(out)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        if not self.writable:
+            raise UnsupportedError("image is open read-only", path=self.path)
+        check_range(self, offset, len(data))
+        view = memoryview(data)
+        pos = offset
+        i = self._locate(pos)
+        while view:
+            ext = self.extents[i]
+            n = min(len(view), ext.start_bytes + ext.size_bytes - pos)
+            if ext.access != "RW":
+                raise ImageError(f"bytes at {pos} lie in a {ext.access} extent", path=self.path, offset=pos)
+            ext.device.write_at(pos - ext.start_bytes, view[:n].tobytes())
+            view = view[n:]
+            pos += n
+            i += 1
+
+    def runs(self) -> Iterator[Run]:
+        for ext in self.extents:
+            for run in ext.device.runs():
+                yield Run(run.offset + ext.start_bytes, run.length_bytes, run.kind, run.file,
+                          run.file_offset)
+
+    def flush(self) -> None:
+        for ext in self.extents:
+            ext.device.flush()
+
+    def close(self) -> None:
+        for ext in self.extents:
+            ext.device.close()
+        if self.parent is not None:
+            self.parent.close()
+
+    def __enter__(self) -> "Disk":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- facts for info/check ----------------------------------------------------------------
+    @property
+    def files(self) -> list[str]:
+        """Every host file of this link: descriptor first, then extents."""
+        seen: list[str] = []
+        for p in [self.descriptor_path] + [e.path for e in self.extents]:
+            if p and p not in seen:
+                seen.append(p)
+        return seen
+
+    def chain(self) -> list["Disk"]:
+        out, link = [], self
+        while link is not None:
+            out.append(link)
+            link = link.parent
+        return out
+
+    @property
+    def sparse_extents(self) -> list[SparseExtent]:
+        return [e.device for e in self.extents if isinstance(e.device, SparseExtent)]
+
+
+def sniff(path: str) -> str:
+    """'sparse', 'cowd', 'sesparse', 'descriptor' or 'raw' from the first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image", path=path) from None
+    except OSError as exc:
+        raise ImageError(f"cannot open: {exc.strerror}", path=path) from None
+    if head[:4] == vs.MAGIC:
+        return "sparse"
+    if head[:4] == b"kdmv":
+        return "sparse-unfinished"
+    if head[:4] == vs.COWD_MAGIC:
+        return "cowd"
+    if head[:8] == vs.SESPARSE_MAGIC:
+        return "sesparse"
+    if vd.looks_like_descriptor(head):
+        return "descriptor"
+    return "raw"
+
+
+def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: str) -> str:
+    """An extent or parent file name, kept inside the image's folder unless allowed."""
+    norm = name.replace("\\", "/")
+    if not allow_outside:
+        if os.path.isabs(norm) or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") \
+                or ".." in norm.split("/"):
+            raise ImageError(f"{what} {name!r} lies outside the image's folder "
+                             f"(refused; pass --allow-outside to trust it)", path=owner)
+    full = norm if os.path.isabs(norm) else os.path.join(base_dir, norm)
+    if not allow_outside:
+        real_base = os.path.realpath(base_dir)
+        if not os.path.realpath(full).startswith(real_base + os.sep):
+            raise ImageError(f"{what} {name!r} resolves outside the image's folder "
+                             f"(refused; pass --allow-outside to trust it)", path=owner)
+    return full
+
+
+def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outside: bool = False,
+               _depth: int = 0, _seen: frozenset[str] = frozenset()) -> Disk:
+    """Open any raw or VMDK image (and its parents) as a Disk."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError("no such file", path=path)
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ImageError("snapshot chain loops back to itself", path=path)
+    if _depth > MAX_CHAIN_DEPTH:
+        raise ImageError(f"snapshot chain deeper than {MAX_CHAIN_DEPTH} links", path=path)
+    kind = sniff(path)
+    if kind == "cowd":
+        raise UnsupportedError("vmfsSparse (COWD) delta extents are not supported; consolidate the "
+                               "snapshot on the ESXi host first", path=path)
+    if kind == "sesparse":
+        raise UnsupportedError("seSparse snapshot extents are not supported; consolidate the "
+                               "snapshot on the ESXi host first", path=path)
+    if kind == "sparse-unfinished":
+        raise FormatError("magic is 'kdmv': an interrupted conversion left this file unfinished",
+                          path=path, offset=0)
+    if kind == "raw":
+        dev = FileDevice(path, writable=writable)
+        return Disk(path, "raw", "raw", None, None, [Extent(None, 0, dev.size_bytes, dev, path)],
+                    writable=writable)
+    if kind == "sparse":
+        return _open_sparse(path, writable, allow_outside, _depth, _seen | {real})
+    return _open_descriptor(path, writable, allow_outside, _depth, _seen | {real})
+
+
+def _open_sparse(path: str, writable: bool, allow_outside: bool, depth: int,
+                 seen: frozenset[str]) -> Disk:
+    ext = SparseExtent(path, writable=writable)
+    try:
+        raw_desc = ext.read_embedded_descriptor()
+        desc = vd.parse_descriptor(raw_desc, path) if raw_desc and raw_desc.strip(b"\0") else None
+    except Exception:
+        ext.close()
+        raise
+    if desc is not None and len(desc.extents) > 1:
+        ext.close()
+        raise UnsupportedError("embedded descriptor names several extents", path=path)
+    subformat = (desc.create_type if desc else None) or (
+        "streamOptimized" if ext.geo.compressed else "monolithicSparse")
+    line = desc.extents[0] if desc and desc.extents else None
+    disk = Disk(path, "vmdk", subformat, desc, path,
+                [Extent(line, 0, ext.size_bytes, ext, path)], writable=writable)
+    if line is not None and line.sectors != ext.geo.capacity_sectors:
+        disk.warnings.append(f"descriptor says {line.sectors} sectors, header capacity is "
+                             f"{ext.geo.capacity_sectors}")
+    _attach_parent(disk, allow_outside, depth, seen)
+    return disk
+
+
+def _open_descriptor(path: str, writable: bool, allow_outside: bool, depth: int,
+                     seen: frozenset[str]) -> Disk:
+    with open(path, "rb") as f:
+        raw = f.read(vd.MAX_DESCRIPTOR_BYTES + 1)
+    desc = vd.parse_descriptor(raw, path)
+    ctype = desc.create_type or ""
+    if ctype in ("vmfsSparse", "seSparse", "vmfsSeSparse"):
+        raise UnsupportedError(f"createType {ctype!r} (ESXi snapshot delta) is not supported; "
+                               "consolidate the snapshot on the ESXi host first", path=path)
+    if not desc.extents:
+        raise FormatError("descriptor names no extent", path=path)
+    base = os.path.dirname(os.path.abspath(path))
+    extents: list[Extent] = []
+    pos = 0
+    try:
+        for line in desc.extents:
+            size = line.sectors * SECTOR_BYTES
+            dev: BlockDevice
+            epath = None
+            if line.extent_type == "ZERO":
+                dev = ZeroDevice(size)
+            elif line.filename is None:
+                raise FormatError(f"{line.extent_type} extent without a file name", path=path)
+            elif line.extent_type in ("FLAT", "VMFS"):
+                epath = _resolve(base, line.filename, allow_outside, "extent", path)
+                if not os.path.isfile(epath):
+                    raise ImageError(f"extent file {line.filename!r} is missing", path=path)
+                dev = FileDevice(epath, writable=writable and line.access == "RW",
+                                 base_offset=(line.offset_sectors or 0) * SECTOR_BYTES, size_bytes=size)
+            elif line.extent_type == "SPARSE":
+                epath = _resolve(base, line.filename, allow_outside, "extent", path)
+                if not os.path.isfile(epath):
+                    raise ImageError(f"extent file {line.filename!r} is missing", path=path)
+                if sniff(epath) != "sparse":
+                    raise FormatError(f"extent {line.filename!r} is not a sparse extent", path=path)
+                sp = SparseExtent(epath, writable=writable and line.access == "RW")
+                if sp.size_bytes != size:
+                    sp.close()
+                    raise FormatError(f"extent {line.filename!r} holds {sp.geo.capacity_sectors} "
+                                      f"sectors, the descriptor says {line.sectors}", path=path)
+                dev = sp
+            else:
+                raise UnsupportedError(f"extent type {line.extent_type} is not supported", path=path)
+            extents.append(Extent(line, pos, size, dev, epath))
+            pos += size
+    except Exception:
+        for e in extents:
+            e.device.close()
+        raise
+    disk = Disk(path, "vmdk", ctype or "custom", desc, path, extents, writable=writable)
+    _attach_parent(disk, allow_outside, depth, seen)
+    return disk
+
+
+def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[str]) -> None:
+    desc = disk.descriptor
+    if desc is None:
+        return
+    hint = desc.get("parentFileNameHint")
+    pcid = desc.parent_cid
+    if not hint or pcid in (None, vd.NO_PARENT_CID):
+        return
+    base = os.path.dirname(os.path.abspath(disk.descriptor_path or disk.path))
+    try:
+        ppath = _resolve(base, hint, allow_outside, "parent", disk.path)
+        if not os.path.exists(ppath):
+            raise ImageError(f"parent {hint!r} is missing", path=disk.path)
+        parent = open_image(ppath, writable=False, allow_outside=allow_outside, _depth=depth + 1,
+                            _seen=seen)
+    except Exception:
+        disk.close()
+        raise
+    if parent.descriptor is not None and parent.descriptor.cid != pcid:
+        pc = parent.descriptor.cid
+        parent.close()
+        disk.close()
+        raise ImageError(f"parentCID {pcid:08x} does not match the parent's CID "
+                         f"{pc if pc is None else format(pc, '08x')}: the parent was modified "
+                         "after the snapshot was taken", path=disk.path)
+    if parent.size_bytes < disk.size_bytes:
+        disk.warnings.append("parent is smaller than the child")
+    disk.parent = parent
+    for ext in disk.extents:
+        if isinstance(ext.device, SparseExtent):
+            ext.device.parent = _Padded(parent, disk.size_bytes)
+            ext.device.parent_base = ext.start_bytes
+
+
+class _Padded:
+    """A parent seen through a child of another size: zeros past the parent's end."""
+
+    writable = False
+
+    def __init__(self, dev: BlockDevice, size_bytes: int) -> None:
+        self.dev, self.size_bytes = dev, size_bytes
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        have = max(0, min(offset + length, self.dev.size_bytes) - offset)
+        data = self.dev.read_at(offset, have) if have else b""
+        return data + bytes(length - have)

@@ -1,0 +1,144 @@
+"""Crash-safe mutation: lock detection, temporary files beside the target, fsync + rename.
+
+A mutation never writes into the file a user has: it writes a complete new file beside it,
+fsyncs it, then renames it over the old one (POSIX rename is atomic), and fsyncs the folder.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..errors import ImageError, LockedError
+from .base import host_data_ranges
+
+TMP_MARK = ".vdisk-tmp-"
+
+
+def lock_paths(path: str) -> list[str]:
+    """VMware lock artefacts that belong to `path`: `<file>.lck` folders or files, and
+    ESXi's `.lck-*` files in the same folder."""
+    found = []
+    if os.path.lexists(path + ".lck"):
+        found.append(path + ".lck")
+    folder = os.path.dirname(os.path.abspath(path))
+    found.extend(sorted(glob.glob(os.path.join(glob.escape(folder), ".lck-*"))))
+    return found
+
+
+def check_unlocked(paths: Iterable[str], force: bool = False) -> list[str]:
+    """Raise LockedError when any path is held by VMware; with force, return the warnings."""
+    warnings = []
+    for path in paths:
+        locks = lock_paths(path)
+        if locks:
+            msg = f"{os.path.basename(path)} is in use by VMware ({os.path.basename(locks[0])} exists)"
+            if not force:
+                raise LockedError(msg, path=path,
+                                  hint="power off the VM first, or pass --force if the lock is stale")
+            warnings.append(msg + "; continuing because of --force")
+    return warnings
+
+
+def temp_path_for(target: str) -> str:
+    folder, name = os.path.split(os.path.abspath(target))
+    return os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}")
+
+
+def create_temp(target: str) -> str:
+    """Create an empty temporary file beside `target`, safely (O_EXCL, never a symlink)."""
+    tmp = temp_path_for(target)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    os.close(fd)
+    return tmp
+
+
+def leftover_temps(folder: str) -> list[str]:
+    """Temporary files an interrupted vdisk run left behind (reported, then cleaned)."""
+    return sorted(glob.glob(os.path.join(glob.escape(folder), f".*{TMP_MARK}*")))
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        fsync_path(folder)
+    except OSError:
+        pass
+
+
+def sparse_copy(src: str, dst: str, progress=None) -> None:
+    """Copy src to dst keeping holes: cost grows with the data the file holds."""
+    with open(src, "rb") as fi, open(dst, "r+b" if os.path.exists(dst) else "wb") as fo:
+        size = os.fstat(fi.fileno()).st_size
+        fo.truncate(0)
+        fo.truncate(size)
+        done = 0
+        for start, length in host_data_ranges(fi.fileno(), 0, size):
+            pos = start
+            while pos < start + length:
+                n = min(1 << 20, start + length - pos)
+                chunk = os.pread(fi.fileno(), n, pos)
+                if chunk.count(0) != len(chunk):
+                    os.pwrite(fo.fileno(), chunk, pos)
+                pos += n
+                done += n
+                if progress:
+                    progress(done, size)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+@dataclass
+class Replacement:
+    """A set of new files to put in place of old ones, all or nothing as far as POSIX allows.
+
+    Files are renamed in the order given: callers list data extents first and the descriptor
+    last, so that a crash in between leaves the old descriptor naming intact old extents
+    or fully written new ones.
+    """
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (temp, target)
+
+    def add(self, tmp: str, target: str) -> None:
+        self.pairs.append((tmp, target))
+
+    def commit(self, backup: str | None = None) -> None:
+        for tmp, _ in self.pairs:
+            fsync_path(tmp)
+        if backup:
+            _keep_backup([t for _, t in self.pairs], backup)
+        for tmp, target in self.pairs:
+            if os.path.islink(target):
+                raise ImageError("refusing to replace a symbolic link", path=target)
+            os.replace(tmp, target)
+        for _, target in self.pairs[:1]:
+            fsync_dir(target)
+
+    def abort(self) -> None:
+        for tmp, _ in self.pairs:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _keep_backup(targets: list[str], backup: str) -> None:
+    """Copy the current files to `backup` (a file name for one file, a folder for several)."""
+    existing = [t for t in targets if os.path.exists(t)]
+    if len(existing) == 1 and not os.path.isdir(backup):
+        sparse_copy(existing[0], backup)
+        return
+    os.makedirs(backup, exist_ok=True)
+    for t in existing:
+        sparse_copy(t, os.path.join(backup, os.path.basename(t)))

@@ -1,0 +1,381 @@
+"""Hosted sparse extents (KDMV): monolithicSparse, the -sNNN files of twoGbMaxExtentSparse,
+delta links, and streamOptimized in its three layouts (specs/vmdk.md §Sparse, §Stream).
+
+Headers are parsed and bounded eagerly; grain tables are read lazily and cached.
+Nothing is ever read as zeros by accident: a pointer past the end of the file, a short
+read or a failed decompression raises ImageError.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import FormatError, ImageError, UnsupportedError
+from ..formats import vmdk_sparse as vs
+from .base import BlockDevice, Run, RunKind, check_range
+
+SECTOR = vs.SECTOR_BYTES
+GT_CACHE = 512
+
+
+@dataclass(frozen=True)
+class SparseGeometry:
+    """Derived, validated numbers of one sparse extent."""
+
+    capacity_sectors: int
+    grain_sectors: int
+    gtes_per_gt: int
+    gd_entries: int
+    gd_offset_sectors: int
+    rgd_offset_sectors: int  # 0 when there is no redundant directory
+    overhead_sectors: int
+    compressed: bool
+    markers: bool
+    zero_grain_flag: bool
+
+    @property
+    def grain_bytes(self) -> int:
+        return self.grain_sectors * SECTOR
+
+    @property
+    def gt_coverage_sectors(self) -> int:
+        return self.grain_sectors * self.gtes_per_gt
+
+    @property
+    def gt_bytes(self) -> int:
+        return self.gtes_per_gt * 4
+
+    @property
+    def gd_bytes(self) -> int:
+        return self.gd_entries * 4
+
+
+def read_header(fd: int, path: str) -> tuple[object, object | None]:
+    """Return (header, footer-or-None). The footer of a stream file takes precedence."""
+    raw = os.pread(fd, SECTOR, 0)
+    if len(raw) < SECTOR:
+        raise FormatError("file shorter than one sparse header (512 bytes)", path=path, offset=0)
+    hdr = vs.parse_header(raw)
+    if hdr.magic_number != vs.MAGIC:
+        raise FormatError(f"SparseExtentHeader.magicNumber: expected 'KDMV', got {hdr.magic_number!r}",
+                          path=path, offset=0)
+    footer = None
+    file_bytes = os.fstat(fd).st_size
+    if file_bytes >= 3 * SECTOR and (hdr.flags & vs.FLAG_MARKERS):
+        tail = os.pread(fd, 3 * SECTOR, file_bytes - 3 * SECTOR)
+        marker = struct.unpack_from("<QII", tail, 0)
+        if marker[1] == 0 and marker[2] == vs.MARKER_FOOTER and tail[SECTOR:SECTOR + 4] == vs.MAGIC:
+            footer = vs.parse_header(tail[SECTOR:2 * SECTOR])
+    if hdr.gd_offset_sectors == vs.GD_AT_END and footer is None:
+        raise FormatError("streamOptimized header says GD_AT_END but the file has no valid footer",
+                          path=path, offset=file_bytes - 3 * SECTOR if file_bytes >= 1536 else 0)
+    return hdr, footer
+
+
+def validate_geometry(hdr, path: str, file_bytes: int) -> SparseGeometry:
+    """Apply the hardening rules of specs/vmdk.md (from qemu, VirtualBox, libvmdk, VMware)
+    before anything is allocated from the header's numbers."""
+    def bad(field: str, off: int, msg: str) -> FormatError:
+        return FormatError(f"SparseExtentHeader.{field} at 0x{off:x}: {msg}", path=path)
+
+    if hdr.version not in (1, 2, 3):
+        raise bad("version", 4, f"expected 1, 2 or 3, got {hdr.version}")
+    unknown = hdr.flags & vs.INCOMPAT_MASK & ~vs.KNOWN_INCOMPAT_FLAGS
+    if unknown:
+        raise bad("flags", 8, f"unknown incompatible flag bits 0x{unknown:x}")
+    g = hdr.grain_sectors
+    if g < 1 or g & (g - 1) or g > vs.MAX_GRAIN_SECTORS:
+        raise bad("grainSize", 0x14, f"expected a power of two up to 0x{vs.MAX_GRAIN_SECTORS:x}, got 0x{g:x}")
+    if not 1 <= hdr.gtes_per_gt <= 4096 or hdr.gtes_per_gt & (hdr.gtes_per_gt - 1):
+        raise bad("numGTEsPerGT", 0x2c, f"expected a power of two up to 4096, got {hdr.gtes_per_gt}")
+    if hdr.compress_algorithm not in (0, 1):
+        raise bad("compressAlgorithm", 0x4d, f"expected 0 or 1, got {hdr.compress_algorithm}")
+    compressed = hdr.compress_algorithm == vs.COMPRESSION_DEFLATE
+    if compressed and not hdr.flags & vs.FLAG_MARKERS:
+        raise UnsupportedError("compressed grains without markers are not supported", path=path)
+    gd_entries = vs.gd_entries_for(hdr.capacity_sectors, g, hdr.gtes_per_gt)
+    if gd_entries > vs.MAX_GD_ENTRIES:
+        raise bad("capacity", 0xc, f"{hdr.capacity_sectors} sectors need {gd_entries} grain "
+                                   f"directory entries, more than {vs.MAX_GD_ENTRIES}")
+    gd_sectors = vs.sectors_for_bytes(gd_entries * 4)
+    file_sectors = file_bytes // SECTOR
+    gd_off = hdr.gd_offset_sectors
+    if gd_entries and (gd_off == 0 or gd_off + gd_sectors > file_sectors):
+        raise bad("gdOffset", 0x38, f"grain directory at sector {gd_off} ({gd_sectors} sectors) "
+                                    f"lies outside the file ({file_sectors} sectors)")
+    rgd_off = hdr.rgd_offset_sectors if hdr.flags & vs.FLAG_REDUNDANT_GRAIN_TABLE else 0
+    if rgd_off and (rgd_off + gd_sectors > file_sectors):
+        raise bad("rgdOffset", 0x30, f"redundant grain directory at sector {rgd_off} lies outside the file")
+    if hdr.descriptor_offset_sectors and (
+            hdr.descriptor_sectors > vs.MAX_EMBEDDED_DESCRIPTOR_SECTORS):
+        raise bad("descriptorSize", 0x24, f"{hdr.descriptor_sectors} sectors, more than "
+                                          f"{vs.MAX_EMBEDDED_DESCRIPTOR_SECTORS}")
+    return SparseGeometry(
+        capacity_sectors=hdr.capacity_sectors, grain_sectors=g, gtes_per_gt=hdr.gtes_per_gt,
+        gd_entries=gd_entries, gd_offset_sectors=gd_off, rgd_offset_sectors=rgd_off,
+        overhead_sectors=hdr.overhead_sectors, compressed=compressed,
+        markers=bool(hdr.flags & vs.FLAG_MARKERS),
+        zero_grain_flag=bool(hdr.flags & vs.FLAG_ZEROED_GRAIN_GTE))
+
+
+class SparseExtent:
+    """One KDMV file as a device of capacity_sectors × 512 bytes.
+
+    `parent` (optional) is the device that unallocated grains read through to, at
+    `parent_base` bytes (the extent's position in the whole disk).
+    """
+
+    def __init__(self, path: str, writable: bool = False) -> None:
+        self.path = path
+        self.writable = writable
+        try:
+            self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise ImageError(f"cannot open: {exc.strerror}", path=path) from None
+        try:
+            self.file_bytes = os.fstat(self._fd).st_size
+            self.header, self.footer = read_header(self._fd, path)
+            active = self.footer if self.footer is not None else self.header
+            self.geo = validate_geometry(active, path, self.file_bytes)
+        except Exception:
+            os.close(self._fd)
+            raise
+        if writable and self.geo.compressed:
+            os.close(self._fd)
+            raise UnsupportedError("streamOptimized extents are rewritten, not written in place",
+                                   path=path)
+        self.size_bytes = self.geo.capacity_sectors * SECTOR
+        self.parent: BlockDevice | None = None
+        self.parent_base = 0
+        self._gd = self._read_dir(self.geo.gd_offset_sectors)
+        self._gts: OrderedDict[int, array] = OrderedDict()
+
+    # -- metadata -------------------------------------------------------------------------
+    def _pread_exact(self, length: int, offset: int, what: str) -> bytes:
+        if offset < 0 or offset + length > self.file_bytes:
+            raise ImageError(f"{what} at 0x{offset:x} ({length} bytes) lies past the end of the file",
+                             path=self.path, offset=offset)
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise ImageError(f"short read of {what}", path=self.path, offset=offset)
+        return data
+
+    def _read_dir(self, sector: int) -> array:
+        gd = array("I")
+        if self.geo.gd_entries:
+            gd.frombytes(self._pread_exact(self.geo.gd_bytes, sector * SECTOR, "grain directory"))
+        return gd
+
+    def read_rgd(self) -> array | None:
+        return self._read_dir(self.geo.rgd_offset_sectors) if self.geo.rgd_offset_sectors else None
+
+    def read_gt_at(self, sector: int) -> array:
+        gt = array("I")
+        gt.frombytes(self._pread_exact(self.geo.gt_bytes, sector * SECTOR, "grain table"))
+        return gt
+
+    @property
+    def gd(self) -> array:
+        return self._gd
+
+    def gt(self, gd_index: int) -> array | None:
+        """Grain table gd_index, or None where the directory entry is 0."""
+        gt = self._gts.get(gd_index)
+        if gt is not None:
+            self._gts.move_to_end(gd_index)
+            return gt
+        sector = self._gd[gd_index]
+        if sector == 0:
+            return None
+        gt = self.read_gt_at(sector)
+        self._gts[gd_index] = gt
+        if len(self._gts) > GT_CACHE:
+            self._gts.popitem(last=False)
+        return gt
+
+    def gte(self, grain: int) -> int:
+        gd_index, gt_index = divmod(grain, self.geo.gtes_per_gt)
+        gt = self.gt(gd_index)
+        return 0 if gt is None else gt[gt_index]
+
+    # -- reading --------------------------------------------------------------------------
+    def read_grain(self, grain: int, entry: int) -> bytes:
+        """The full content of one allocated grain whose GTE is `entry` (> 1)."""
+        gb = self.geo.grain_bytes
+        off = entry * SECTOR
+        if self.geo.compressed:
+            return self._read_compressed(grain, off)
+        want = min(gb, self.size_bytes - grain * gb)
+        data = self._pread_exact(want, off, f"grain {grain}")
+        return data if want == gb else data + bytes(gb - want)
+
+    def _read_compressed(self, grain: int, off: int) -> bytes:
+        gb = self.geo.grain_bytes
+        head = self._pread_exact(12, off, f"grain marker of grain {grain}")
+        lba, size = struct.unpack("<QI", head)
+        if size == 0 or size > 2 * gb:
+            raise ImageError(f"grain {grain}: compressed size {size} out of range", path=self.path,
+                             offset=off)
+        if lba != grain * self.geo.grain_sectors:
+            raise ImageError(f"grain {grain}: marker names sector {lba}, expected "
+                             f"{grain * self.geo.grain_sectors}", path=self.path, offset=off)
+        blob = self._pread_exact(size, off + 12, f"compressed grain {grain}")
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(blob, gb)
+        except zlib.error as exc:
+            raise ImageError(f"grain {grain}: decompression failed ({exc})", path=self.path,
+                             offset=off) from None
+        last = min(gb, self.size_bytes - grain * gb)
+        if len(out) < last or (len(out) < gb and not d.eof):
+            raise ImageError(f"grain {grain}: decompressed to {len(out)} bytes, expected {last}",
+                             path=self.path, offset=off)
+        return out + bytes(gb - len(out))
+
+    def _unallocated(self, offset: int, length: int) -> bytes:
+        if self.parent is not None:
+            return self.parent.read_at(self.parent_base + offset, length)
+        return bytes(length)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        gb = self.geo.grain_bytes
+        out = bytearray()
+        pos, end = offset, offset + length
+        while pos < end:
+            grain, within = divmod(pos, gb)
+            n = min(gb - within, end - pos)
+            entry = self.gte(grain)
+            if entry == 0:
+                # coalesce a run of unallocated grains into one parent read
+                stop = pos + n
+                while stop < end and self.gte(stop // gb) == 0:
+                    stop = min(stop + gb, end)
+                out += self._unallocated(pos, stop - pos)
+                pos = stop
+                continue
+            if entry == vs.ZERO_GRAIN_GTE:
+                out += bytes(n)
+            elif not self.geo.compressed and within == 0:
+                # coalesce physically contiguous uncompressed grains into one pread
+                stop, nxt = pos + n, entry + self.geo.grain_sectors
+                while stop < end and self.gte(stop // gb) == nxt:
+                    stop = min(stop + gb, end)
+                    nxt += self.geo.grain_sectors
+                want = stop - pos
+                avail = min(want, self.size_bytes - pos)
+                out += self._pread_exact(avail, entry * SECTOR, f"grain {grain}")
+                pos = stop
+                continue
+            else:
+                data = self.read_grain(grain, entry)
+                out += data[within:within + n]
+            pos += n
+        return bytes(out)
+
+    def runs(self) -> Iterator[Run]:
+        gb = self.geo.grain_bytes
+        cov = self.geo.gt_coverage_sectors * SECTOR
+        unalloc = RunKind.PARENT if self.parent is not None else RunKind.UNALLOCATED
+        for gdi in range(self.geo.gd_entries):
+            base = gdi * cov
+            gt = self.gt(gdi)
+            if gt is None:
+                yield Run(base, min(cov, self.size_bytes - base), unalloc)
+                continue
+            for i, entry in enumerate(gt):
+                start = base + i * gb
+                if start >= self.size_bytes:
+                    break
+                n = min(gb, self.size_bytes - start)
+                if entry == 0:
+                    yield Run(start, n, unalloc)
+                elif entry == vs.ZERO_GRAIN_GTE:
+                    yield Run(start, n, RunKind.ZERO)
+                else:
+                    yield Run(start, n, RunKind.DATA, self.path,
+                              None if self.geo.compressed else entry * SECTOR)
+
+    # -- writing (uncompressed sparse only) -----------------------------------------------
+    def write_at(self, offset: int, data: bytes) -> None:
+        if not self.writable:
+            raise UnsupportedError("extent is open read-only", path=self.path)
+        check_range(self, offset, len(data))
+        gb = self.geo.grain_bytes
+        view = memoryview(data)
+        pos = offset
+        while view:
+            grain, within = divmod(pos, gb)
+            n = min(gb - within, len(view))
+            piece = view[:n]
+            entry = self.gte(grain)
+            if entry > vs.ZERO_GRAIN_GTE:
+                os.pwrite(self._fd, piece, entry * SECTOR + within)
+            else:
+                reads_zero = entry == vs.ZERO_GRAIN_GTE or self.parent is None
+                if not reads_zero or piece.tobytes().count(0) != n:
+                    self._allocate(grain, entry, within, piece)
+            view = view[n:]
+            pos += n
+
+    def _allocate(self, grain: int, entry: int, within: int, piece: memoryview) -> None:
+        gb = self.geo.grain_bytes
+        gd_index, gt_index = divmod(grain, self.geo.gtes_per_gt)
+        if self._gd[gd_index] == 0:
+            raise UnsupportedError("writing into a grain table that was never allocated", path=self.path)
+        if len(piece) == gb:
+            content = piece.tobytes()
+        else:
+            old = bytearray(bytes(gb) if entry == vs.ZERO_GRAIN_GTE
+                            else self._unallocated(grain * gb, min(gb, self.size_bytes - grain * gb)))
+            old.extend(bytes(gb - len(old)))
+            old[within:within + len(piece)] = piece
+            content = bytes(old)
+        sector = -(-self.file_bytes // SECTOR)
+        os.pwrite(self._fd, content, sector * SECTOR)
+        self.file_bytes = sector * SECTOR + gb
+        self._set_gte(gd_index, gt_index, sector)
+
+    def _set_gte(self, gd_index: int, gt_index: int, value: int) -> None:
+        gt = self.gt(gd_index)
+        assert gt is not None
+        gt[gt_index] = value
+        raw = struct.pack("<I", value)
+        os.pwrite(self._fd, raw, self._gd[gd_index] * SECTOR + gt_index * 4)
+        if self.geo.rgd_offset_sectors:
+            rgd_entry = self._rgd_entry(gd_index)
+            if rgd_entry:
+                os.pwrite(self._fd, raw, rgd_entry * SECTOR + gt_index * 4)
+
+    def _rgd_entry(self, gd_index: int) -> int:
+        raw = os.pread(self._fd, 4, self.geo.rgd_offset_sectors * SECTOR + gd_index * 4)
+        return struct.unpack("<I", raw)[0] if len(raw) == 4 else 0
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def read_embedded_descriptor(self) -> bytes | None:
+        h = self.header
+        if not h.descriptor_offset_sectors or not h.descriptor_sectors:
+            return None
+        off = h.descriptor_offset_sectors * SECTOR
+        n = min(h.descriptor_sectors * SECTOR, 1 << 20)
+        if off + n > self.file_bytes:
+            raise FormatError(f"embedded descriptor ({n} bytes at 0x{off:x}) runs past the end of the file",
+                              path=self.path, offset=off)
+        return os.pread(self._fd, n, off)

@@ -1,0 +1,57 @@
+"""Shared fixtures: the independent tools (qemu-img, mtools, fsck.fat, vmdkinfo) and helpers.
+
+Under VDISK_REQUIRE_TOOLS=1 (set by .ci/run) a missing tool fails the test instead of
+skipping it, so CI always runs the interop tests.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from vdisk_tool.cli.app import app
+
+REQUIRE = os.environ.get("VDISK_REQUIRE_TOOLS") == "1"
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if REQUIRE:
+            pytest.fail(f"{name} is required (VDISK_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run an external tool; capture text output."""
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture
+def qemu_img() -> str:
+    return need_tool("qemu-img")
+
+
+@pytest.fixture
+def qemu_io() -> str:
+    return need_tool("qemu-io")
+
+
+@pytest.fixture
+def vmdkinfo() -> str:
+    return need_tool("vmdkinfo")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def vdisk(runner: CliRunner, *args: str):
+    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
+    return runner.invoke(app, list(args), catch_exceptions=False)
