@@ -204,8 +204,13 @@ def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: st
 
 
 def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outside: bool = False,
+               parent_dir: str | None = None,
                _depth: int = 0, _seen: frozenset[str] = frozenset()) -> Disk:
-    """Open any raw or VMDK image (and its parents) as a Disk."""
+    """Open any raw or VMDK image (and its parents, read-only) as a Disk.
+
+    `parent_dir` is where a relative parentFileNameHint is looked up (default: the image's
+    own folder); edits of a delta made on a copy elsewhere use it.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ImageError("no such file", path=path)
@@ -229,8 +234,11 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
         return Disk(path, "raw", "raw", None, None, [Extent(None, 0, dev.size_bytes, dev, path)],
                     writable=writable)
     if kind == "sparse":
-        return _open_sparse(path, writable, allow_outside, _depth, _seen | {real})
-    return _open_descriptor(path, writable, allow_outside, _depth, _seen | {real})
+        disk = _open_sparse(path, writable, allow_outside, _depth, _seen | {real})
+    else:
+        disk = _open_descriptor(path, writable, allow_outside, _depth, _seen | {real})
+    _attach_parent(disk, allow_outside, _depth, _seen | {real}, parent_dir)
+    return disk
 
 
 def _open_sparse(path: str, writable: bool, allow_outside: bool, depth: int,
@@ -253,7 +261,6 @@ def _open_sparse(path: str, writable: bool, allow_outside: bool, depth: int,
     if line is not None and line.sectors != ext.geo.capacity_sectors:
         disk.warnings.append(f"descriptor says {line.sectors} sectors, header capacity is "
                              f"{ext.geo.capacity_sectors}")
-    _attach_parent(disk, allow_outside, depth, seen)
     return disk
 
 
@@ -306,12 +313,11 @@ def _open_descriptor(path: str, writable: bool, allow_outside: bool, depth: int,
         for e in extents:
             e.device.close()
         raise
-    disk = Disk(path, "vmdk", ctype or "custom", desc, path, extents, writable=writable)
-    _attach_parent(disk, allow_outside, depth, seen)
-    return disk
+    return Disk(path, "vmdk", ctype or "custom", desc, path, extents, writable=writable)
 
 
-def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[str]) -> None:
+def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[str],
+                   parent_dir: str | None = None) -> None:
     desc = disk.descriptor
     if desc is None:
         return
@@ -319,7 +325,7 @@ def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[
     pcid = desc.parent_cid
     if not hint or pcid in (None, vd.NO_PARENT_CID):
         return
-    base = os.path.dirname(os.path.abspath(disk.descriptor_path or disk.path))
+    base = parent_dir or os.path.dirname(os.path.abspath(disk.descriptor_path or disk.path))
     try:
         ppath = _resolve(base, hint, allow_outside, "parent", disk.path)
         if not os.path.exists(ppath):

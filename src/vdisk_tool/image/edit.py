@@ -1,0 +1,135 @@
+"""edit_image(): change an image crash-safely, whatever its subformat.
+
+The image's files are copied (sparsely: cost grows with the data held) into a temporary
+folder beside them, under their own names; the caller writes to that copy; on success the
+copies are fsynced and renamed over the originals, data extents first and the descriptor
+last. streamOptimized images are decoded into a temporary sparse copy and re-encoded.
+An exception, or dry_run, leaves the original files untouched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from .create import create_image, like, new_cid
+from .disk import Disk, open_image
+from .safe import Replacement, TMP_MARK, check_unlocked, sparse_copy
+
+
+def temp_dir_for(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}.d")
+
+
+def clean_leftovers(folder: str) -> list[str]:
+    """Remove what an interrupted run left (temporary files and folders); return their names."""
+    from .safe import leftover_temps
+    gone = []
+    for p in leftover_temps(folder):
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except OSError:
+                continue
+        gone.append(p)
+    return gone
+
+
+@contextmanager
+def edit_image(path: str, *, force: bool = False, backup: str | None = None,
+               dry_run: bool = False, allow_outside: bool = False,
+               warnings: Callable[[str], None] | None = None) -> Iterator[Disk]:
+    """Yield a writable Disk over a copy of `path`; commit it on success (see module doc)."""
+    with open_image(path, allow_outside=allow_outside) as probe:
+        files = probe.files
+        sub = probe.subformat
+        shape = like(probe)
+        has_parent = probe.parent is not None
+    for w in check_unlocked(files, force=force):
+        if warnings:
+            warnings(w)
+    work = temp_dir_for(path)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    rep = Replacement()
+    try:
+        if sub == "streamOptimized":
+            scratch = os.path.join(work, "scratch.vmdk")
+            with open_image(path, allow_outside=allow_outside) as src:
+                create_image(scratch, src.size_bytes, "monolithicSparse", shape["adapter"], source=src)
+            disk = open_image(scratch, writable=True)
+            try:
+                yield disk
+                disk.flush()
+            finally:
+                disk.close()
+            if dry_run:
+                return
+            out = os.path.join(work, os.path.basename(path))
+            with open_image(scratch) as edited:
+                create_image(out, edited.size_bytes, "streamOptimized", shape["adapter"],
+                             source=edited, template=shape["template"])
+            rep.add(out, os.path.abspath(path))
+        else:
+            copies = {}
+            main = os.path.abspath(path)
+            for f in files:
+                dst = os.path.join(work, os.path.basename(f))
+                sparse_copy(f, dst)
+                copies[f] = dst
+            opened = copies.get(main, copies[files[0]])
+            disk = _open_copy(opened, path, has_parent, allow_outside)
+            try:
+                yield disk
+                if disk.descriptor is not None:
+                    # content changed: a new CID, as VMware does on the first write
+                    disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
+                    store_descriptor(disk, disk.descriptor)
+                disk.flush()
+            finally:
+                disk.close()
+            if dry_run:
+                return
+            ordered = [f for f in files if f != main] + ([main] if main in copies else [])
+            for f in ordered:
+                rep.add(copies[f], f)
+        rep.commit(backup=backup)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _open_copy(copy_path: str, original: str, has_parent: bool, allow_outside: bool) -> Disk:
+    """Open the copy; a delta's parent is still looked up beside the original."""
+    if not has_parent:
+        return open_image(copy_path, writable=True, allow_outside=allow_outside)
+    return open_image(copy_path, writable=True, allow_outside=allow_outside,
+                      parent_dir=os.path.dirname(os.path.abspath(original)))
+
+
+def store_descriptor(disk: Disk, desc) -> None:
+    """Write `desc` back where `disk` keeps its descriptor (text file, or the embedded area
+    of a sparse file, NUL padded). Used on copies only: callers commit via Replacement."""
+    from ..errors import RefusedError
+    from .sparse import SparseExtent
+    data = desc.to_bytes()
+    target = disk.descriptor_path
+    if target is None:
+        return
+    first = disk.extents[0].device if disk.extents else None
+    if isinstance(first, SparseExtent) and disk.extents[0].path == target:
+        h = first.header
+        room = h.descriptor_sectors * 512
+        if not h.descriptor_offset_sectors or len(data) > room:
+            raise RefusedError("the new descriptor does not fit the embedded descriptor area",
+                               path=target)
+        os.pwrite(first.fd, data.ljust(room, b"\0"), h.descriptor_offset_sectors * 512)
+        return
+    with open(target, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
