@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import typer
 
+from ..image.check import check_image
+from ..image.create import SUBFORMATS, create_image, like
 from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
+from ..image.repair import apply_repair, plan_repair
 from .app import app
-from .common import EXIT_FINDINGS, EXIT_OK, emit_json, handle_errors, progress
+from .common import (EXIT_FINDINGS, EXIT_OK, emit_json, handle_errors, parse_size, print_findings,
+                     progress)
 
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
@@ -94,3 +98,107 @@ def compare(a: str = typer.Argument(..., help="First image."),
         typer.echo(f"Content mismatch at offset {res.first_difference} "
                    f"(0x{res.first_difference:x})!")
     raise typer.Exit(EXIT_OK if res.same else EXIT_FINDINGS)
+
+
+@app.command()
+@handle_errors
+def check(image: str = typer.Argument(..., help="The image to check (any VMDK or raw)."),
+          repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: print the plan only."),
+          backup: str = typer.Option(None, "--backup", help="Keep the original file(s) here."),
+          force: bool = typer.Option(False, "--force", help="Modify even if a VMware lock exists."),
+          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Walk all metadata and report every finding. Exit 0 clean, 1 findings, 3 unreadable.
+
+    Example: vdisk check hd-flash.vmdk --repair --backup hd-flash.bak
+    """
+    report = check_image(image, allow_outside=allow_outside)
+    if not repair:
+        _print_report(report, json_out)
+        raise typer.Exit(EXIT_OK if report.clean else EXIT_FINDINGS)
+    plan = plan_repair(report)
+    if plan.empty:
+        _print_report(report, json_out)
+        if not json_out and not report.clean:
+            typer.echo("nothing can be repaired without guessing")
+        raise typer.Exit(EXIT_OK if report.clean else EXIT_FINDINGS)
+    if not json_out:
+        _print_report(report, False)
+        typer.echo("repair plan:")
+        for a in plan.actions:
+            typer.echo(f"  - {a}")
+    after = apply_repair(plan, backup=backup, force=force, dry_run=dry_run,
+                         allow_outside=allow_outside)
+    if json_out:
+        emit_json({"before": report.to_dict(), "plan": list(plan.actions), "dry_run": dry_run,
+                   "after": after.to_dict()})
+    else:
+        typer.echo("dry run: nothing was changed (the plan was tried on a copy)" if dry_run
+                   else f"repaired {image}")
+        if not after.clean:
+            typer.echo("remaining findings:")
+            print_findings(after.findings, "  ")
+    if dry_run:
+        raise typer.Exit(EXIT_FINDINGS)  # the image itself still has its findings
+    raise typer.Exit(EXIT_OK if after.clean else EXIT_FINDINGS)
+
+
+def _print_report(report, json_out: bool) -> None:
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    if report.clean:
+        typer.echo(f"No errors were found on {report.path} ({report.grains_checked} grains checked).")
+        print_findings(report.findings)
+        return
+    print_findings(report.findings)
+    n = sum(1 for f in report.findings if f.severity.value != "info")
+    fixable = sum(1 for f in report.findings if f.fixable)
+    typer.echo(f"{n} finding(s), {fixable} fixable with --repair.")
+
+
+SUBFORMAT_HELP = "One of: " + ", ".join(SUBFORMATS) + "."
+
+
+@app.command()
+@handle_errors
+def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
+           size: str = typer.Option(..., "--size", "-s", help="Capacity, e.g. 100M, 8G."),
+           subformat: str = typer.Option("monolithicSparse", "--subformat", "-F", help=SUBFORMAT_HELP),
+           adapter: str = typer.Option("ide", "--adapter", help="ide, lsilogic, buslogic or legacyESX."),
+           hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
+           json_out: bool = JSON) -> None:
+    """Create an empty disk with geometry and descriptor as VMware writes them.
+
+    Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
+    """
+    n = parse_size(size)
+    n = -(-n // 512) * 512
+    files = create_image(file, n, subformat, adapter, hw_version=hw_version)
+    if json_out:
+        emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
+    else:
+        typer.echo(f"Formatting '{file}', fmt=vmdk size={n} subformat={subformat} adapter={adapter}")
+
+
+@app.command()
+@handle_errors
+def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
+            dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
+            subformat: str = typer.Option(None, "--subformat", "-F",
+                                          help=SUBFORMAT_HELP + " Default: the source's, else monolithicSparse."),
+            raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
+            adapter: str = typer.Option(None, "--adapter", help="Default: the source's adapter."),
+            allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Copy any readable image to any writable subformat; zero grains are not written.
+
+    Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
+    """
+    with open_image(src, allow_outside=allow_outside) as disk:
+        shape = like(disk)
+        if raw or dst.lower().endswith((".img", ".raw")):
+            sub = "raw"
+        else:
+            sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
+        with progress(f"converting to {sub}") as cb:
+            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk, progress=cb)

@@ -94,7 +94,7 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     targets = [os.path.join(folder, n) for n, _ in names] + [os.path.abspath(path)]
     for t in targets:
         if os.path.lexists(t) and not overwrite:
-            raise RefusedError(f"{t} exists; refusing to overwrite it", path=t,
+            raise RefusedError("exists; refusing to overwrite it", path=t,
                                hint="remove it first or choose another name")
     check_unlocked(targets, force=force)
     cid = new_cid()

@@ -204,7 +204,7 @@ def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: st
 
 
 def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outside: bool = False,
-               parent_dir: str | None = None,
+               parent_dir: str | None = None, follow_parent: bool = True,
                _depth: int = 0, _seen: frozenset[str] = frozenset()) -> Disk:
     """Open any raw or VMDK image (and its parents, read-only) as a Disk.
 
@@ -237,7 +237,8 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
         disk = _open_sparse(path, writable, allow_outside, _depth, _seen | {real})
     else:
         disk = _open_descriptor(path, writable, allow_outside, _depth, _seen | {real})
-    _attach_parent(disk, allow_outside, _depth, _seen | {real}, parent_dir)
+    if follow_parent:
+        _attach_parent(disk, allow_outside, _depth, _seen | {real}, parent_dir)
     return disk
 
 

@@ -41,7 +41,7 @@ def clean_leftovers(folder: str) -> list[str]:
 
 @contextmanager
 def edit_image(path: str, *, force: bool = False, backup: str | None = None,
-               dry_run: bool = False, allow_outside: bool = False,
+               dry_run: bool = False, allow_outside: bool = False, keep_cid: bool = False,
                warnings: Callable[[str], None] | None = None) -> Iterator[Disk]:
     """Yield a writable Disk over a copy of `path`; commit it on success (see module doc)."""
     with open_image(path, allow_outside=allow_outside) as probe:
@@ -85,7 +85,7 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
             disk = _open_copy(opened, path, has_parent, allow_outside)
             try:
                 yield disk
-                if disk.descriptor is not None:
+                if disk.descriptor is not None and not keep_cid:
                     # content changed: a new CID, as VMware does on the first write
                     disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
                     store_descriptor(disk, disk.descriptor)

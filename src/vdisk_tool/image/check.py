@@ -1,0 +1,380 @@
+"""`vdisk check`: walk all VMDK metadata and report every finding (specs/vmdk.md §Invariants).
+
+A check never raises for what it finds: it returns Findings. Only an image that cannot be
+opened at all raises (exit 3 in the CLI).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass, field
+
+from ..errors import Finding, ImageError, Severity, VdiskError
+from ..formats import vmdk_descriptor as vd
+from ..formats import vmdk_sparse as vs
+from .disk import Disk, _resolve, open_image
+from .sparse import SparseExtent
+
+SECTOR = vs.SECTOR_BYTES
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+
+@dataclass
+class TableFix:
+    """A repair action: copy `length` bytes from src_offset to dst_offset in one file."""
+
+    path: str
+    src_offset: int
+    dst_offset: int
+    length: int
+    what: str
+
+
+@dataclass
+class CheckReport:
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    fixes: list[TableFix] = field(default_factory=list)
+    clear_unclean: list[str] = field(default_factory=list)
+    extent_sizes: dict[int, int] = field(default_factory=dict)   # extent index -> sectors
+    grains_checked: int = 0
+
+    def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
+            fixable: bool = False, path: str | None = None) -> None:
+        self.findings.append(Finding(code, sev, msg, offset, fixable, path))
+
+    @property
+    def clean(self) -> bool:
+        return not any(f.severity != I for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "clean": self.clean, "grains_checked": self.grains_checked,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def check_image(path: str, allow_outside: bool = False) -> CheckReport:
+    """Open `path` (raising only if it cannot be opened) and check every layer of it."""
+    report = CheckReport(path)
+    disk = open_image(path, allow_outside=allow_outside, follow_parent=False)
+    try:
+        _check_descriptor(disk, report)
+        for idx, ext in enumerate(disk.extents):
+            if isinstance(ext.device, SparseExtent):
+                _check_sparse(ext.device, report)
+            elif ext.path and ext.kind in ("FLAT", "VMFS"):
+                _check_flat(idx, ext, report)
+        _check_chain(disk, report, allow_outside)
+    finally:
+        disk.close()
+    return report
+
+
+def _check_descriptor(disk: Disk, r: CheckReport) -> None:
+    desc = disk.descriptor
+    if disk.format == "raw" or desc is None:
+        return
+    p = disk.descriptor_path
+    if desc.cid is None:
+        r.add("vmdk.descriptor-cid", W, "descriptor has no valid CID", path=p)
+    ctype = desc.create_type
+    known = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+             "streamOptimized", "vmfs", "vmfsThin", "vmfsPreallocated", "vmfsEagerZeroedThick",
+             "custom", "2GbMaxExtentSparse", "2GbMaxExtentFlat")
+    if ctype is None:
+        r.add("vmdk.descriptor-createtype", W, "descriptor has no createType", path=p)
+    elif ctype not in known:
+        r.add("vmdk.descriptor-createtype", W, f"unusual createType {ctype!r}", path=p)
+    for w in disk.warnings:
+        r.add("vmdk.descriptor-extent-size", E, w, path=p)
+    adapter = desc.get("ddb.adapterType")
+    if adapter is not None and adapter not in ("ide", "lsilogic", "buslogic", "legacyESX", "pvscsi"):
+        r.add("vmdk.descriptor-adapter", W, f"unknown ddb.adapterType {adapter!r}", path=p)
+
+
+def _check_flat(idx: int, ext, r: CheckReport) -> None:
+    need = ext.size_bytes + (ext.line.offset_sectors or 0) * SECTOR
+    have = os.path.getsize(ext.path)
+    if have == need:
+        return
+    if have % SECTOR == 0 and (ext.line.offset_sectors or 0) == 0:
+        r.extent_sizes[idx] = have // SECTOR
+        r.add("vmdk.flat-size-mismatch", E if have < need else W,
+              f"extent line says {ext.line.sectors} sectors, {os.path.basename(ext.path)} holds "
+              f"{have // SECTOR}", fixable=True, path=ext.path)
+    else:
+        r.add("vmdk.flat-size-mismatch", E, f"{os.path.basename(ext.path)} is {have} bytes, the "
+              f"descriptor needs {need}", path=ext.path)
+
+
+def _gte_valid(entry: int, geo, file_bytes: int, meta: list[tuple[int, int]]) -> str | None:
+    """None when a grain pointer is acceptable, else why not."""
+    if entry == 0 or (entry == 1):
+        return None
+    start = entry * SECTOR
+    if not geo.compressed:
+        end = start + geo.grain_bytes
+        if end > file_bytes:
+            return "points past the end of the file"
+    elif start + 12 > file_bytes:
+        return "points past the end of the file"
+    if entry < geo.overhead_sectors and not geo.compressed:
+        return "points into the metadata area"
+    for lo, hi in meta:
+        if lo <= entry < hi:
+            return "points into the grain directory or a grain table"
+    return None
+
+
+def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
+    p, geo, h = ext.path, ext.geo, ext.footer or ext.header
+    fb = ext.file_bytes
+    if h.flags & vs.FLAG_VALID_NEWLINE_TEST and (
+            h.single_end_line_char, h.non_end_line_char, h.double_end_line_char1,
+            h.double_end_line_char2) != (b"\n", b" ", b"\r", b"\n"):
+        r.add("vmdk.header-newline", E, "newline test characters are wrong: the file went through a "
+              "text-mode (CR/LF) transfer", 73, path=p)
+    if not 8 <= geo.grain_sectors <= 128:
+        r.add("vmdk.grain-size-unusual", W, f"grainSize {geo.grain_sectors} sectors is outside "
+              "VMware's range 8..128", 0x14, path=p)
+    if geo.gtes_per_gt != vs.GTES_PER_GT:
+        r.add("vmdk.gtes-per-gt", W, f"numGTEsPerGT is {geo.gtes_per_gt}, VMware uses 512", 0x2c, path=p)
+    if geo.compressed and h.version < 3:
+        r.add("vmdk.stream-version", W, f"streamOptimized header version {h.version}: ESXi "
+              "rejects versions below 3", 4, path=p)
+    if ext.header.unclean_shutdown:
+        r.clear_unclean.append(p)
+        r.add("vmdk.unclean-shutdown", W, "uncleanShutdown is set: the disk was not closed cleanly",
+              72, fixable=True, path=p)
+    if not geo.compressed and geo.overhead_sectors * SECTOR > fb:
+        r.add("vmdk.truncated", E, f"file is {fb} bytes, shorter than its metadata "
+              f"({geo.overhead_sectors * SECTOR} bytes)", fb, path=p)
+    gd = ext.gd
+    rgd = _safe(lambda: ext.read_rgd(), r, "vmdk.rgd-unreadable", p)
+    gt_sectors = vs.sectors_for_bytes(geo.gt_bytes)
+    meta = [(geo.gd_offset_sectors, geo.gd_offset_sectors + vs.sectors_for_bytes(geo.gd_bytes))]
+    if rgd is not None:
+        meta.append((geo.rgd_offset_sectors,
+                     geo.rgd_offset_sectors + vs.sectors_for_bytes(geo.gd_bytes)))
+    for table in (gd, rgd):
+        for v in table or ():
+            if v:
+                meta.append((v, v + gt_sectors))
+    owners: dict[int, int] = {}
+    grain_owner: dict[int, int] = {}
+    used: list[tuple[int, int]] = []
+    for gdi in range(geo.gd_entries):
+        primary = _load_gt(ext, gd[gdi], fb, r, p, f"grain table {gdi}", gdi)
+        backup = _load_gt(ext, rgd[gdi], fb, r, p, f"redundant grain table {gdi}", gdi) \
+            if rgd is not None else None
+        if gd[gdi] and gd[gdi] in owners:
+            r.add("vmdk.gt-shared", E, f"grain directory entries {owners[gd[gdi]]} and {gdi} name the "
+                  f"same grain table (sector {gd[gdi]})", geo.gd_offset_sectors * SECTOR + 4 * gdi, path=p)
+            primary = None
+        elif gd[gdi]:
+            owners[gd[gdi]] = gdi
+        chosen = _reconcile(ext, gdi, primary, backup, rgd, meta, r)
+        if chosen is None:
+            continue
+        base_grain = gdi * geo.gtes_per_gt
+        for i, entry in enumerate(chosen):
+            grain = base_grain + i
+            if grain * geo.grain_sectors >= geo.capacity_sectors:
+                if entry > 1:
+                    r.add("vmdk.gte-beyond-capacity", I, f"grain {grain} lies beyond the capacity but "
+                          "is allocated", path=p)
+                break
+            if entry == 0:
+                continue
+            r.grains_checked += 1
+            if entry == 1:
+                if not geo.zero_grain_flag:
+                    r.add("vmdk.zero-grain-without-flag", W, f"grain {grain} is marked zeroed (GTE 1) "
+                          "but the header lacks the zeroed-grain flag", path=p)
+                continue
+            why = _gte_valid(entry, geo, fb, meta)
+            if why:
+                r.add("vmdk.grain-pointer", E, f"grain {grain} (sector {entry}) {why}",
+                      entry * SECTOR, path=p)
+                continue
+            if entry in grain_owner:
+                r.add("vmdk.grain-shared", E, f"grains {grain_owner[entry]} and {grain} share the "
+                      f"data at sector {entry}", entry * SECTOR, path=p)
+                continue
+            grain_owner[entry] = grain
+            if geo.compressed:
+                _check_compressed_grain(ext, grain, entry, r)
+            else:
+                used.append((entry, entry + geo.grain_sectors))
+    if not geo.compressed:
+        _check_leaks(ext, used, meta, r)
+    else:
+        _check_stream(ext, r)
+
+
+def _safe(fn, r: CheckReport, code: str, p: str):
+    try:
+        return fn()
+    except VdiskError as exc:
+        r.add(code, E, exc.message, exc.offset, path=p)
+        return None
+
+
+def _load_gt(ext: SparseExtent, sector: int, fb: int, r: CheckReport, p: str, what: str,
+             gdi: int) -> array | None:
+    if sector == 0:
+        return None
+    if (sector + vs.sectors_for_bytes(ext.geo.gt_bytes)) * SECTOR > fb:
+        r.add("vmdk.gt-out-of-range", E, f"{what} at sector {sector} lies past the end of the file",
+              sector * SECTOR, path=p)
+        return None
+    return ext.read_gt_at(sector)
+
+
+def _table_ok(t: array | None, ext: SparseExtent, meta) -> bool:
+    return t is not None and all(_gte_valid(v, ext.geo, ext.file_bytes, meta) is None for v in t)
+
+
+def _reconcile(ext: SparseExtent, gdi: int, primary: array | None, backup: array | None,
+               rgd: array | None, meta, r: CheckReport) -> array | None:
+    """Compare a GT with its redundant copy; plan a fix when exactly one side is sound."""
+    geo, p = ext.geo, ext.path
+    if rgd is None:
+        return primary
+    gd_sec, rgd_sec = ext.gd[gdi], rgd[gdi]
+    if (gd_sec == 0) != (rgd_sec == 0):
+        r.add("vmdk.gd-rgd-mismatch", E, f"grain directory entry {gdi} is {gd_sec}, its redundant "
+              f"copy is {rgd_sec}", geo.gd_offset_sectors * SECTOR + 4 * gdi, path=p)
+        return primary if primary is not None else backup
+    if primary is None and backup is None:
+        return None
+    if primary is not None and backup is not None and primary == backup:
+        return primary
+    p_ok, b_ok = _table_ok(primary, ext, meta), _table_ok(backup, ext, meta)
+    gb = geo.gt_bytes
+    if p_ok and not b_ok and backup is not None:
+        r.fixes.append(TableFix(p, gd_sec * SECTOR, rgd_sec * SECTOR, gb,
+                                f"redundant grain table {gdi} from the primary"))
+        r.add("vmdk.gt-rgt-mismatch", E, f"redundant grain table {gdi} is damaged; the primary is "
+              "sound", rgd_sec * SECTOR, fixable=True, path=p)
+        return primary
+    if b_ok and not p_ok and primary is not None:
+        r.fixes.append(TableFix(p, rgd_sec * SECTOR, gd_sec * SECTOR, gb,
+                                f"grain table {gdi} from its redundant copy"))
+        r.add("vmdk.gt-rgt-mismatch", E, f"grain table {gdi} is damaged; its redundant copy is "
+              "sound", gd_sec * SECTOR, fixable=True, path=p)
+        return backup
+    r.add("vmdk.gt-rgt-mismatch", E, f"grain table {gdi} and its redundant copy differ and both "
+          "look plausible: cannot tell which is right", gd_sec * SECTOR, path=p)
+    return primary if p_ok else None
+
+
+def _check_leaks(ext: SparseExtent, used: list[tuple[int, int]], meta, r: CheckReport) -> None:
+    """Grain-sized stretches after the metadata that no table points to (space wasted)."""
+    geo = ext.geo
+    end_sector = ext.file_bytes // SECTOR
+    spans = sorted(used + [m for m in meta if m[0] >= geo.overhead_sectors])
+    pos, leaked = geo.overhead_sectors, 0
+    for lo, hi in spans:
+        if lo > pos:
+            leaked += (lo - pos) // geo.grain_sectors
+        pos = max(pos, hi)
+    if end_sector > pos:
+        leaked += (end_sector - pos) // geo.grain_sectors
+    if leaked:
+        r.add("vmdk.leaked-grains", W, f"{leaked} grain(s) of file space are not referenced by any "
+              "grain table (wasted space; `vdisk convert` compacts)", path=ext.path)
+
+
+def _check_compressed_grain(ext: SparseExtent, grain: int, entry: int, r: CheckReport) -> None:
+    try:
+        ext.read_grain(grain, entry)
+    except VdiskError as exc:
+        r.add("vmdk.stream-grain", E, exc.message, entry * SECTOR, path=ext.path)
+
+
+def _next_nonzero_sector(fd: int, pos: int, fb: int) -> int:
+    """The first sector at or after pos holding a non-zero byte (fb when none)."""
+    while pos < fb:
+        block = os.pread(fd, min(1 << 16, fb - pos), pos)
+        if not block:
+            return fb
+        stripped = block.lstrip(b"\0")
+        if stripped:
+            return pos + (len(block) - len(stripped)) // SECTOR * SECTOR
+        pos += len(block)
+    return fb
+
+
+def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
+    """Walk the markers from the first grain to the end: types, EOS, footer.
+
+    A zero sector is the end-of-stream marker only when nothing but zeros follows it
+    (qemu pads between grains with zeros)."""
+    geo, p, fd, fb = ext.geo, ext.path, ext.fd, ext.file_bytes
+    pos = geo.overhead_sectors * SECTOR
+    saw_eos = saw_footer = False
+    while pos + SECTOR <= fb:
+        head = os.pread(fd, 16, pos)
+        val, size, mtype = struct.unpack("<QII", head)
+        if size:
+            pos += -(-(12 + size) // SECTOR) * SECTOR
+            continue
+        if mtype == vs.MARKER_EOS and val == 0:
+            nxt = _next_nonzero_sector(fd, pos, fb)
+            if nxt >= fb:
+                saw_eos = True
+                break
+            pos = nxt
+            continue
+        if mtype in (vs.MARKER_GT, vs.MARKER_GD, vs.MARKER_FOOTER):
+            if os.pread(fd, 496, pos + 16).count(0) != 496:
+                r.add("vmdk.stream-marker", W, "metadata marker padding is not zero", pos, path=p)
+            saw_footer |= mtype == vs.MARKER_FOOTER
+            pos += SECTOR * (1 + min(val, fb // SECTOR))
+        elif mtype == vs.MARKER_PROGRESS:
+            pos += SECTOR
+        else:
+            r.add("vmdk.stream-marker", E, f"unknown marker type {mtype} (numSectors {val})", pos,
+                  path=p)
+            return
+    if not saw_eos:
+        r.add("vmdk.stream-no-eos", W, "no end-of-stream marker: ESXi's OVF import rejects such "
+              "files (older qemu writes them)", fb, path=p)
+    if ext.header.gd_offset_sectors == vs.GD_AT_END and not saw_footer:
+        r.add("vmdk.stream-footer", E, "header says GD_AT_END but no footer marker was found", path=p)
+
+
+def _check_chain(disk: Disk, r: CheckReport, allow_outside: bool) -> None:
+    desc = disk.descriptor
+    if desc is None:
+        return
+    hint, pcid = desc.get("parentFileNameHint"), desc.parent_cid
+    if pcid is None or pcid == vd.NO_PARENT_CID:
+        if hint:
+            r.add("vmdk.parent-hint-orphan", W, "parentFileNameHint is set but parentCID says no parent")
+        return
+    if not hint:
+        r.add("vmdk.parent-missing", E, "parentCID names a parent but there is no parentFileNameHint")
+        return
+    base = os.path.dirname(os.path.abspath(disk.descriptor_path or disk.path))
+    try:
+        ppath = _resolve(base, hint, allow_outside, "parent", disk.path)
+    except ImageError as exc:
+        r.add("vmdk.parent-outside", E, exc.message)
+        return
+    if not os.path.exists(ppath):
+        r.add("vmdk.parent-missing", E, f"parent {hint!r} does not exist")
+        return
+    try:
+        with open_image(ppath, allow_outside=allow_outside) as parent:
+            pc = parent.descriptor.cid if parent.descriptor else None
+            if pc != pcid:
+                r.add("vmdk.cid-mismatch", E, f"parentCID {pcid:08x} does not match the parent's CID "
+                      f"{'none' if pc is None else format(pc, '08x')}: the parent changed after the "
+                      "snapshot")
+            if parent.size_bytes != disk.size_bytes:
+                r.add("vmdk.parent-size", W, "parent and child capacities differ")
+    except VdiskError as exc:
+        r.add("vmdk.parent-unreadable", E, f"parent {hint!r}: {exc.message}")

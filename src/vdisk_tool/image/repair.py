@@ -1,0 +1,85 @@
+"""`vdisk check --repair`: fix what can be fixed without guessing (specs/vmdk.md §Repair).
+
+The plan comes from a CheckReport; it is applied to a copy (edit_image) and committed only
+when the copy then checks clean of the fixed findings.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from ..errors import RepairError
+from .check import CheckReport, check_image
+from .edit import edit_image, store_descriptor
+from .sparse import SparseExtent
+
+UNCLEAN_OFFSET = 72
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    path: str
+    actions: tuple[str, ...]
+    report: CheckReport
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+def plan_repair(report: CheckReport) -> RepairPlan:
+    actions = [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
+               f"{os.path.basename(f.path)}" for f in report.fixes]
+    actions += [f"set extent {i + 1} to {n} sectors to match its flat file"
+                for i, n in sorted(report.extent_sizes.items())]
+    errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
+    if report.clear_unclean and not errors_left:
+        actions += [f"clear uncleanShutdown in {os.path.basename(p)}" for p in report.clear_unclean]
+    return RepairPlan(report.path, tuple(actions), report)
+
+
+def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = False,
+                 dry_run: bool = False, allow_outside: bool = False) -> CheckReport:
+    """Apply the plan crash-safely and return the check of the result (of the copy on dry_run)."""
+    if plan.empty:
+        return plan.report
+    report = plan.report
+    errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
+    with edit_image(plan.path, force=force, backup=backup, dry_run=dry_run, keep_cid=True,
+                    allow_outside=allow_outside) as disk:
+        by_name = {os.path.basename(e.path): e.device for e in disk.extents
+                   if e.path and isinstance(e.device, SparseExtent)}
+        for fix in report.fixes:
+            dev = by_name.get(os.path.basename(fix.path))
+            if dev is None:
+                raise RepairError(f"extent {os.path.basename(fix.path)} not found in the copy",
+                                  path=plan.path)
+            data = os.pread(dev.fd, fix.length, fix.src_offset)
+            os.pwrite(dev.fd, data, fix.dst_offset)
+        if report.clear_unclean and not errors_left:
+            for p in report.clear_unclean:
+                dev = by_name.get(os.path.basename(p))
+                if dev is not None:
+                    os.pwrite(dev.fd, struct.pack("<B", 0), UNCLEAN_OFFSET)
+                    if dev.footer is not None:
+                        # keep the stream footer's copy of the flag consistent
+                        os.pwrite(dev.fd, b"\0", dev.file_bytes - 1024 + UNCLEAN_OFFSET)
+        if report.extent_sizes and disk.descriptor is not None:
+            desc = disk.descriptor
+            for i, n in report.extent_sizes.items():
+                line = desc.extents[i]
+                line.sectors = n
+                desc.set_extent(i, line)
+            store_descriptor(disk, desc)
+        copy_path = disk.descriptor_path or disk.path
+        for ext in disk.extents:
+            ext.device.flush()
+        after = check_image(copy_path, allow_outside=allow_outside)
+        fixed_codes = {f.code for f in report.findings if f.fixable}
+        still = [f for f in after.findings if f.code in fixed_codes]
+        if still:
+            raise RepairError(f"repair did not fix: {still[0].code}: {still[0].message}",
+                              path=plan.path)
+    after.path = plan.path
+    return after
