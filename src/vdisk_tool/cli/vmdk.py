@@ -6,6 +6,7 @@ import typer
 from ..image.check import check_image
 from ..image.create import SUBFORMATS, create_image, like
 from ..image.disk import open_image
+from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
 from ..image.repair import apply_repair, plan_repair
 from .app import app
@@ -202,3 +203,32 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
         with progress(f"converting to {sub}") as cb:
             create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk, progress=cb)
+
+
+@app.command()
+@handle_errors
+def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
+         size: str = typer.Option(..., "--size", "-s", help="New capacity, e.g. 8G (never smaller)."),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
+         backup: str = typer.Option(None, "--backup", help="Keep the original file(s) here."),
+         force: bool = typer.Option(False, "--force", help="Modify even if a VMware lock exists."),
+         json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Enlarge a disk of any writable subformat; the data and the file system inside stay as
+    they are (use `vdisk cf grow` to grow hd-cf's file system too).
+
+    Example: vdisk grow hd-cf.vmdk --size 8G --backup hd-cf.bak
+    """
+    plan = plan_grow(image, parse_size(size), allow_outside=allow_outside)
+    if not json_out:
+        for line in plan.describe():
+            typer.echo(line)
+    if not dry_run:
+        with progress("growing", not json_out) as cb:
+            apply_grow(plan, force=force, backup=backup, progress=cb)
+    if json_out:
+        emit_json({"path": plan.path, "subformat": plan.subformat, "old_size_bytes": plan.old_bytes,
+                   "new_size_bytes": plan.new_bytes, "method": plan.method, "dry_run": dry_run})
+    elif dry_run:
+        typer.echo("dry run: nothing was changed")
+    else:
+        typer.echo(f"grown to {plan.new_bytes} bytes")

@@ -1,0 +1,186 @@
+"""`vdisk grow`: enlarge any writable VMDK (or raw image) without touching its data.
+
+Sparse and stream subformats are rewritten into new files beside the old ones (cost: the
+metadata plus the allocated grains, never the capacity) and renamed over them. Flat
+subformats are extended in place, sparsely, under an undo journal: the old lengths are
+recorded and fsynced first, so an interrupted grow is rolled back by the next run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from ..errors import RefusedError
+from ..formats import vmdk_descriptor as vd
+from .base import SECTOR_BYTES
+from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
+from .disk import open_image
+from .safe import Replacement, check_unlocked, create_temp, fsync_dir, fsync_path
+
+JOURNAL_SUFFIX = ".vdisk-journal"
+
+
+@dataclass(frozen=True)
+class GrowPlan:
+    path: str
+    subformat: str
+    old_bytes: int
+    new_bytes: int
+    method: str        # "rewrite", "extend-flat", "extend-raw"
+    files: tuple[str, ...]
+
+    def describe(self) -> list[str]:
+        how = {"rewrite": "write a new image with the larger capacity and copy the allocated grains",
+               "extend-flat": "extend the flat extent file(s) sparsely and rewrite the descriptor",
+               "extend-raw": "extend the raw file sparsely"}[self.method]
+        return [f"grow {self.path} ({self.subformat}) from {self.old_bytes} to {self.new_bytes} bytes",
+                how]
+
+
+def journal_path(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}{JOURNAL_SUFFIX}")
+
+
+def roll_back_journal(path: str) -> bool:
+    """Undo an interrupted flat grow: truncate each file back to its recorded length."""
+    jp = journal_path(path)
+    if not os.path.exists(jp):
+        return False
+    try:
+        with open(jp) as f:
+            record = json.load(f)
+        for name, length in record.get("lengths", {}).items():
+            if os.path.exists(name) and os.path.getsize(name) != length:
+                os.truncate(name, length)
+        for tmp in record.get("temps", []):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, ValueError):
+        return False
+    os.unlink(jp)
+    return True
+
+
+def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPlan:
+    if new_bytes % SECTOR_BYTES:
+        new_bytes = -(-new_bytes // SECTOR_BYTES) * SECTOR_BYTES
+    with open_image(path, allow_outside=allow_outside) as disk:
+        old = disk.size_bytes
+        sub = disk.subformat
+        files = tuple(disk.files)
+        if disk.parent is not None:
+            raise RefusedError("growing a snapshot delta would break its chain; grow the base "
+                               "disk after consolidating", path=path)
+    if new_bytes < old:
+        raise RefusedError(f"shrinking is not supported ({old} -> {new_bytes} bytes): it would "
+                           "cut off data", path=path)
+    if sub == "raw":
+        method = "extend-raw"
+    elif sub in ("monolithicFlat", "vmfs", "twoGbMaxExtentFlat"):
+        method = "extend-flat"
+    elif sub in ("monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse"):
+        method = "rewrite"
+    else:
+        raise RefusedError(f"cannot grow a {sub} disk", path=path)
+    return GrowPlan(path, sub, old, new_bytes, method, files)
+
+
+def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None,
+               progress=None) -> None:
+    check_unlocked(plan.files, force=force)
+    roll_back_journal(plan.path)
+    if plan.new_bytes == plan.old_bytes:
+        return
+    if plan.method == "extend-raw":
+        if backup:
+            from .safe import sparse_copy
+            sparse_copy(plan.path, backup)
+        os.truncate(plan.path, plan.new_bytes)
+        fsync_path(plan.path)
+        return
+    if plan.method == "rewrite":
+        with open_image(plan.path) as disk:
+            shape = like(disk)
+            create_image(plan.path, plan.new_bytes, shape["subformat"], shape["adapter"],
+                         source=disk, overwrite=True, template=shape["template"], force=force,
+                         backup=backup, progress=progress)
+        return
+    _grow_flat(plan, backup)
+
+
+def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
+    with open_image(plan.path) as disk:
+        desc = disk.descriptor
+        assert desc is not None
+        lines = [vd.ExtentLine(e.access, e.sectors, e.extent_type, e.filename, e.offset_sectors, 0)
+                 for e in desc.extents]
+        folder = os.path.dirname(os.path.abspath(plan.path))
+        paths = [e.path for e in disk.extents]
+    extra = (plan.new_bytes - plan.old_bytes) // SECTOR_BYTES
+    lengths = {p: os.path.getsize(p) for p in paths if p}
+    new_files: dict[str, int] = {}   # path -> length to set
+    if plan.subformat == "twoGbMaxExtentFlat":
+        last = lines[-1]
+        room = max(0, SPLIT_SECTORS - last.sectors)
+        take = min(room, extra)
+        last.sectors += take
+        new_files[paths[-1]] = last.sectors * SECTOR_BYTES
+        extra -= take
+        names = extent_names(plan.path, plan.subformat, plan.new_bytes)
+        taken = {ln.filename for ln in lines}
+        for name, _ in names:
+            if extra <= 0:
+                break
+            if name in taken:
+                continue
+            n = min(extra, SPLIT_SECTORS)
+            lines.append(vd.ExtentLine("RW", n, "FLAT", name, 0, 0))
+            target = os.path.join(folder, name)
+            if os.path.exists(target):
+                raise RefusedError(f"{name} already exists", path=plan.path)
+            new_files[target] = n * SECTOR_BYTES
+            extra -= n
+    else:
+        last = lines[-1]
+        last.sectors += extra
+        new_files[paths[-1]] = (last.offset_sectors or 0) * SECTOR_BYTES + last.sectors * SECTOR_BYTES
+    desc.replace_extents(lines)
+    desc.set("CID", f"{new_cid():08x}", quoted=False)
+    adapter = desc.get("ddb.adapterType") or "ide"
+    cyl, _, _ = vd.geometry_for(adapter, plan.new_bytes // SECTOR_BYTES)
+    if desc.get("ddb.geometry.cylinders") is not None:
+        desc.set("ddb.geometry.cylinders", str(cyl))
+    tmp = create_temp(plan.path)
+    with open(tmp, "wb") as f:
+        f.write(desc.to_bytes())
+    jp = journal_path(plan.path)
+    record = {"lengths": {p: lengths.get(p, 0) for p in new_files}, "temps": [tmp]}
+    for p in new_files:
+        if p not in lengths:
+            record["lengths"][p] = 0
+    with open(jp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(jp)
+    created = []
+    try:
+        for p, length in new_files.items():
+            if not os.path.exists(p):
+                open(p, "wb").close()
+                created.append(p)
+            if os.path.getsize(p) < length:
+                os.truncate(p, length)
+            fsync_path(p)
+        rep = Replacement()
+        rep.add(tmp, os.path.abspath(plan.path))
+        rep.commit(backup=backup)
+    except BaseException:
+        roll_back_journal(plan.path)
+        for p in created:
+            if os.path.exists(p) and os.path.getsize(p) == 0:
+                os.unlink(p)
+        raise
+    os.unlink(jp)
