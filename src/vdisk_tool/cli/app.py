@@ -39,6 +39,7 @@ def root(
 
 # Command groups register themselves on `app` when imported.
 from . import vmdk  # noqa: E402,F401
+from . import firmware  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,191 @@
+"""Firmware and boot disk commands: `verify`, `firmware info/pack`, `boot restore/create`."""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import typer
+
+from ..errors import RefusedError
+from ..formats import ipva_firmware as fw
+from ..image.base import FileDevice
+from ..image.safe import Replacement, create_temp
+from ..ipva import boot as bootmod
+from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
+from .app import app
+from .common import EXIT_FINDINGS, EXIT_OK, emit_json, handle_errors, print_findings, progress
+
+firmware_grp = typer.Typer(help="The firmware image ipva.bin: describe it, pack a new one.",
+                           no_args_is_help=True)
+boot_grp = typer.Typer(help="The boot disk (hd-boot, ide0:0): restore its firmware, make a "
+                            "fresh one.", no_args_is_help=True)
+app.add_typer(firmware_grp, name="firmware")
+app.add_typer(boot_grp, name="boot")
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
+                             help="Trust extent and parent paths outside the image's folder.")
+LABELS = {"header": "header", "header-crc": "header CRC", "size": "size",
+          "section-table": "section table", "image-crc": "image CRC"}
+
+
+def _when(ts: int) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} (out of range)"
+
+
+def _summary(rep: FirmwareReport) -> str:
+    h = rep.header
+    if h is None:
+        return "no readable header"
+    return (f"build {h.build}, version {h.version!r}, built {_when(h.timestamp)}, "
+            f"{len(rep.sections)} sections, {h.image_bytes} bytes")
+
+
+def _print_steps(rep: FirmwareReport) -> None:
+    for s in rep.steps:
+        label = LABELS.get(s.key, s.key.replace("section:", "section "))
+        mark = s.status.value if s.sure or s.status != Status.FAILED else "failed?"
+        typer.echo(f"  {label:<16} {mark:<8} {s.detail}")
+
+
+@app.command()
+@handle_errors
+def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder "
+                                                  "or its .vmx."),
+           json_out: bool = JSON,
+           verbose: bool = typer.Option(False, "--verbose", "-v",
+                                        help="List every check, also when all pass."),
+           allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Check the firmware the boot loader would load (IPVA.BIN): header, size, sections, CRCs.
+
+    Exit 0 when it would boot, 1 when the loader would refuse it (and say why).
+
+    Example: vdisk verify hd-boot.vmdk
+    """
+    with progress("verifying", not json_out) as cb:
+        res = bootmod.verify_target(target, cb, allow_outside=allow_outside)
+    if json_out:
+        emit_json(res.to_dict())
+        raise typer.Exit(EXIT_OK if res.ok else EXIT_FINDINGS)
+    rep = res.firmware
+    where = res.path if res.via is None else f"{res.path} (ide0:0 of {res.via})"
+    if res.volume:
+        where += f", {res.volume.get('summary')}"
+    if res.ok:
+        assert rep is not None
+        typer.echo(f"{where}: OK: IPVA firmware {_summary(rep)}")
+        if verbose:
+            _print_steps(rep)
+        print_findings(list(res.findings))
+        raise typer.Exit(EXIT_OK if not res.findings else EXIT_FINDINGS)
+    typer.echo(fw.LOADER_FAILURE)
+    typer.echo(f"{where}: DAMAGED" + (f": IPVA firmware {_summary(rep)}" if rep else ""))
+    if rep is not None:
+        _print_steps(rep)
+    print_findings(list(res.findings))
+    raise typer.Exit(EXIT_FINDINGS)
+
+
+@firmware_grp.command("info")
+@handle_errors
+def firmware_info(path: str = typer.Argument(..., help="The firmware file (ipva.bin)."),
+                  json_out: bool = JSON) -> None:
+    """Describe a firmware image: header fields, sections with their CRCs, and its checks.
+
+    Example: vdisk firmware info ipva.bin --json
+    """
+    rep = bootmod.verify_firmware_file(path)
+    if json_out:
+        emit_json(rep.to_dict())
+        raise typer.Exit(EXIT_OK if rep.ok else EXIT_FINDINGS)
+    typer.echo(f"file: {path} ({rep.file_bytes} bytes)")
+    h = rep.header
+    if h is not None:
+        typer.echo(f"header version: {h.header_version} ({h.header_bytes} bytes)")
+        typer.echo(f"build: {h.build}")
+        typer.echo(f"version: {h.version if h.version is not None else '(not ASCII)'}")
+        typer.echo(f"product: {h.product if h.product is not None else '(not ASCII)'}")
+        typer.echo(f"built: {_when(h.timestamp)}")
+        typer.echo(f"image size: {h.image_bytes} bytes")
+        typer.echo(f"image crc32: 0x{h.image_crc32:08x}" + (
+            f" (found 0x{rep.found_image_crc32:08x})" if rep.found_image_crc32 is not None
+            and rep.found_image_crc32 != h.image_crc32 else ""))
+        typer.echo(f"header crc32: 0x{h.header_crc32:08x}" + (
+            f" (found 0x{h.found_header_crc32:08x})"
+            if h.found_header_crc32 != h.header_crc32 else ""))
+        typer.echo(f"sections: {h.section_count}")
+        for s in rep.sections:
+            found = "-" if s.found_crc32 is None else f"0x{s.found_crc32:08x}"
+            typer.echo(f"  {s.name:<8} offset 0x{s.offset:08x} size {s.size_bytes:>10} "
+                       f"crc32 0x{s.expected_crc32:08x} found {found} {s.status.value}")
+    typer.echo("status: ok" if rep.ok else "status: damaged")
+    print_findings(list(rep.findings))
+    raise typer.Exit(EXIT_OK if rep.ok and not rep.findings else EXIT_FINDINGS)
+
+
+def _parse_sections(items: list[str]) -> list[SectionInput]:
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise RefusedError(f"--section {item!r}: expected NAME=FILE")
+        if not os.path.isfile(path):
+            raise RefusedError(f"--section {name}: no such file {path!r}")
+        out.append(SectionInput(name, path))
+    return out
+
+
+@firmware_grp.command("pack")
+@handle_errors
+def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFFF,
+                                            help="Firmware build number, e.g. 90468."),
+                  version: str = typer.Option(..., "--version", help="Version text, e.g. "
+                                                                    "'9.00 hotfix4'."),
+                  section: list[str] = typer.Option(..., "--section",
+                                                    help="NAME=FILE, in image order (1..16)."),
+                  output: str = typer.Option(..., "-o", "--output", help="The image to write."),
+                  timestamp: int | None = typer.Option(None, "--timestamp", min=0,
+                                                          max=0xFFFFFFFF,
+                                                          help="Build time (seconds since "
+                                                               "1970 UTC); default now."),
+                  align: int = typer.Option(512, "--align", min=1,
+                                            help="Align each section's start to this many "
+                                                 "bytes."),
+                  force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
+                  json_out: bool = JSON) -> None:
+    """Make a valid firmware image from section files (for samples, tests and lab setups).
+
+    Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4" --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
+    """
+    sections = _parse_sections(section)
+    if os.path.lexists(output) and not force:
+        raise RefusedError(f"{output} exists; refusing to overwrite it", path=output,
+                           hint="pass --force to replace it")
+    ts = int(time.time()) if timestamp is None else timestamp
+    rep = Replacement()
+    tmp = create_temp(output)
+    rep.add(tmp, os.path.abspath(output))
+    try:
+        with open(tmp, "r+b") as f, progress("packing", not json_out) as cb:
+            write_firmware(f, sections, build=build, version=version, timestamp=ts,
+                           align_bytes=align, progress=cb)
+        with FileDevice(tmp) as dev:
+            check = check_firmware(dev, output)
+        if not check.ok:  # pragma: no cover - pack writes what verify accepts
+            raise RefusedError("the packed image does not verify", path=output)
+        rep.commit()
+    except BaseException:
+        rep.abort()
+        raise
+    if json_out:
+        emit_json(check.to_dict())
+        return
+    typer.echo(f"{output}: wrote IPVA firmware {_summary(check)}")
+    for s in check.sections:
+        typer.echo(f"  {s.name:<8} offset 0x{s.offset:08x} size {s.size_bytes:>10} "
+                   f"crc32 0x{s.expected_crc32:08x}")
