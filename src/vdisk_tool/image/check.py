@@ -177,6 +177,8 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
         chosen = _reconcile(ext, gdi, primary, backup, rgd, meta, r)
         if chosen is None:
             continue
+        if not any(chosen):
+            continue
         base_grain = gdi * geo.gtes_per_gt
         for i, entry in enumerate(chosen):
             grain = base_grain + i

@@ -162,8 +162,14 @@ def _descriptor(template: vd.Descriptor | None, cid: int, subformat: str,
     return desc
 
 
+_ZEROS = bytes(1 << 20)
+
+
 def _zero_grain(data: bytes) -> bool:
-    return data.count(0) == len(data)
+    n = len(data)
+    if n <= len(_ZEROS):
+        return data == _ZEROS[:n]
+    return data.count(0) == n
 
 
 def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES
@@ -195,15 +201,33 @@ def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int =
 def _read_pieces(source: BlockDevice, start: int, lo: int, hi: int, piece_bytes: int
                  ) -> Iterator[tuple[int, bytes]]:
     chunk = max(piece_bytes, (1 << 20) // piece_bytes * piece_bytes)
+    zero = _ZEROS[:piece_bytes] if piece_bytes <= len(_ZEROS) else bytes(piece_bytes)
     pos = lo
     while pos < hi:
         n = min(chunk, hi - pos)
-        data = source.read_at(pos, n)
+        data = memoryview(source.read_at(pos, n))
         for k in range(0, n, piece_bytes):
             piece = data[k:k + piece_bytes]
-            if not _zero_grain(piece):
+            if piece != zero[:len(piece)]:
                 yield pos + k - start, piece
         pos += n
+
+
+def _coalesce(pieces: Iterator[tuple[int, bytes]], limit: int = 1 << 20
+              ) -> Iterator[tuple[int, bytes]]:
+    """Join adjacent pieces into writes of up to `limit` bytes."""
+    buf: list = []
+    start = end = -1
+    for off, piece in pieces:
+        if buf and off == end and end - start + len(piece) <= limit:
+            buf.append(piece)
+            end += len(piece)
+            continue
+        if buf:
+            yield start, b"".join(buf)
+        buf, start, end = [piece], off, off + len(piece)
+    if buf:
+        yield start, b"".join(buf)
 
 
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
@@ -212,7 +236,7 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
-            for off, piece in data_pieces(source, source_start, size_bytes, 1 << 20):
+            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes)):
                 os.pwrite(fd, piece, off)
                 if progress:
                     progress(off + len(piece), size_bytes)
@@ -293,7 +317,7 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
             for off, piece in data_pieces(source, 0, total):
                 grain = off // GRAIN_BYTES
                 if len(piece) < GRAIN_BYTES:
-                    piece = piece + bytes(GRAIN_BYTES - len(piece))
+                    piece = bytes(piece) + bytes(GRAIN_BYTES - len(piece))
                 blob = zlib.compress(piece, comp_level)
                 block = struct.pack("<QI", grain * GRAIN_SECTORS, len(blob)) + blob
                 block += bytes(-len(block) % SECTOR_BYTES)

@@ -90,6 +90,8 @@ class Disk:
 
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
+        if len(self.extents) == 1 and self.extents[0].access != "NOACCESS":
+            return self.extents[0].device.read_at(offset, length)
         out = bytearray()
         pos, end = offset, offset + length
         i = self._locate(pos) if self.extents else 0

@@ -245,7 +245,8 @@ class SparseExtent:
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
         gb = self.geo.grain_bytes
-        out = bytearray()
+        out = bytearray(length)
+        view = memoryview(out)
         pos, end = offset, offset + length
         while pos < end:
             grain, within = divmod(pos, gb)
@@ -256,27 +257,36 @@ class SparseExtent:
                 stop = pos + n
                 while stop < end and self.gte(stop // gb) == 0:
                     stop = min(stop + gb, end)
-                out += self._unallocated(pos, stop - pos)
+                if self.parent is not None:
+                    view[pos - offset:stop - offset] = self._unallocated(pos, stop - pos)
                 pos = stop
                 continue
             if entry == vs.ZERO_GRAIN_GTE:
-                out += bytes(n)
-            elif not self.geo.compressed and within == 0:
-                # coalesce physically contiguous uncompressed grains into one pread
+                pass  # already zero
+            elif not self.geo.compressed:
+                # coalesce physically contiguous uncompressed grains into one read
                 stop, nxt = pos + n, entry + self.geo.grain_sectors
                 while stop < end and self.gte(stop // gb) == nxt:
                     stop = min(stop + gb, end)
                     nxt += self.geo.grain_sectors
-                want = stop - pos
-                avail = min(want, self.size_bytes - pos)
-                out += self._pread_exact(avail, entry * SECTOR, f"grain {grain}")
+                avail = min(stop, self.size_bytes) - pos
+                self._readinto(view[pos - offset:pos - offset + avail],
+                               entry * SECTOR + within, f"grain {grain}")
                 pos = stop
                 continue
             else:
-                data = self.read_grain(grain, entry)
-                out += data[within:within + n]
+                view[pos - offset:pos - offset + n] = self.read_grain(grain, entry)[within:within + n]
             pos += n
         return bytes(out)
+
+    def _readinto(self, buf: memoryview, offset: int, what: str) -> None:
+        n = len(buf)
+        if offset < 0 or offset + n > self.file_bytes:
+            raise ImageError(f"{what} at 0x{offset:x} ({n} bytes) lies past the end of the file",
+                             path=self.path, offset=offset)
+        got = os.preadv(self._fd, [buf], offset)
+        if got != n:
+            raise ImageError(f"short read of {what}", path=self.path, offset=offset)
 
     def runs(self) -> Iterator[Run]:
         gb = self.geo.grain_bytes
@@ -285,7 +295,7 @@ class SparseExtent:
         for gdi in range(self.geo.gd_entries):
             base = gdi * cov
             gt = self.gt(gdi)
-            if gt is None:
+            if gt is None or not any(gt):
                 yield Run(base, min(cov, self.size_bytes - base), unalloc)
                 continue
             for i, entry in enumerate(gt):

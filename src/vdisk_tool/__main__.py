@@ -1,0 +1,4 @@
+"""`python -m vdisk_tool` runs the vdisk command."""
+from .cli.app import main
+
+main()

@@ -1,0 +1,4 @@
+"""`python -m vdisk_tool.cli` runs the vdisk command."""
+from .app import main
+
+main()
