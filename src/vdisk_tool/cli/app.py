@@ -39,6 +39,8 @@ def root(
 
 # Command groups register themselves on `app` when imported.
 from . import vmdk  # noqa: E402,F401
+from . import dump  # noqa: E402,F401
+from . import flash  # noqa: E402,F401
 from . import firmware  # noqa: E402,F401
 
 

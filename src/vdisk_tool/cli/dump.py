@@ -1,0 +1,234 @@
+"""`vdisk dump`: the crash-dump store on hd-dump (specs/dump-store.md)."""
+from __future__ import annotations
+
+import os
+import sys
+import time as _time
+from datetime import datetime, timezone
+from typing import Optional
+
+import typer
+
+from ..errors import RefusedError
+from ..image.disk import open_image
+from ..image.edit import edit_image
+from ..ipva import dump as dp
+from .app import app
+from .common import (EXIT_ERROR, EXIT_OK, confirm, emit_json, fail, findings_exit, handle_errors,
+                     print_findings, warn)
+
+grp = typer.Typer(help="The crash-dump store on hd-dump: list, extract, clear, init, write.\n\n"
+                       "Example: vdisk dump list hd-dump.vmdk",
+                  no_args_is_help=True)
+app.add_typer(grp, name="dump")
+
+DISK = typer.Argument(..., help="The dump disk (hd-dump.vmdk, any subformat, or a raw image).")
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+DRY = typer.Option(False, "--dry-run", help="Show what would change; change nothing.")
+BACKUP = typer.Option(None, "--backup", help="Keep the old file(s) here (a file, or a folder "
+                                             "for several files).")
+FORCE = typer.Option(False, "--force", help="Modify the disk even though a VMware lock exists.")
+YES = typer.Option(False, "--yes", "-y", help="Do not ask before deleting crash dumps.")
+
+
+def _when(t: int) -> str:
+    try:
+        return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return f"@{t}"
+
+
+def _read(path: str) -> dp.DumpStore:
+    with open_image(path) as disk:
+        return dp.read_store(disk)
+
+
+@grp.command("list")
+@handle_errors
+def list_cmd(disk: str = DISK, json_out: bool = JSON,
+             all_slots: bool = typer.Option(False, "--all-slots", help="Also list empty slots.")
+             ) -> None:
+    """List the crash dumps: slot, sequence, time, build, version, size, status.
+
+    Status is good, torn (the appliance died while writing it) or empty. Exit 1 when a
+    record is torn or the store header is damaged (records are then found by scanning).
+
+    Example: vdisk dump list hd-dump.vmdk --json
+    """
+    store = _read(disk)
+    rows = list(store.used)
+    if all_slots:
+        have = {r.slot for r in rows}
+        rows += [dp.DumpRecord(i, 0, dp.RecordStatus.EMPTY, 0, 0, 0, "", 0, 0)
+                 for i in range(store.slot_count) if i not in have]
+        rows.sort(key=lambda r: r.slot)
+    if json_out:
+        d = store.to_dict()
+        d["records"] = [r.to_dict() for r in rows]
+        emit_json(d)
+        raise typer.Exit(findings_exit(list(store.findings)))
+    head = "ok" if store.header_ok else ("missing" if not store.header_present else "damaged")
+    nxt = "" if store.next_slot is None else f", next slot {store.next_slot}"
+    typer.echo(f"store: header {head}, slot size {store.slot_sectors} sectors, "
+               f"{store.slot_count} slots{nxt}" + (" (layout found by scanning)" if store.scanned
+                                                   and store.used else ""))
+    if rows:
+        typer.echo(f"{'slot':>4} {'sequence':>8}  {'time (UTC)':<19}  {'build':>7}  "
+                   f"{'version':<16} {'bytes':>8}  status")
+        for r in rows:
+            when = _when(r.time) if r.status != dp.RecordStatus.EMPTY else "-"
+            seq = str(r.sequence) if r.status != dp.RecordStatus.EMPTY else "-"
+            typer.echo(f"{r.slot:>4} {seq:>8}  {when:<19}  {r.build:>7}  {r.version[:16]:<16} "
+                       f"{r.payload_size:>8}  {r.status.value}")
+    typer.echo(f"{len(store.used)} record(s): {len(store.good)} good, {len(store.torn)} torn; "
+               f"{store.slot_count - len(store.used)} empty slot(s)")
+    print_findings(list(store.findings))
+    raise typer.Exit(findings_exit(list(store.findings)))
+
+
+def _pick(store: dp.DumpStore, sequence: Optional[int], salvage: bool) -> dp.DumpRecord:
+    if sequence is not None:
+        found = sorted(store.by_sequence(sequence), key=lambda r: r.status != dp.RecordStatus.GOOD)
+        if not found:
+            raise RefusedError(f"no record with sequence {sequence}",
+                               hint="`vdisk dump list` shows the sequences")
+        return found[0]
+    rec = store.newest if salvage else store.newest_good
+    if rec is None:
+        hint = "pass --salvage to take a torn record's bytes" if store.torn else None
+        raise RefusedError("the store holds no good crash dump", hint=hint)
+    return rec
+
+
+def _emit(data: bytes, out: str) -> None:
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    with open(out, "wb") as f:
+        f.write(data)
+
+
+@grp.command()
+@handle_errors
+def extract(disk: str = DISK,
+            output: str = typer.Option("crash_dump.txt", "--output", "-o",
+                                       help="Output file; '-' writes to stdout."),
+            sequence: Optional[int] = typer.Option(None, "--sequence", help="Take this record."),
+            all_dir: Optional[str] = typer.Option(None, "--all", help="Write every record to "
+                                                  "this folder as crash_dump_<sequence>.txt."),
+            salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
+                                         "(their bytes as they are, with a warning).")) -> None:
+    """Write a crash dump out as text: the newest good record unless told otherwise.
+
+    With --salvage and no --sequence, the newest record is taken even if it is torn.
+
+    Example: vdisk dump extract hd-dump.vmdk -o crash_dump.txt
+    """
+    if all_dir is not None and sequence is not None:
+        raise fail("--all and --sequence exclude each other", 2)
+    with open_image(disk) as dev:
+        store = dp.read_store(dev)
+        for f in store.findings:
+            if f.code.startswith("dump.header") and f.severity.value == "error":
+                warn(f"{f.message} (records found by scanning)")
+        if all_dir is not None:
+            os.makedirs(all_dir, exist_ok=True)
+            n = 0
+            for rec in sorted(store.used, key=lambda r: (r.sequence, r.slot)):
+                if rec.status == dp.RecordStatus.TORN and not salvage:
+                    warn(f"record {rec.sequence} (slot {rec.slot}) is torn: skipped; "
+                         "--salvage writes it")
+                    continue
+                name = f"crash_dump_{rec.sequence}" + (
+                    ".torn" if rec.status == dp.RecordStatus.TORN else "") + f"-slot{rec.slot}.txt"
+                _emit(dp.read_payload(dev, rec, salvage), os.path.join(all_dir, name))
+                if rec.status == dp.RecordStatus.TORN:
+                    warn(f"record {rec.sequence} is torn ({rec.problem}); wrote its bytes as "
+                         f"they are to {name}")
+                n += 1
+            typer.echo(f"wrote {n} crash dump(s) to {all_dir}", err=True)
+            raise typer.Exit(EXIT_OK)
+        rec = _pick(store, sequence, salvage)
+        data = dp.read_payload(dev, rec, salvage)
+    if rec.status == dp.RecordStatus.TORN:
+        warn(f"record {rec.sequence} (slot {rec.slot}) is torn ({rec.problem}); "
+             "its bytes are written as they are and may be incomplete")
+    _emit(data, output)
+    if output != "-":
+        typer.echo(f"wrote record {rec.sequence} ({len(data)} bytes, {_when(rec.time)} UTC) "
+                   f"to {output}", err=True)
+
+
+def _clear(disk: str, slot_sectors: Optional[int], dry_run: bool, backup: Optional[str],
+           force: bool, yes: bool, verb: str) -> None:
+    with open_image(disk) as dev:
+        plan = dp.plan_clear(dev, slot_sectors)
+    typer.echo(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
+               f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
+               "zeroed")
+    if dry_run:
+        typer.echo("dry run: nothing changed")
+        return
+    if plan.records_lost:
+        confirm(f"this deletes {plan.records_lost} crash dump(s) from {disk}", yes)
+    with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+        dp.apply_clear(dev, dp.plan_clear(dev, plan.slot_sectors))
+    typer.echo("done")
+
+
+@grp.command()
+@handle_errors
+def init(disk: str = DISK,
+         slot_sectors: Optional[int] = typer.Option(None, "--slot-sectors",
+                                                    help="Slot size (default: keep, else 2048)."),
+         dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+         yes: bool = YES) -> None:
+    """Write an empty store (a new header; any records are deleted).
+
+    Example: vdisk dump init hd-dump.vmdk
+    """
+    _clear(disk, slot_sectors, dry_run, backup, force, yes, "init")
+
+
+@grp.command()
+@handle_errors
+def clear(disk: str = DISK, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          force: bool = FORCE, yes: bool = YES) -> None:
+    """Delete every crash dump (the store stays, empty, with its slot size).
+
+    Example: vdisk dump clear hd-dump.vmdk --yes
+    """
+    _clear(disk, None, dry_run, backup, force, yes, "clear")
+
+
+@grp.command()
+@handle_errors
+def write(disk: str = DISK,
+          text: str = typer.Option(..., "--text", help="The crash_dump.txt to store ('-' = stdin)."),
+          build: int = typer.Option(0, "--build", min=0, max=0xFFFFFFFF, help="Firmware build."),
+          version: str = typer.Option("", "--version", help="Firmware version text (ASCII)."),
+          when: Optional[int] = typer.Option(None, "--time", help="Seconds since 1970 UTC "
+                                             "(default: now)."),
+          dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+    """Append a record the way the appliance does (for samples, tests and labs).
+
+    Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
+    """
+    payload = sys.stdin.buffer.read() if text == "-" else open(text, "rb").read()
+    stamp = int(_time.time()) if when is None else when
+    with open_image(disk) as dev:
+        store = dp.read_store(dev)
+    if not store.header_ok:
+        raise RefusedError("the store header is missing or damaged; not appending to it",
+                           hint="run `vdisk dump init` first (it deletes the records)")
+    seq = max((r.sequence for r in store.used), default=0) + 1
+    typer.echo(f"write: record {seq} ({len(payload)} bytes) into slot {store.next_slot}")
+    if dry_run:
+        typer.echo("dry run: nothing changed")
+        return
+    with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+        rec = dp.write_record(dev, payload, build=build, version=version, time=stamp)
+    if rec.status != dp.RecordStatus.GOOD:
+        raise fail(f"the record reads back as {rec.status.value}", EXIT_ERROR)
+    typer.echo("done")

@@ -1,0 +1,136 @@
+"""`vdisk flash`: the emulated flash on hd-flash (ipva-model.md §4)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from ..errors import RefusedError
+from ..image.disk import open_image
+from ..image.edit import edit_image
+from ..ipva import flash as fl
+from .app import app
+from .common import (confirm, emit_json, findings_exit, handle_errors, print_findings, progress,
+                     warn)
+
+grp = typer.Typer(help="The flash disk hd-flash: info, backup, restore, factory reset.\n\n"
+                       "Example: vdisk flash info hd-flash.vmdk --vmx ipva.vmx",
+                  no_args_is_help=True)
+app.add_typer(grp, name="flash")
+
+DISK = typer.Argument(..., help="The flash disk (hd-flash.vmdk, any subformat, or a raw image).")
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+DRY = typer.Option(False, "--dry-run", help="Show what would change; change nothing.")
+BACKUP = typer.Option(None, "--backup", help="Keep the old file(s) here (a file, or a folder "
+                                             "for several files).")
+FORCE = typer.Option(False, "--force", help="Override a VMware lock (and, for reset, a snapshot "
+                                            "child that depends on the disk).")
+YES = typer.Option(False, "--yes", "-y", help="Do not ask before destroying the flash content.")
+
+
+@grp.command()
+@handle_errors
+def info(disk: str = DISK,
+         vmx: Optional[str] = typer.Option(None, "--vmx", help="The VM's .vmx, for its memsize."),
+         memsize: Optional[int] = typer.Option(None, "--memsize", min=1,
+                                               help="RAM in MB (instead of --vmx)."),
+         json_out: bool = JSON) -> None:
+    """Blank or not, 64 KiB flash segments in use, and the flash directory the RAM allows.
+
+    The directory holds 224 segments at 64 MB of RAM and 900 from 192 MB on; sizes in
+    between (and below 64 MB) are modelled: linear between those points, rounded down.
+    Exit 1 when more segments are in use than the RAM allows.
+
+    Example: vdisk flash info hd-flash.vmdk --vmx ipva.vmx
+    """
+    mem = memsize
+    if vmx is not None and mem is None:
+        mem = fl.read_memsize(vmx)
+        if mem is None:
+            warn(f"{vmx} has no memsize; the directory size is not shown")
+    with open_image(disk) as dev:
+        res = fl.read_flash_info(dev, mem)
+    if json_out:
+        emit_json(res)
+        raise typer.Exit(findings_exit(list(res.findings)))
+    typer.echo(f"flash: {'blank' if res.blank else 'in use'}")
+    typer.echo(f"segments in use: {res.segments_in_use} of {res.segments_total} "
+               f"({fl.SEGMENT_BYTES // 1024} KiB each, first {res.region_bytes // fl.MiB} MiB)")
+    if res.directory_segments is not None:
+        typer.echo(f"flash directory at {res.memsize_mb} MB RAM: {res.directory_segments} "
+                   "segments")
+    print_findings(list(res.findings))
+    raise typer.Exit(findings_exit(list(res.findings)))
+
+
+@grp.command()
+@handle_errors
+def backup(disk: str = DISK,
+           output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")
+           ) -> None:
+    """Save the flash region (64 MiB) as a raw, sparse file: save the configuration first.
+
+    Example: vdisk flash backup hd-flash.vmdk -o flash.img
+    """
+    if os.path.lexists(output) and not overwrite:
+        raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
+    with open_image(disk) as dev, progress("backup") as cb:
+        n = fl.write_backup(dev, output, cb)
+    typer.echo(f"wrote {output}: {n} segment(s) in use")
+
+
+@grp.command()
+@handle_errors
+def restore(disk: str = DISK,
+            image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
+            dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+            yes: bool = YES) -> None:
+    """Put a saved flash region back (the rest of the disk is kept).
+
+    Example: vdisk flash restore hd-flash.vmdk flash.img
+    """
+    with fl.open_flash_image(image) as img:
+        with open_image(disk) as dev:
+            plan = fl.plan_restore(dev, img)
+        typer.echo(f"restore: {len(plan.segments_written)} segment(s) change")
+        if dry_run or not plan.segments_written:
+            typer.echo("dry run: nothing changed" if dry_run else "nothing to do")
+            return
+        confirm(f"this overwrites the flash of {disk}", yes)
+        with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+            fl.apply_restore(dev, img, fl.plan_restore(dev, img))
+    typer.echo("done")
+
+
+@grp.command()
+@handle_errors
+def reset(disk: str = DISK, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
+    """Factory reset: the disk becomes blank, with the same capacity, subformat, adapter,
+    geometry and file names (new CID). Costs metadata only, whatever the data held.
+
+    Refuses a locked disk and the parent of a snapshot child unless --force.
+    Save the configuration first (`vdisk flash backup`).
+
+    Example: vdisk flash reset hd-flash.vmdk --backup hd-flash.before-reset
+    """
+    plan = fl.plan_reset(disk, force=force)
+    for w in plan.warnings:
+        warn(w)
+    if json_out:
+        emit_json(plan)
+    else:
+        typer.echo(f"reset: {plan.path} -> blank {plan.subformat}, {plan.size_bytes} bytes, "
+                   f"adapter {plan.adapter}")
+        for f in plan.files:
+            typer.echo(f"  replace {f}")
+    if dry_run:
+        if not json_out:
+            typer.echo("dry run: nothing changed")
+        return
+    confirm(f"this erases the flash (PBX configuration) of {disk}", yes)
+    fl.apply_reset(plan, backup=backup)
+    if not json_out:
+        typer.echo("done")
