@@ -23,7 +23,7 @@ MAX_VMX_BYTES = 1 << 20
 ENCODING = "utf-8"
 
 # leading space, key, separator, value (quoted or bare), the rest of the line
-_LINE = re.compile(r'^(\s*)([^\s=#"][^=]*?)(\s*=\s*)("[^"]*"|[^\s"#]*)(.*)$', re.S)
+_LINE = re.compile(r'^(\s*)([^\s=#"][^=]*?)(\s*=\s*)("[^"]*"|[^\s"#]*)(.*)$', re.DOTALL)
 _SLOT_KEY = re.compile(r'^(ide|scsi|sata|nvme)(\d+):(\d+)\.(present|filename|devicetype)$')
 _ESCAPE = re.compile(r'\|([0-9A-Fa-f]{2})')
 _TRUE = {"true", "yes", "1", "on"}
@@ -106,7 +106,7 @@ class Vmx:
 
     # -- reading -------------------------------------------------------------------------
     @classmethod
-    def read(cls, path: str) -> "Vmx":
+    def read(cls, path: str) -> Vmx:
         size = os.path.getsize(path)
         if size > MAX_VMX_BYTES:
             raise FormatError(f"vmx file larger than {MAX_VMX_BYTES} bytes ({size})", path=path)

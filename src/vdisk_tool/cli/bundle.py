@@ -1,0 +1,135 @@
+"""The `bundle` group: the whole appliance (vmx + four IDE disks): check, set-mac."""
+from __future__ import annotations
+
+import typer
+
+from ..errors import Severity
+from ..ipva import doctor
+from ..ipva.bundle import (
+    apply_mac,
+    format_mac,
+    mac_state,
+    open_bundle,
+    random_static_mac,
+    relpath_in,
+    validate_static_mac,
+)
+from .app import app
+from .common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, emit_json, fail, handle_errors, warn
+
+grp = typer.Typer(help="The whole appliance: its vmx and its four IDE disks.", no_args_is_help=True)
+app.add_typer(grp, name="bundle")
+
+TARGET = typer.Argument(..., help="The appliance folder, or its .vmx file.")
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the vmx changes as a diff; write nothing.")
+BACKUP = typer.Option(None, "--backup", help="Keep the old vmx under this name.")
+FORCE = typer.Option(False, "--force", help="Edit even though a VMware lock (.lck) exists.")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / (1 << 20):.1f} MiB" if n < (1 << 30) else f"{n / (1 << 30):.2f} GiB"
+
+
+def _print_report(rep: doctor.Report) -> None:
+    folder = rep.vmx_path.rsplit("/", 1)[0] if "/" in rep.vmx_path else "."
+    typer.echo(f"appliance: {rep.vmx_path}")
+    for d in rep.disks:
+        name = relpath_in(folder, d.path) if d.path else "-"
+        chain = f"  (snapshot of {' -> '.join(relpath_in(folder, p) for p in d.chain[1:])})" \
+            if len(d.chain) > 1 else ""
+        typer.echo(f"  {d.slot} {d.role:<5} {name}  {_size(d.capacity_bytes)}  "
+                   f"{d.subformat or ''}{chain}")
+    for i in rep.issues:
+        typer.echo(f"{i.severity.value}: {i.code}: {i.finding.message}")
+        if i.boot_message:
+            typer.echo(f"  boot message: {i.boot_message}")
+        if i.fix:
+            typer.echo(f"  fix: {i.fix}")
+    problems = [i for i in rep.issues if i.severity != Severity.INFO]
+    if not problems:
+        typer.echo("healthy")
+    else:
+        errors = sum(1 for i in problems if i.severity == Severity.ERROR)
+        typer.echo(f"{len(problems)} problem(s): {errors} error(s), {len(problems) - errors} warning(s)")
+
+
+@grp.command()
+@handle_errors
+def check(target: str = TARGET, json_out: bool = JSON,
+          fix: bool = typer.Option(False, "--fix", help="Apply the safe vmx fixes (perfctr, NIC "
+                                   "model -> vlance, memsize rounding); disk repairs stay with "
+                                   "their own commands."),
+          dry_run: bool = DRY_RUN, backup: str | None = BACKUP, force: bool = FORCE) -> None:
+    """Check the whole appliance: vmx keys, IDE slots, MAC, memory, locks and every disk.
+    Each problem comes with the boot message it causes and the command that fixes it.
+    Exit 0 healthy, 1 problems.
+
+    Example: vdisk bundle check ./ipva --fix --dry-run
+    """
+    applied: list[doctor.VmxFix] = []
+    if fix:
+        b = open_bundle(target)
+        plan = doctor.plan_vmx_fixes(b.vmx)
+        doctor.apply_vmx_fixes(b.vmx, plan)
+        if dry_run:
+            if json_out:
+                emit_json({"vmx": b.vmx_path, "dry_run": True, "fixes": [f.to_dict() for f in plan],
+                           "diff": b.vmx.diff()})
+            else:
+                typer.echo(b.vmx.diff() or "nothing to fix in the vmx", nl=False)
+            raise typer.Exit(EXIT_OK)
+        if plan:
+            for w in b.vmx.save(force=force, backup=backup):
+                warn(w)
+        applied = plan
+    rep = doctor.check_bundle(target)
+    if json_out:
+        out = rep.to_dict()
+        if fix:
+            out["fixed"] = [f.to_dict() for f in applied]
+        emit_json(out)
+    else:
+        for f in applied:
+            typer.echo(f'fixed: {f.code}: {f.key} = "{f.new}"'
+                       + (f' (was "{f.old}")' if f.old is not None else ""))
+        _print_report(rep)
+    raise typer.Exit(EXIT_OK if rep.healthy else EXIT_FINDINGS)
+
+
+@grp.command("set-mac")
+@handle_errors
+def set_mac(target: str = TARGET,
+            mac: str | None = typer.Option(None, "--mac", help="The static MAC, "
+                                              "00:50:56:00:00:00 to 00:50:56:3F:FF:FF."),
+            random: bool = typer.Option(False, "--random", help="Pick a random MAC in the static range."),
+            json_out: bool = JSON, dry_run: bool = DRY_RUN, backup: str | None = BACKUP,
+            force: bool = FORCE) -> None:
+    """Give the appliance a static MAC: addressType static, ethernet0.address set,
+    generatedAddress removed, the last three bytes of uuid.bios changed to match.
+    Licences bound to the old MAC must be moved to the new one.
+
+    Example: vdisk bundle set-mac ./ipva --mac 00:50:56:12:34:56
+    """
+    if (mac is None) == (not random):
+        raise fail("give exactly one of --mac and --random", EXIT_USAGE)
+    value = validate_static_mac(mac) if mac is not None else random_static_mac()
+    b = open_bundle(target)
+    old = mac_state(b.vmx)
+    apply_mac(b.vmx, value)
+    if not dry_run and b.vmx.changed:
+        for w in b.vmx.save(force=force, backup=backup):
+            warn(w)
+    if json_out:
+        emit_json({"vmx": b.vmx_path, "mac": format_mac(value), "old_mac": old.effective,
+                   "uuid_bios": b.vmx.get("uuid.bios"), "dry_run": dry_run,
+                   "diff": b.vmx.diff() if dry_run else None})
+    elif dry_run:
+        typer.echo(b.vmx.diff() or "nothing to change\n", nl=False)
+    else:
+        typer.echo(f"{b.vmx_path}: MAC {format_mac(value)} (static)"
+                   + (f", was {old.effective}" if old.effective else ""))
+        if b.vmx.get("uuid.bios"):
+            typer.echo(f"uuid.bios: {b.vmx.get('uuid.bios')}")

@@ -1,0 +1,207 @@
+"""The appliance bundle: a vmx plus four disks found by IDE slot; its MAC address.
+
+ipva-model §1 and §6: disks are identified by slot (ide0:0 boot, ide0:1 cf, ide1:0 flash,
+ide1:1 dump), never by name. Licences are bound to the MAC, so it should be static and in
+VMware's static range; when it changes, the last three bytes of `uuid.bios` follow it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+
+from ..errors import FormatError, RefusedError, VdiskError
+from ..formats import vmdk_descriptor as vd
+from ..image import safe
+from ..image.disk import sniff
+from ..image.sparse import SparseExtent
+from .vmx import IDE_ROLES, DiskSlot, Vmx, find_vmx
+
+ROLE_SLOTS = {role: slot for slot, role in IDE_ROLES.items()}
+STATIC_MAC_LOW = 0x005056000000
+STATIC_MAC_HIGH = 0x0050563FFFFF
+SUPPORTED_NICS = ("vlance", "vmxnet3")
+NIC = "ethernet0"
+
+_MAC = re.compile(r'^([0-9A-Fa-f]{2})([:-]?)([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})\2'
+                  r'([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})$')
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened appliance folder: its vmx and the disks of the four IDE slots."""
+
+    vmx_path: str
+    vmx: Vmx
+
+    @property
+    def folder(self) -> str:
+        return self.vmx.folder
+
+    def slot_for(self, role: str) -> DiskSlot | None:
+        return self.vmx.slot(ROLE_SLOTS[role])
+
+    def disk_path(self, role: str) -> str | None:
+        return self.vmx.disk_for_slot(ROLE_SLOTS[role])
+
+    def lock_paths(self) -> list[str]:
+        """VMware lock artefacts beside the vmx or any attached disk."""
+        found: list[str] = []
+        targets = [self.vmx_path] + [s.path for s in self.vmx.slots() if s.is_disk and s.path]
+        for t in targets:
+            for lck in safe.lock_paths(t):
+                if lck not in found:
+                    found.append(lck)
+        return found
+
+
+def open_bundle(dir_or_vmx: str) -> Bundle:
+    path = find_vmx(dir_or_vmx)
+    return Bundle(path, Vmx.read(path))
+
+
+# -- MAC ------------------------------------------------------------------------------------
+def parse_mac(text: str) -> int:
+    """`00:50:56:01:02:03` (or with `-`, or none) -> an int; FormatError when malformed."""
+    m = _MAC.match(text.strip())
+    if not m:
+        raise FormatError(f"{text!r} is not a MAC address (expected 6 hex bytes like 00:50:56:01:02:03)")
+    return int("".join(m.group(i) for i in (1, 3, 4, 5, 6, 7)), 16)
+
+
+def format_mac(value: int) -> str:
+    """VMware's spelling: upper-case hex bytes joined by colons."""
+    return ":".join(f"{b:02X}" for b in value.to_bytes(6, "big"))
+
+
+def in_static_range(value: int) -> bool:
+    return STATIC_MAC_LOW <= value <= STATIC_MAC_HIGH
+
+
+def validate_static_mac(text: str) -> int:
+    """Parse a MAC and require it to lie in VMware's static range."""
+    value = parse_mac(text)
+    if not in_static_range(value):
+        raise RefusedError(f"{format_mac(value)} lies outside VMware's static range "
+                           f"{format_mac(STATIC_MAC_LOW)}-{format_mac(STATIC_MAC_HIGH)}",
+                           hint="use 00:50:56:00:00:00 to 00:50:56:3F:FF:FF, or --random")
+    return value
+
+
+def random_static_mac() -> int:
+    return STATIC_MAC_LOW + secrets.randbelow(STATIC_MAC_HIGH - STATIC_MAC_LOW + 1)
+
+
+def parse_uuid_bios(text: str) -> bytes:
+    """`56 4d 12 ... 78-9a bc ...` -> its 16 bytes."""
+    digits = re.sub(r"[\s-]", "", text)
+    if not re.fullmatch(r"[0-9A-Fa-f]{32}", digits):
+        raise FormatError(f"uuid.bios {text!r} is not 16 hex bytes")
+    return bytes.fromhex(digits)
+
+
+def format_uuid_bios(data: bytes) -> str:
+    """VMware's spelling: 8 bytes, a dash, 8 bytes, lower-case, space separated."""
+    h = [f"{b:02x}" for b in data]
+    return " ".join(h[:8]) + "-" + " ".join(h[8:])
+
+
+def uuid_with_mac(uuid: bytes, mac: int) -> bytes:
+    """uuid.bios whose last three bytes are the MAC's last three, as the MAC-change
+    procedure for the IPVA does."""
+    return uuid[:13] + mac.to_bytes(6, "big")[3:]
+
+
+@dataclass(frozen=True)
+class MacState:
+    """What the vmx says about the NIC's address."""
+
+    address_type: str | None      # "static", "generated", "vpx" or None
+    address: str | None           # ethernet0.address
+    generated: str | None         # ethernet0.generatedAddress
+
+    @property
+    def is_static(self) -> bool:
+        return (self.address_type or "").lower() == "static"
+
+    @property
+    def effective(self) -> str | None:
+        return self.address if self.is_static else (self.generated or self.address)
+
+
+def mac_state(vmx: Vmx, nic: str = NIC) -> MacState:
+    return MacState(vmx.get(f"{nic}.addressType"), vmx.get(f"{nic}.address"),
+                    vmx.get(f"{nic}.generatedAddress"))
+
+
+def apply_mac(vmx: Vmx, mac: int, nic: str = NIC) -> None:
+    """Make `mac` the NIC's static address; update uuid.bios's last bytes to match."""
+    vmx.set(f"{nic}.addressType", "static")
+    vmx.set(f"{nic}.address", format_mac(mac))
+    vmx.remove(f"{nic}.generatedAddress")
+    vmx.remove(f"{nic}.generatedAddressOffset")
+    uuid = vmx.get("uuid.bios")
+    if uuid is not None:
+        vmx.set("uuid.bios", format_uuid_bios(uuid_with_mac(parse_uuid_bios(uuid), mac)))
+
+
+def relpath_in(folder: str, path: str) -> str:
+    """A path for messages: relative to the bundle when inside it."""
+    try:
+        rel = os.path.relpath(path, folder)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def read_descriptor(path: str) -> vd.Descriptor | None:
+    """The descriptor a .vmdk carries (a text file or embedded in a sparse extent); None
+    when it has none or cannot be read."""
+    try:
+        kind = sniff(path)
+        if kind == "descriptor":
+            with open(path, "rb") as f:
+                return vd.parse_descriptor(f.read(vd.MAX_DESCRIPTOR_BYTES + 1), path)
+        if kind == "sparse":
+            ext = SparseExtent(path)
+            try:
+                raw = ext.read_embedded_descriptor()
+            finally:
+                ext.close()
+            return vd.parse_descriptor(raw, path) if raw and raw.strip(b"\0") else None
+    except (VdiskError, OSError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class CidBreak:
+    """A snapshot child whose parentCID no longer matches its parent's CID."""
+
+    child: str
+    parent: str
+    expected_cid: int
+    parent_cid: int
+
+
+def find_cid_break(path: str) -> CidBreak | None:
+    """Walk a disk's chain by descriptors only and return the first broken link."""
+    seen: set[str] = set()
+    while os.path.realpath(path) not in seen and len(seen) < 64:
+        seen.add(os.path.realpath(path))
+        desc = read_descriptor(path)
+        hint = desc.get("parentFileNameHint") if desc else None
+        if desc is None or not hint or desc.parent_cid in (None, vd.NO_PARENT_CID):
+            return None
+        parent = os.path.join(os.path.dirname(os.path.abspath(path)), hint)
+        if not os.path.exists(parent):
+            parent = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                  os.path.basename(hint.replace("\\", "/")))
+        pdesc = read_descriptor(parent)
+        if pdesc is None or pdesc.cid is None:
+            return None
+        if pdesc.cid != desc.parent_cid:
+            return CidBreak(path, parent, desc.parent_cid, pdesc.cid)  # type: ignore[arg-type]
+        path = parent
+    return None
