@@ -42,6 +42,7 @@ from . import vmdk  # noqa: E402,F401
 from . import dump  # noqa: E402,F401
 from . import flash  # noqa: E402,F401
 from . import firmware  # noqa: E402,F401
+from . import bundle  # noqa: E402,F401
 
 
 def main() -> None:
