@@ -5,16 +5,26 @@ ipva.bin, an appliance folder or its vmx (then the disk at ide0:0).
 """
 from __future__ import annotations
 
+import bisect
 import enum
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import Finding, ImageError, Severity
+from ..errors import Finding, ImageError, Severity, VdiskError
 from ..formats import ipva_firmware as fw
-from ..image.base import FileDevice
+from ..formats.fat import DIR_ENTRY_BYTES
+from ..fs.dirent import DirEntryInfo, decode_entry, scan
+from ..fs.layout import FatLayout, parse_boot_sector
+from ..fs.partition import looks_like_mbr, parse_partition_table, partition_device
+from ..fs.table import FatTable
+from ..image.base import SECTOR_BYTES, BlockDevice, FileDevice, SliceDevice
+from ..image.disk import open_image
 from .firmware import FirmwareReport, Progress, check_firmware
 
 BOOT_SLOT = "ide0:0"
+MAX_ROOT_CLUSTERS = 4096             # a FAT32 root directory longer than this is damage
+MAX_FAT_COMPARE_BYTES = 64 << 20
 
 
 class TargetKind(str, enum.Enum):
@@ -99,6 +109,207 @@ def verify_target(target: str, progress: Progress | None = None,
     return verify_boot_disk(target, res, progress, allow_outside)
 
 
+# -- the boot volume ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BootVolume:
+    """Where the FAT volume of a boot disk is and what it is."""
+
+    start_bytes: int
+    length_bytes: int
+    partition: int | None      # 1-based MBR entry, None for a volume at sector 0
+    layout: FatLayout
+
+    def to_dict(self) -> dict[str, object]:
+        lay = self.layout
+        return {"partition": self.partition, "start_bytes": self.start_bytes,
+                "length_bytes": self.length_bytes, "fat_type": lay.fat_type,
+                "label": lay.label, "cluster_bytes": lay.cluster_bytes,
+                "summary": self.summary}
+
+    @property
+    def summary(self) -> str:
+        where = f"partition {self.partition}" if self.partition else "volume at sector 0"
+        label = f" {self.layout.label!r}" if self.layout.label else ""
+        return f"{where} FAT{self.layout.fat_type}{label}"
+
+
+@dataclass(frozen=True)
+class BootFile:
+    """The IPVA.BIN entry and the clusters its chain really has."""
+
+    entry: DirEntryInfo
+    clusters: tuple[int, ...]
+    chain_end: int            # the FAT value after the last cluster (EOC when healthy)
+
+
+def _bad(code: str, message: str, offset: int | None = None, path: str | None = None,
+         severity: Severity = Severity.ERROR) -> Finding:
+    return Finding(code, severity, message, offset, True, path)
+
+
+def find_volume(dev: BlockDevice, path: str | None = None) -> tuple[BootVolume | None,
+                                                                   list[Finding]]:
+    """The boot FAT volume: the active (else first) FAT partition of the MBR, or a volume
+    starting at sector 0. Findings say why none was found."""
+    if dev.size_bytes < SECTOR_BYTES:
+        return None, [_bad("boot.no-partition", "the disk is smaller than one sector", 0, path)]
+    sector0 = dev.read_at(0, SECTOR_BYTES)
+    if looks_like_mbr(sector0, dev.size_bytes):
+        table = parse_partition_table(sector0, path)
+        parts = sorted(table.partitions, key=lambda p: (not p.active, p.index))
+        problems: list[Finding] = []
+        for part in parts:
+            try:
+                sub = partition_device(dev, part, path)
+                layout = parse_boot_sector(sub.read_at(0, SECTOR_BYTES), sub.size_bytes, path)
+            except VdiskError as exc:
+                problems.append(_bad("boot.no-fat", f"partition {part.index} "
+                                     f"({part.type_name}) holds no readable FAT volume: "
+                                     f"{exc.message}", part.start_bytes, path))
+                continue
+            return BootVolume(part.start_bytes, part.length_bytes, part.index, layout), []
+        return None, problems or [_bad("boot.no-partition", "the MBR has no partition", 0, path)]
+    try:
+        layout = parse_boot_sector(sector0, dev.size_bytes, path)
+    except VdiskError:
+        return None, [_bad("boot.no-partition", "no partition table and no FAT volume at "
+                           "sector 0", 0, path)]
+    return BootVolume(0, dev.size_bytes, None, layout), []
+
+
+def read_root(vol: SliceDevice, layout: FatLayout, fat: FatTable) -> list[DirEntryInfo]:
+    """The entries of the root directory (fixed area, or the FAT32 root chain)."""
+    if layout.fat_type == 32:
+        chunks = [(layout.cluster_offset(c), layout.cluster_bytes)
+                  for c in fat.chain(layout.root_cluster, limit=MAX_ROOT_CLUSTERS)]
+    else:
+        chunks = [(layout.root_dir_offset, layout.root_dir_bytes)]
+    data = bytearray()
+    for off, n in chunks:
+        data += vol.read_at(off, n)
+    out = []
+    for item in scan(data):
+        if item.kind != "entry":
+            continue
+        e = data[item.slot * DIR_ENTRY_BYTES:(item.slot + 1) * DIR_ENTRY_BYTES]
+        off = chunks[0][0] + item.slot * DIR_ENTRY_BYTES if layout.fat_type != 32 else -1
+        if layout.fat_type == 32:
+            ci, within = divmod(item.slot * DIR_ENTRY_BYTES, layout.cluster_bytes)
+            off = chunks[ci][0] + within
+        out.append(decode_entry(e, layout.fat_type, item.long_name, entry_offset=off,
+                                slot=item.slot))
+    return out
+
+
+class ChainSource:
+    """A file's bytes read through its cluster chain, as a ByteSource: contiguous clusters
+    are read together, so a contiguous file costs one read per MiB."""
+
+    def __init__(self, vol: BlockDevice, layout: FatLayout, clusters: Sequence[int],
+                 size_bytes: int) -> None:
+        self.vol = vol
+        self.size_bytes = size_bytes
+        cb = layout.cluster_bytes
+        self.runs: list[tuple[int, int, int]] = []   # (file offset, volume offset, length)
+        pos = 0
+        for c in clusters:
+            off = layout.cluster_offset(c)
+            if self.runs and self.runs[-1][1] + self.runs[-1][2] == off:
+                f, v, n = self.runs[-1]
+                self.runs[-1] = (f, v, n + cb)
+            else:
+                self.runs.append((pos, off, cb))
+            pos += cb
+        self._starts = [r[0] for r in self.runs]
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size_bytes:
+            raise ImageError(f"read of {length} bytes at {offset} outside the file")
+        out = bytearray()
+        i = bisect.bisect_right(self._starts, offset) - 1
+        while length > 0:
+            f, v, n = self.runs[i]
+            k = min(length, f + n - offset)
+            out += self.vol.read_at(v + offset - f, k)
+            offset += k
+            length -= k
+            i += 1
+        return bytes(out)
+
+
+def inspect_boot_volume(disk: BlockDevice, path: str | None = None
+                        ) -> tuple[BootVolume | None, BootFile | None, list[Finding]]:
+    """Find the volume and IPVA.BIN; findings for everything around the file."""
+    volinfo, findings = find_volume(disk, path)
+    if volinfo is None:
+        return None, None, findings
+    vol = SliceDevice(disk, volinfo.start_bytes, volinfo.layout.volume_bytes)
+    layout = volinfo.layout
+    fat = FatTable(vol, layout, path=path)
+    findings += _compare_fats(vol, layout, path)
+    try:
+        entries = read_root(vol, layout, fat)
+    except VdiskError as exc:
+        return volinfo, None, findings + [_bad("boot.fat-damaged", f"root directory "
+                                                 f"unreadable: {exc.message}", None, path)]
+    entry = next((e for e in entries if e.raw_name == fw.BOOT_FILE_NAME_83), None)
+    if entry is None or entry.is_dir or entry.is_label:
+        findings.append(_bad("boot.no-file", "the root directory has no file IPVA.BIN "
+                             "(8.3 entry 'IPVA    BIN')", None, path))
+        return volinfo, None, findings
+    need = -(-entry.size_bytes // layout.cluster_bytes)
+    clusters = fat.chain_list(entry.first_cluster, limit=need + 1) if need else []
+    last = fat.get(clusters[-1]) if clusters else 0
+    file = BootFile(entry, tuple(clusters[:need]), last)
+    if len(clusters) < need:
+        have = len(clusters) * layout.cluster_bytes
+        findings.append(_bad("boot.chain-short", f"IPVA.BIN's directory entry says "
+                             f"{entry.size_bytes} bytes, its cluster chain holds {have} "
+                             f"({len(clusters)} of {need} clusters)", entry.entry_offset, path))
+    elif len(set(clusters)) != len(clusters):
+        findings.append(_bad("boot.fat-damaged", "IPVA.BIN's cluster chain loops back on "
+                             "itself", entry.entry_offset, path))
+    elif len(clusters) > need:
+        findings.append(_bad("boot.chain-long", f"IPVA.BIN's cluster chain goes on past "
+                             f"its {entry.size_bytes} bytes", entry.entry_offset, path,
+                             Severity.WARNING))
+    elif need and not fat.is_eoc(last):
+        findings.append(_bad("boot.fat-damaged", f"IPVA.BIN's cluster chain ends with "
+                             f"0x{last:x}, not an end-of-chain mark", entry.entry_offset, path,
+                             Severity.WARNING))
+    return volinfo, file, findings
+
+
+def _compare_fats(vol: BlockDevice, layout: FatLayout, path: str | None) -> list[Finding]:
+    """FAT copies that disagree mean a damaged FAT (an interrupted write)."""
+    if layout.fat_count < 2 or layout.fat_bytes > MAX_FAT_COMPARE_BYTES:
+        return []
+    first = vol.read_at(layout.fat_copy_offset(0), layout.fat_bytes)
+    out = []
+    for k in range(1, layout.fat_count):
+        other = vol.read_at(layout.fat_copy_offset(k), layout.fat_bytes)
+        if other != first:
+            out.append(_bad("boot.fat-damaged", f"FAT copy {k + 1} differs from FAT 1",
+                            layout.fat_copy_offset(k), path))
+    media = first[0] if first else 0
+    if first and media != layout.media:
+        out.append(_bad("boot.fat-damaged", f"FAT 1 starts with 0x{media:02x}, the media "
+                        f"byte is 0x{layout.media:02x}", layout.fat_offset, path))
+    return out
+
+
 def verify_boot_disk(target: str, res: ResolvedTarget, progress: Progress | None,
                      allow_outside: bool) -> VerifyResult:
-    raise ImageError("boot disks are not supported yet", path=res.path)
+    with open_image(res.path, allow_outside=allow_outside) as disk:
+        volinfo, file, findings = inspect_boot_volume(disk, res.path)
+        report = None
+        if volinfo is not None and file is not None:
+            vol = SliceDevice(disk, volinfo.start_bytes, volinfo.layout.volume_bytes)
+            cb = volinfo.layout.cluster_bytes
+            size = min(file.entry.size_bytes, len(file.clusters) * cb)
+            src = ChainSource(vol, volinfo.layout, file.clusters, size)
+            report = check_firmware(src, "IPVA.BIN", progress)
+            findings += report.findings
+    return VerifyResult(target, res.kind, res.path, res.via,
+                        volinfo.to_dict() if volinfo else None, report, tuple(findings))
