@@ -62,7 +62,7 @@ class StoreBuilder:
         self.writes: list[tuple[int, bytes]] = []
         self.next_slot = 0
 
-    def header(self, next_slot: int | None = None) -> "StoreBuilder":
+    def header(self, next_slot: int | None = None) -> StoreBuilder:
         ns = self.next_slot if next_slot is None else next_slot
         self.writes.append((0, store_header(self.slot_sectors, self.slot_count, ns)))
         return self
@@ -81,7 +81,7 @@ class StoreBuilder:
         self.next_slot = (slot + 1) % self.slot_count
         return payload
 
-    def raw(self, offset: int, data: bytes) -> "StoreBuilder":
+    def raw(self, offset: int, data: bytes) -> StoreBuilder:
         self.writes.append((offset, data))
         return self
 

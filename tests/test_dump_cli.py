@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
-
 from conftest import run, vdisk
 from dumpbuilder import StoreBuilder, dump_text, record_header, store_header
 
@@ -140,23 +140,23 @@ def test_write_refused_on_a_damaged_header(tmp_path, runner):
     raw, _ = _store(tmp_path, header=False)
     text = tmp_path / "t.txt"
     text.write_bytes(b"x")
-    before = open(raw, "rb").read()
+    before = Path(raw).read_bytes()
     r = vdisk(runner, "dump", "write", raw, "--text", str(text))
     assert r.exit_code == 3 and "dump init" in r.stderr
-    assert open(raw, "rb").read() == before
+    assert Path(raw).read_bytes() == before
 
 
 def test_init_dry_run_and_backup(tmp_path, runner):
     raw, _ = _store(tmp_path)
-    before = open(raw, "rb").read()
+    before = Path(raw).read_bytes()
     r = vdisk(runner, "dump", "init", raw, "--dry-run")
     assert r.exit_code == 0 and "3 record(s) deleted" in r.stdout
-    assert open(raw, "rb").read() == before
+    assert Path(raw).read_bytes() == before
     bak = tmp_path / "before.img"
     r = vdisk(runner, "dump", "init", raw, "--yes", "--backup", str(bak), "--slot-sectors", "1024")
     assert r.exit_code == 0
     assert bak.read_bytes() == before
-    assert open(raw, "rb").read(512) == store_header(1024, 14, 0)
+    assert Path(raw).read_bytes()[:512] == store_header(1024, 14, 0)
 
 
 def test_locked_disk_is_refused(tmp_path, runner):

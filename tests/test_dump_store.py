@@ -3,10 +3,11 @@ against stores laid out by tests/dumpbuilder.py (an independent builder)."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
-
 from dumpbuilder import StoreBuilder, crc32c, dump_text, record_header, store_header
+
 from vdisk_tool.errors import FormatError, RefusedError
 from vdisk_tool.formats import dump_store as ds
 from vdisk_tool.image.base import FileDevice
@@ -219,7 +220,7 @@ def test_write_appends_like_the_appliance(tmp_path):
         tail = dev.read_at(ds.slot_offset(0, 2048) + 512 + 6, 4096)
         assert tail == bytes(4096)
     # an independent look at the bytes: header as the builder would write it
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     off = ds.slot_offset(0, 2048)
     assert raw[off:off + 512] == record_header(8, b"short\n", 7, 42, "14r1")
     assert raw[:512] == store_header(2048, 7, 1)
@@ -246,6 +247,6 @@ def test_clear_empties_the_store(tmp_path):
         dump.apply_clear(dev, plan)
         store = dump.read_store(dev)
         assert store.header_ok and store.used == [] and store.slot_count == 7
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     assert raw[:512] == store_header(2048, 7, 0)
     assert raw[512:].count(0) == len(raw) - 512

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
-
 from conftest import run, vdisk
+
 from vdisk_tool.image import base, sparse
 from vdisk_tool.ipva import flash as fl
 
@@ -158,31 +159,31 @@ def test_reset_refuses_parent_of_snapshot_and_locked(tmp_path, runner, qemu_img,
     disk = _flash(tmp_path, qemu_img, qemu_io)
     child = str(tmp_path / "hd-flash-000001.vmdk")
     run(qemu_img, "create", "-q", "-f", "vmdk", "-b", "hd-flash.vmdk", "-F", "vmdk", child)
-    before = open(disk, "rb").read()
+    before = Path(disk).read_bytes()
     r = vdisk(runner, "flash", "reset", disk, "--yes")
     assert r.exit_code == 3 and "hd-flash-000001.vmdk" in r.stderr and "--force" in r.stderr
-    assert open(disk, "rb").read() == before
+    assert Path(disk).read_bytes() == before
     r = vdisk(runner, "flash", "reset", child, "--yes")
     assert r.exit_code == 3 and "snapshot child" in r.stderr
     os.unlink(child)
     os.mkdir(disk + ".lck")
     r = vdisk(runner, "flash", "reset", disk, "--yes")
     assert r.exit_code == 3 and "in use" in r.stderr
-    assert open(disk, "rb").read() == before
+    assert Path(disk).read_bytes() == before
     r = vdisk(runner, "flash", "reset", disk, "--yes", "--force")
     assert r.exit_code == 0 and "warning" in r.stderr
 
 
 def test_reset_dry_run_confirm_and_backup(tmp_path, runner, qemu_img, qemu_io):
     disk = _flash(tmp_path, qemu_img, qemu_io)
-    before = open(disk, "rb").read()
+    before = Path(disk).read_bytes()
     r = vdisk(runner, "flash", "reset", disk, "--dry-run")
     assert r.exit_code == 0 and "dry run" in r.stdout
     assert vdisk(runner, "flash", "reset", disk).exit_code == 2      # no --yes, no terminal
-    assert open(disk, "rb").read() == before
+    assert Path(disk).read_bytes() == before
     bak = str(tmp_path / "before.vmdk")
     assert vdisk(runner, "flash", "reset", disk, "--yes", "--backup", bak).exit_code == 0
-    assert open(bak, "rb").read() == before
+    assert Path(bak).read_bytes() == before
 
 
 def test_backup_and_restore(tmp_path, runner, qemu_img, qemu_io):
@@ -195,7 +196,7 @@ def test_backup_and_restore(tmp_path, runner, qemu_img, qemu_io):
     region = str(tmp_path / "region.raw")
     run(qemu_img, "dd", "-f", "vmdk", "-O", "raw", "bs=1M", "count=64", f"if={disk}",
         f"of={region}")
-    assert open(region, "rb").read() == open(img, "rb").read()
+    assert Path(region).read_bytes() == Path(img).read_bytes()
     assert vdisk(runner, "flash", "backup", disk, "-o", img).exit_code == 3   # exists
     # change the flash, then put the saved region back; the rest of the disk is kept
     run(qemu_io, "-f", "vmdk", "-c", "write -P 0x77 10M 1M", "-c", "write -z 1M 1M", disk)
@@ -203,7 +204,7 @@ def test_backup_and_restore(tmp_path, runner, qemu_img, qemu_io):
     assert r.exit_code == 0, r.stderr
     run(qemu_img, "dd", "-f", "vmdk", "-O", "raw", "bs=1M", "count=64", f"if={disk}",
         f"of={region}.2")
-    assert open(region + ".2", "rb").read() == open(img, "rb").read()
+    assert Path(region + ".2").read_bytes() == Path(img).read_bytes()
     assert run(qemu_img, "check", disk, check=False).returncode == 0
     tail = run(qemu_io, "-f", "vmdk", "-c", "read -P 0x11 70M 64k", disk)
     assert "Pattern verification failed" not in tail.stdout

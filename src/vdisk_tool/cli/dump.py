@@ -5,7 +5,7 @@ import os
 import sys
 import time as _time
 from datetime import datetime, timezone
-from typing import Optional
+from pathlib import Path
 
 import typer
 
@@ -14,8 +14,17 @@ from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import dump as dp
 from .app import app
-from .common import (EXIT_ERROR, EXIT_OK, confirm, emit_json, fail, findings_exit, handle_errors,
-                     print_findings, warn)
+from .common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    confirm,
+    emit_json,
+    fail,
+    findings_exit,
+    handle_errors,
+    print_findings,
+    warn,
+)
 
 grp = typer.Typer(help="The crash-dump store on hd-dump: list, extract, clear, init, write.\n\n"
                        "Example: vdisk dump list hd-dump.vmdk",
@@ -86,7 +95,7 @@ def list_cmd(disk: str = DISK, json_out: bool = JSON,
     raise typer.Exit(findings_exit(list(store.findings)))
 
 
-def _pick(store: dp.DumpStore, sequence: Optional[int], salvage: bool) -> dp.DumpRecord:
+def _pick(store: dp.DumpStore, sequence: int | None, salvage: bool) -> dp.DumpRecord:
     if sequence is not None:
         found = sorted(store.by_sequence(sequence), key=lambda r: r.status != dp.RecordStatus.GOOD)
         if not found:
@@ -114,8 +123,8 @@ def _emit(data: bytes, out: str) -> None:
 def extract(disk: str = DISK,
             output: str = typer.Option("crash_dump.txt", "--output", "-o",
                                        help="Output file; '-' writes to stdout."),
-            sequence: Optional[int] = typer.Option(None, "--sequence", help="Take this record."),
-            all_dir: Optional[str] = typer.Option(None, "--all", help="Write every record to "
+            sequence: int | None = typer.Option(None, "--sequence", help="Take this record."),
+            all_dir: str | None = typer.Option(None, "--all", help="Write every record to "
                                                   "this folder as crash_dump_<sequence>.txt."),
             salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
                                          "(their bytes as they are, with a warning).")) -> None:
@@ -160,7 +169,7 @@ def extract(disk: str = DISK,
                    f"to {output}", err=True)
 
 
-def _clear(disk: str, slot_sectors: Optional[int], dry_run: bool, backup: Optional[str],
+def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | None,
            force: bool, yes: bool, verb: str) -> None:
     with open_image(disk) as dev:
         plan = dp.plan_clear(dev, slot_sectors)
@@ -180,9 +189,9 @@ def _clear(disk: str, slot_sectors: Optional[int], dry_run: bool, backup: Option
 @grp.command()
 @handle_errors
 def init(disk: str = DISK,
-         slot_sectors: Optional[int] = typer.Option(None, "--slot-sectors",
+         slot_sectors: int | None = typer.Option(None, "--slot-sectors",
                                                     help="Slot size (default: keep, else 2048)."),
-         dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+         dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
          yes: bool = YES) -> None:
     """Write an empty store (a new header; any records are deleted).
 
@@ -193,7 +202,7 @@ def init(disk: str = DISK,
 
 @grp.command()
 @handle_errors
-def clear(disk: str = DISK, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, yes: bool = YES) -> None:
     """Delete every crash dump (the store stays, empty, with its slot size).
 
@@ -208,14 +217,14 @@ def write(disk: str = DISK,
           text: str = typer.Option(..., "--text", help="The crash_dump.txt to store ('-' = stdin)."),
           build: int = typer.Option(0, "--build", min=0, max=0xFFFFFFFF, help="Firmware build."),
           version: str = typer.Option("", "--version", help="Firmware version text (ASCII)."),
-          when: Optional[int] = typer.Option(None, "--time", help="Seconds since 1970 UTC "
+          when: int | None = typer.Option(None, "--time", help="Seconds since 1970 UTC "
                                              "(default: now)."),
-          dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
     """Append a record the way the appliance does (for samples, tests and labs).
 
     Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
     """
-    payload = sys.stdin.buffer.read() if text == "-" else open(text, "rb").read()
+    payload = sys.stdin.buffer.read() if text == "-" else Path(text).read_bytes()
     stamp = int(_time.time()) if when is None else when
     with open_image(disk) as dev:
         store = dp.read_store(dev)

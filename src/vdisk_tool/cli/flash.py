@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
@@ -11,8 +10,7 @@ from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
 from .app import app
-from .common import (confirm, emit_json, findings_exit, handle_errors, print_findings, progress,
-                     warn)
+from .common import confirm, emit_json, findings_exit, handle_errors, print_findings, progress, warn
 
 grp = typer.Typer(help="The flash disk hd-flash: info, backup, restore, factory reset.\n\n"
                        "Example: vdisk flash info hd-flash.vmdk --vmx ipva.vmx",
@@ -32,8 +30,8 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask before destroying the 
 @grp.command()
 @handle_errors
 def info(disk: str = DISK,
-         vmx: Optional[str] = typer.Option(None, "--vmx", help="The VM's .vmx, for its memsize."),
-         memsize: Optional[int] = typer.Option(None, "--memsize", min=1,
+         vmx: str | None = typer.Option(None, "--vmx", help="The VM's .vmx, for its memsize."),
+         memsize: int | None = typer.Option(None, "--memsize", min=1,
                                                help="RAM in MB (instead of --vmx)."),
          json_out: bool = JSON) -> None:
     """Blank or not, 64 KiB flash segments in use, and the flash directory the RAM allows.
@@ -85,7 +83,7 @@ def backup(disk: str = DISK,
 @handle_errors
 def restore(disk: str = DISK,
             image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
-            dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+            dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
             yes: bool = YES) -> None:
     """Put a saved flash region back (the rest of the disk is kept).
 
@@ -106,7 +104,7 @@ def restore(disk: str = DISK,
 
 @grp.command()
 @handle_errors
-def reset(disk: str = DISK, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
     """Factory reset: the disk becomes blank, with the same capacity, subformat, adapter,
     geometry and file names (new CID). Costs metadata only, whatever the data held.

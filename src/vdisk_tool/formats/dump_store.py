@@ -141,10 +141,10 @@ def _with_crc(body: bytes) -> bytes:
 
 def build_store_header(*, slot_sectors: int, slot_count: int, next_slot: int = 0) -> bytes:
     """Sector 0 of a store, CRC included."""
-    body = StoreHeader.build(dict(magic=STORE_MAGIC, version=STORE_VERSION,
-                                  header_size=HEADER_BYTES, slot_sectors=slot_sectors,
-                                  slot_count=slot_count, next_slot=next_slot,
-                                  reserved=bytes(CRC_OFFSET - 0x18), header_crc32c=0))
+    body = StoreHeader.build({"magic": STORE_MAGIC, "version": STORE_VERSION,
+                              "header_size": HEADER_BYTES, "slot_sectors": slot_sectors,
+                              "slot_count": slot_count, "next_slot": next_slot,
+                              "reserved": bytes(CRC_OFFSET - 0x18), "header_crc32c": 0})
     return _with_crc(body)
 
 
@@ -155,10 +155,11 @@ def build_record_header(*, sequence: int, build: int, time: int, payload: bytes,
     if len(raw_version) > VERSION_TEXT_BYTES or not decode_ascii(raw_version)[1]:
         raise FormatError(f"version {version!r} is not printable ASCII of at most "
                           f"{VERSION_TEXT_BYTES} bytes")
-    body = RecordHeader.build(dict(magic=RECORD_MAGIC, sequence=sequence, build=build, time=time,
-                                   payload_size=len(payload), payload_crc32c=crc32c(payload),
-                                   version=raw_version.ljust(VERSION_TEXT_BYTES, b"\0"),
-                                   reserved=bytes(CRC_OFFSET - 0x40), header_crc32c=0))
+    body = RecordHeader.build({"magic": RECORD_MAGIC, "sequence": sequence, "build": build,
+                               "time": time, "payload_size": len(payload),
+                               "payload_crc32c": crc32c(payload),
+                               "version": raw_version.ljust(VERSION_TEXT_BYTES, b"\0"),
+                               "reserved": bytes(CRC_OFFSET - 0x40), "header_crc32c": 0})
     return _with_crc(body)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..errors import Finding, FormatError, RefusedError, Severity
 from ..formats import dump_store as ds
@@ -352,7 +352,7 @@ def plan_clear(dev: BlockDevice, slot_sectors: int | None = None) -> ClearPlan:
         raise RefusedError(f"no slot of {size} sectors fits on this disk")
     first = ds.slot_offset(0, 0)
     slot_bytes = store.slot_sectors * ds.SECTOR_BYTES
-    dirty = set()
+    dirty: set[int] = set()
     for lo, hi in stored_spans(dev, first):
         dirty.update(range((lo - first) // slot_bytes, (hi - 1 - first) // slot_bytes + 1))
     return ClearPlan(size, count, tuple(sorted(dirty)), len(store.used))

@@ -13,8 +13,8 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedError
 from ..formats import vmdk_descriptor as vd
@@ -46,7 +46,7 @@ def directory_segments(memsize_mb: int) -> int:
     return BASE_SEGMENTS * memsize_mb // BASE_RAM_MB
 
 
-_MEMSIZE = re.compile(r'^\s*memsize\s*=\s*"?\s*(\d+)\s*"?\s*(?:#.*)?$', re.I)
+_MEMSIZE = re.compile(r'^\s*memsize\s*=\s*"?\s*(\d+)\s*"?\s*(?:#.*)?$', re.IGNORECASE)
 
 
 def read_memsize(vmx_path: str) -> int | None:
@@ -244,7 +244,7 @@ def find_children(disk_path: str, own_files: list[str]) -> list[str]:
             continue
         try:
             desc = _descriptor_of(cand)
-        except Exception:  # noqa: BLE001 - an unreadable neighbour is not our concern here
+        except Exception:  # noqa: BLE001,S112 - an unreadable neighbour is not our concern here
             continue
         hint = desc.get("parentFileNameHint") if desc else None
         if not hint:
