@@ -6,31 +6,76 @@ import os
 import shutil
 from pathlib import Path
 
+import fwbuilder
 import pytest
 from conftest import need_tool, run, vdisk
+from dumpbuilder import StoreBuilder
 from test_vmx import VSPHERE_VMX, WORKSTATION_VMX
 
 from vdisk_tool.errors import Severity
 from vdisk_tool.ipva import doctor
+from vdisk_tool.ipva.bundle import plan_vmx_fixes
 from vdisk_tool.ipva.flash import directory_segments
 from vdisk_tool.ipva.vmx import Vmx
 
 DISKS = {"hd-boot.vmdk": "32M", "hd-cf.vmdk": "16M", "hd-flash.vmdk": "100M", "hd-dump.vmdk": "64M"}
 VSPHERE_NAMES = ["ipva.vmdk", "ipva_1.vmdk", "ipva_2.vmdk", "ipva_3.vmdk"]
+MIB = 1 << 20
 
 
-def make_bundle(folder, vmx_text: str = WORKSTATION_VMX, names=None, sizes=None) -> str:
-    """A bundle folder: the vmx and four small sparse VMDKs made by qemu-img."""
-    qemu = need_tool("qemu-img")
+def _to_vmdk(raw: str, out: str) -> None:
+    run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+        "adapter_type=ide", raw, out)
+    os.unlink(raw)
+
+
+def build_disks(folder: str) -> dict[str, str]:
+    """The four disks of a working appliance, made without vdisk: a boot disk holding a
+    valid IPVA.BIN (sfdisk + mkfs.fat + mcopy), a FAT16 CF, a blank flash and a dump store
+    with one record, each converted to a monolithicSparse VMDK by qemu-img."""
     os.makedirs(folder, exist_ok=True)
-    names = names or list(DISKS)
-    sizes = sizes or list(DISKS.values())
-    for name, size in zip(names, sizes):
-        run(qemu, "create", "-q", "-f", "vmdk", "-o", "adapter_type=ide",
-            os.path.join(folder, name), size)
+    out = {role: os.path.join(folder, name) for role, name in zip(ROLES, DISKS)}
+    fw = fwbuilder.standard().to_bytes()
+    _to_vmdk(fwbuilder.make_raw_boot(os.path.join(folder, "boot.raw"), fw), out["boot"])
+    cf = os.path.join(folder, "cf.raw")
+    with open(cf, "wb") as f:
+        f.truncate(16 * MIB)
+    run(need_tool("sfdisk"), "-q", cf, input="start=2048, type=e\n")
+    run(need_tool("mkfs.fat"), "-F", "16", "-s", "1", "-n", "IPVACF", "--offset", "2048", cf)
+    _to_vmdk(cf, out["cf"])
+    run(need_tool("qemu-img"), "create", "-q", "-f", "vmdk", "-o", "adapter_type=ide",
+        out["flash"], "100M")
+    store = StoreBuilder(64 * MIB)
+    store.record(0, 1)
+    _to_vmdk(store.header().write(os.path.join(folder, "dump.raw")), out["dump"])
+    return out
+
+
+ROLES = ("boot", "cf", "flash", "dump")
+
+
+@pytest.fixture(scope="session")
+def disk_set(tmp_path_factory) -> dict[str, str]:
+    return build_disks(str(tmp_path_factory.mktemp("disk-set")))
+
+
+def make_bundle(folder, vmx_text: str = WORKSTATION_VMX, names=None, disks=None) -> str:
+    """A bundle folder: the vmx and copies of the four disks (under `names`)."""
+    os.makedirs(folder, exist_ok=True)
+    disks = disks or _DISKS["set"]
+    for role, name in zip(ROLES, names or list(DISKS)):
+        shutil.copy(disks[role], os.path.join(folder, name))
     with open(os.path.join(folder, "ipva.vmx"), "wb") as f:
         f.write(vmx_text.encode())
     return str(folder)
+
+
+_DISKS: dict[str, dict[str, str]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _disks(disk_set):
+    _DISKS["set"] = disk_set
 
 
 def codes(rep: doctor.Report) -> set[str]:
@@ -110,12 +155,12 @@ def test_fix_dry_run_then_fix(tmp_path, runner):
 
 def test_fix_memsize_low_and_unset_nic():
     v = Vmx(b'memsize = "13"\nethernet0.present = "TRUE"\nmonitor_control.pseudo_perfctr="true"\n')
-    plan = doctor.plan_vmx_fixes(v)
+    plan = plan_vmx_fixes(v)
     assert [(f.code, f.key, f.new) for f in plan] == [
         ("vmx.nic-model-unset", "ethernet0.virtualDev", "vlance"),
         ("vmx.memsize-multiple", "memsize", "20")]
-    assert doctor.plan_vmx_fixes(Vmx(b'memsize = "16"\n'))[-1].new == "20"
-    assert doctor.plan_vmx_fixes(Vmx(b'memsize = "8000"\n'))[-1].key != "memsize"
+    assert plan_vmx_fixes(Vmx(b'memsize = "16"\n'))[-1].new == "20"
+    assert plan_vmx_fixes(Vmx(b'memsize = "8000"\n'))[-1].key != "memsize"
 
 
 @pytest.mark.parametrize("mem,want", [
@@ -198,7 +243,9 @@ def test_snapshot_child_and_cid_chain(tmp_path):
 
 
 def test_flash_capacity(tmp_path):
-    b = make_bundle(tmp_path / "f", sizes=["32M", "16M", "80M", "64M"])
+    small = str(tmp_path / "flash80.vmdk")
+    run(need_tool("qemu-img"), "create", "-q", "-f", "vmdk", small, "80M")
+    b = make_bundle(tmp_path / "f", disks={**_DISKS["set"], "flash": small})
     rep = doctor.check_bundle(b)
     assert "bundle.flash-capacity" in problems(rep)
 
@@ -209,3 +256,67 @@ def test_bad_target(tmp_path, runner):
     (tmp_path / "ipva.vmx").write_bytes(b"\0" * 10)
     r = vdisk(runner, "bundle", "check", str(tmp_path))
     assert r.exit_code == 3 and "NUL" in r.stderr and "Traceback" not in r.output
+
+
+def _replace_disk(b: str, name: str, raw: str) -> None:
+    target = os.path.join(b, name)
+    os.unlink(target)
+    _to_vmdk(raw, target)
+
+
+def test_every_disk_module_reports(tmp_path):
+    b = make_bundle(tmp_path / "h")
+    rep = doctor.check_bundle(b)
+    got = codes(rep)
+    assert {"bundle.flash-usage", "bundle.dump-present"} <= got
+    assert "bundle.check-failed" not in got
+    dump = next(i for i in rep.issues if i.code == "bundle.dump-present")
+    assert dump.fix == f"vdisk dump extract {os.path.join(b, 'hd-dump.vmdk')}"
+    usage = next(i for i in rep.issues if i.code == "bundle.flash-usage")
+    assert usage.finding.message == "0 of 1024 flash segments in use; memsize 64 MB allows a " \
+                                    "directory of 224"
+
+
+def test_broken_firmware_names_the_loader_message(tmp_path, runner):
+    b = make_bundle(tmp_path / "fw")
+    fw = bytearray(fwbuilder.standard().to_bytes())
+    fw[2000] ^= 0xFF                                   # inside a section: its CRC fails
+    _replace_disk(b, "hd-boot.vmdk", fwbuilder.make_raw_boot(str(tmp_path / "boot.raw"), bytes(fw)))
+    rep = doctor.check_bundle(b)
+    bad = [i for i in rep.issues if i.subject == "boot" and i.severity == Severity.ERROR]
+    assert bad and any(i.code == "fw.section-crc" for i in bad)
+    assert all(i.boot_message == doctor.MSG_FIRMWARE for i in bad if i.code.startswith("fw."))
+    assert all(i.fix.startswith("vdisk boot restore") for i in bad)
+
+
+def test_torn_dump_unclean_vmdk_and_flash_overflow(tmp_path):
+    b = make_bundle(tmp_path / "t")
+    store = StoreBuilder(64 * MIB)
+    store.record(0, 1)
+    store.record(1, 2, tear_at=100)
+    _replace_disk(b, "hd-dump.vmdk", store.header().write(str(tmp_path / "dump.raw")))
+    flash = os.path.join(b, "hd-flash.vmdk")
+    run(need_tool("qemu-io"), "-c", "write -P 0x5a 0 15M", flash)      # 240 segments > 224
+    with open(flash, "r+b") as f:                                      # uncleanShutdown = 1
+        f.seek(72)
+        f.write(b"\1")
+    rep = doctor.check_bundle(b)
+    by = {i.code: i for i in rep.issues}
+    assert problems(rep) == {"dump.record-torn", "flash.directory-overflow",
+                             "vmdk.unclean-shutdown"}
+    assert by["dump.record-torn"].fix.endswith("hd-dump.vmdk --salvage")
+    assert by["dump.record-torn"].subject == "dump"
+    assert by["flash.directory-overflow"].fix == 'set memsize = "192"'
+    assert by["vmdk.unclean-shutdown"].fix == f"vdisk check {flash} --repair"
+    assert "sequence 1" in by["bundle.dump-present"].finding.message
+    assert "240 of 1024" in by["bundle.flash-usage"].finding.message
+
+
+def test_cf_blank_and_not_fat(tmp_path):
+    b = make_bundle(tmp_path / "c")
+    cf = os.path.join(b, "hd-cf.vmdk")
+    os.unlink(cf)
+    run(need_tool("qemu-img"), "create", "-q", "-f", "vmdk", cf, "16M")
+    assert "bundle.cf-blank" in problems(doctor.check_bundle(b))
+    run(need_tool("qemu-io"), "-c", "write -P 0x33 0 4k", cf)
+    assert "bundle.cf-no-fat" in problems(doctor.check_bundle(b))

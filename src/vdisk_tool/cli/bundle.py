@@ -6,10 +6,13 @@ import typer
 from ..errors import Severity
 from ..ipva import doctor
 from ..ipva.bundle import (
+    VmxFix,
     apply_mac,
+    apply_vmx_fixes,
     format_mac,
     mac_state,
     open_bundle,
+    plan_vmx_fixes,
     random_static_mac,
     relpath_in,
     validate_static_mac,
@@ -69,11 +72,11 @@ def check(target: str = TARGET, json_out: bool = JSON,
 
     Example: vdisk bundle check ./ipva --fix --dry-run
     """
-    applied: list[doctor.VmxFix] = []
+    applied: list[VmxFix] = []
     if fix:
         b = open_bundle(target)
-        plan = doctor.plan_vmx_fixes(b.vmx)
-        doctor.apply_vmx_fixes(b.vmx, plan)
+        plan = plan_vmx_fixes(b.vmx)
+        apply_vmx_fixes(b.vmx, plan)
         if dry_run:
             if json_out:
                 emit_json({"vmx": b.vmx_path, "dry_run": True, "fixes": [f.to_dict() for f in plan],

@@ -16,13 +16,15 @@ from ..formats import vmdk_descriptor as vd
 from ..image import safe
 from ..image.disk import sniff
 from ..image.sparse import SparseExtent
-from .vmx import IDE_ROLES, DiskSlot, Vmx, find_vmx
+from .vmx import IDE_ROLES, DiskSlot, Vmx, find_vmx, vmx_bool
 
 ROLE_SLOTS = {role: slot for slot, role in IDE_ROLES.items()}
 STATIC_MAC_LOW = 0x005056000000
 STATIC_MAC_HIGH = 0x0050563FFFFF
 SUPPORTED_NICS = ("vlance", "vmxnet3")
 NIC = "ethernet0"
+PERFCTR_KEY = "monitor_control.pseudo_perfctr"
+MEMSIZE_MIN_MB = 20
 
 _MAC = re.compile(r'^([0-9A-Fa-f]{2})([:-]?)([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})\2'
                   r'([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})\2([0-9A-Fa-f]{2})$')
@@ -205,3 +207,43 @@ def find_cid_break(path: str) -> CidBreak | None:
             return CidBreak(path, parent, desc.parent_cid, pdesc.cid)  # type: ignore[arg-type]
         path = parent
     return None
+
+
+# -- safe vmx fixes --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VmxFix:
+    code: str
+    key: str
+    old: str | None
+    new: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "key": self.key, "old": self.old, "new": self.new}
+
+
+def plan_vmx_fixes(vmx: Vmx) -> list[VmxFix]:
+    """The safe edits: perfctr on, an unsupported or unset NIC model -> vlance, memsize
+    rounded up to a multiple of 4 and at least 20 MB. Nothing that could lose data."""
+    fixes = []
+    if not vmx_bool(vmx.get(PERFCTR_KEY)):
+        fixes.append(VmxFix("vmx.perfctr-missing", PERFCTR_KEY, vmx.get(PERFCTR_KEY), "TRUE"))
+    if vmx_bool(vmx.get(f"{NIC}.present")):
+        model = vmx.get(f"{NIC}.virtualDev")
+        if model is None or model.lower() not in SUPPORTED_NICS:
+            fixes.append(VmxFix("vmx.nic-model" if model else "vmx.nic-model-unset",
+                                f"{NIC}.virtualDev", model, "vlance"))
+    raw = vmx.get("memsize")
+    try:
+        mem = int(raw) if raw is not None else None
+    except ValueError:
+        mem = None
+    if mem is not None and mem > 0 and (mem % 4 or mem < MEMSIZE_MIN_MB):
+        new = max(MEMSIZE_MIN_MB, (mem + 3) // 4 * 4)
+        code = "vmx.memsize-multiple" if mem % 4 else "vmx.memsize-low"
+        fixes.append(VmxFix(code, "memsize", raw, str(new)))
+    return fixes
+
+
+def apply_vmx_fixes(vmx: Vmx, fixes: list[VmxFix]) -> None:
+    for f in fixes:
+        vmx.set(f.key, f.new)

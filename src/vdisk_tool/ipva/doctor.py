@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import Finding, FormatError, Severity, VdiskError
 from ..image import safe
+from ..image.check import check_image
 from ..image.disk import Disk, open_image
 from .bundle import (
+    MEMSIZE_MIN_MB,
     NIC,
+    PERFCTR_KEY,
     SUPPORTED_NICS,
     Bundle,
     find_cid_break,
@@ -32,11 +35,9 @@ from .bundle import (
 from .flash import MAX_SEGMENTS, SEGMENT_BYTES, directory_segments, find_children
 from .vmx import IDE_ROLES, DiskSlot, Vmx, vmx_bool
 
-MEMSIZE_MIN_MB = 20
 MEMSIZE_MAX_USEFUL_MB = 3072
 MEMSIZE_FULL_FLASH_MB = 192
 MEMSIZE_SHIPPED_MB = 64
-PERFCTR_KEY = "monitor_control.pseudo_perfctr"
 MSG_PERFCTR = "perfcounter-not enabled!!!"
 MSG_NIC = "NIC unavailable!"
 
@@ -198,9 +199,11 @@ def _check_disk(ctx: Context, slot: DiskSlot, role: str) -> tuple[DiskReport, li
             if role in roles:
                 try:
                     found.extend(check(ctx, dctx))
-                except (VdiskError, OSError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one failed check must not end the report
+                    what = str(exc) if isinstance(exc, (VdiskError, OSError)) else \
+                        f"{type(exc).__name__}: {exc}"
                     found.append(issue("bundle.check-failed", Severity.ERROR,
-                                       f"{check.__name__} could not read the {role} disk: {exc}",
+                                       f"{check.__name__} could not read the {role} disk: {what}",
                                        role, path=slot.path))
         rep = DiskReport(slot.slot, role, slot.path, disk.size_bytes, disk.subformat,
                          tuple(link.path for link in disk.chain()))
@@ -343,46 +346,6 @@ def check_slots(ctx: Context) -> Iterator[Issue]:
                         fix=f"restore {found.file_name} or correct {slot_name}.fileName")
 
 
-# -- safe vmx fixes --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VmxFix:
-    code: str
-    key: str
-    old: str | None
-    new: str
-
-    def to_dict(self) -> dict[str, object]:
-        return {"code": self.code, "key": self.key, "old": self.old, "new": self.new}
-
-
-def plan_vmx_fixes(vmx: Vmx) -> list[VmxFix]:
-    """The safe edits: perfctr on, an unsupported or unset NIC model -> vlance, memsize
-    rounded up to a multiple of 4 and at least 20 MB. Nothing that could lose data."""
-    fixes = []
-    if not vmx_bool(vmx.get(PERFCTR_KEY)):
-        fixes.append(VmxFix("vmx.perfctr-missing", PERFCTR_KEY, vmx.get(PERFCTR_KEY), "TRUE"))
-    if vmx_bool(vmx.get(f"{NIC}.present")):
-        model = vmx.get(f"{NIC}.virtualDev")
-        if model is None or model.lower() not in SUPPORTED_NICS:
-            fixes.append(VmxFix("vmx.nic-model" if model else "vmx.nic-model-unset",
-                                f"{NIC}.virtualDev", model, "vlance"))
-    raw = vmx.get("memsize")
-    try:
-        mem = int(raw) if raw is not None else None
-    except ValueError:
-        mem = None
-    if mem is not None and mem > 0 and (mem % 4 or mem < MEMSIZE_MIN_MB):
-        new = max(MEMSIZE_MIN_MB, (mem + 3) // 4 * 4)
-        code = "vmx.memsize-multiple" if mem % 4 else "vmx.memsize-low"
-        fixes.append(VmxFix(code, "memsize", raw, str(new)))
-    return fixes
-
-
-def apply_vmx_fixes(vmx: Vmx, fixes: list[VmxFix]) -> None:
-    for f in fixes:
-        vmx.set(f.key, f.new)
-
-
 # -- built-in disk checks ---------------------------------------------------------------------
 FLASH_CAPACITY_BYTES = 100 << 20
 
@@ -420,3 +383,97 @@ def check_snapshots(ctx: Context, d: DiskContext) -> Iterator[Issue]:
                         f"of the {d.role} disk, but the vmx uses the parent: writing the parent "
                         "breaks the snapshot", d.role, path=child,
                         fix="point the vmx at the snapshot, or delete it in the VMware snapshot manager")
+
+
+# -- disk checks from the disk modules ---------------------------------------------------------
+MSG_FIRMWARE = "checksum wrong! Loading failed for image=IPVA    BIN"
+
+
+def adopt(f: Finding, d: DiskContext, fix: str | None = None, boot: str | None = None) -> Issue:
+    """A disk module's Finding as an Issue about that disk."""
+    return Issue(replace(f, path=f.path or d.path), d.role, boot, fix)
+
+
+@disk_check()
+def check_vmdk(ctx: Context, d: DiskContext) -> Iterator[Issue]:
+    """`vdisk check`: the VMDK metadata of every disk."""
+    for f in check_image(d.path).findings:
+        yield adopt(f, d, ctx.command("check", d.path, "--repair") if f.fixable
+                    else ctx.command("check", d.path))
+
+
+@disk_check("boot")
+def check_boot(ctx: Context, d: DiskContext) -> Iterator[Issue]:
+    """`vdisk verify`: the IPVA.BIN the boot loader would load."""
+    from .boot import verify_target
+
+    fix = ctx.command("boot", "restore", d.path, "--firmware", "ipva.bin")
+    for f in verify_target(d.path).findings:
+        bad = f.severity == Severity.ERROR
+        loader = bad and (f.code.startswith("fw.") or f.code.startswith("boot.chain"))
+        yield adopt(f, d, fix if bad else None, MSG_FIRMWARE if loader else None)
+
+
+@disk_check("cf")
+def check_cf(ctx: Context, d: DiskContext) -> Iterator[Issue]:
+    """The CF disk: its MBR and the FAT volume on it."""
+    from ..fs.partition import check_partition_table, looks_like_mbr, read_partition_table
+    from ..fs.volume import open_volume
+
+    if d.disk.read_at(0, 512).count(0) == 512:
+        yield issue("bundle.cf-blank", Severity.WARNING, "the CF disk holds no partition table "
+                    "or file system (the appliance formats it on first start)", d.role, path=d.path)
+        return
+    if looks_like_mbr(d.disk.read_at(0, 512), d.disk.size_bytes):
+        table = read_partition_table(d.disk, d.path)
+        for f in check_partition_table(table, d.disk.size_bytes // 512):
+            yield adopt(f, d)
+    try:
+        vol = open_volume(d.disk, path=d.path)
+    except FormatError as exc:
+        yield issue("bundle.cf-no-fat", Severity.ERROR, f"no FAT volume found: {exc.message}",
+                    d.role, path=d.path)
+        return
+    yield from _fat_findings(ctx, d, vol)
+
+
+def _fat_findings(ctx: Context, d: DiskContext, vol: object) -> Iterator[Issue]:
+    """The FAT consistency check, when the fs layer provides one."""
+    return iter(())
+
+
+@disk_check("flash")
+def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
+    """Flash in use against the directory the memsize allows."""
+    from .flash import read_flash_info
+
+    info = read_flash_info(d.disk, ctx.memsize_mb())
+    limit = "" if info.directory_segments is None else \
+        f"; memsize {info.memsize_mb} MB allows a directory of {info.directory_segments}"
+    yield issue("bundle.flash-usage", Severity.INFO, f"{info.segments_in_use} of "
+                f"{info.segments_total} flash segments in use{limit}", d.role, path=d.path)
+    for f in info.findings:
+        fix = f'set memsize = "{MEMSIZE_FULL_FLASH_MB}"' if f.code == "flash.directory-overflow" \
+            else None
+        yield adopt(f, d, fix)
+
+
+@disk_check("dump")
+def check_dump(ctx: Context, d: DiskContext) -> Iterator[Issue]:
+    """The crash-dump store: header, torn records, the newest dump."""
+    from .dump import read_store
+
+    store = read_store(d.disk)
+    for f in store.findings:
+        fix = None
+        if f.code == "dump.record-torn":
+            fix = ctx.command("dump", "extract", d.path, "--salvage")
+        elif f.severity != Severity.INFO and f.code.startswith("dump.header"):
+            fix = ctx.command("dump", "init", d.path) + "  (deletes the records: extract first)"
+        yield adopt(f, d, fix)
+    newest = store.newest_good
+    if newest is not None:
+        yield issue("bundle.dump-present", Severity.INFO, f"{len(store.good)} crash dump(s); the "
+                    f"newest is sequence {newest.sequence} (build {newest.build}, "
+                    f"{newest.version or 'no version'})", d.role, path=d.path,
+                    fix=ctx.command("dump", "extract", d.path))
