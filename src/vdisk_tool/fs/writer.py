@@ -1,0 +1,347 @@
+"""Changing a FAT volume: create, replace, delete and rename files and directories, set the
+label; keep both FAT copies and the FAT32 FSInfo sector right (specs/fat.md "Writing")."""
+from __future__ import annotations
+
+import datetime as _dt
+import posixpath
+from typing import IO, TYPE_CHECKING, Union
+
+from ..errors import FormatError, UnsupportedError
+from ..formats import fat as ff
+from .dirent import (DirEntryInfo, build_entry, generate_short_name, plain_short_name,
+                     validate_long_name, with_cluster_and_size)
+
+if TYPE_CHECKING:
+    from .volume import Directory, FatVolume
+
+E = ff.DIR_ENTRY_BYTES
+WRITE_CHUNK_BYTES = 1 << 20
+MAX_FILE_BYTES = 0xFFFFFFFF
+Source = Union[bytes, bytearray, memoryview, IO[bytes]]
+
+
+class VolumeWriter:
+    """Mutating operations of FatVolume (a mixin: it uses the volume's lookup methods)."""
+
+    def __init__(self) -> None:
+        self._mutated = False
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _begin(self: "FatVolume") -> None:
+        if not self.writable:
+            raise UnsupportedError("volume is open read-only", path=self.path)
+        if not self._mutated and self.layout.fat_type == 32:
+            fs = self._read_fsinfo()
+            if fs is not None and 2 <= fs.next_free <= self.layout.max_cluster:
+                self.fat.next_free_hint = fs.next_free
+        self._mutated = True
+
+    def _read_fsinfo(self: "FatVolume"):  # type: ignore[no-untyped-def]
+        lay = self.layout
+        if lay.fat_type != 32 or not 0 < lay.fsinfo_sector < lay.reserved_sectors:
+            return None
+        fs = ff.FsInfo.parse(self.dev.read_at(lay.fsinfo_sector * lay.bytes_per_sector, 512))
+        if (fs.lead_signature, fs.struct_signature) != (ff.FSINFO_LEAD_SIG, ff.FSINFO_STRUCT_SIG):
+            return None
+        return fs
+
+    def flush(self: "FatVolume") -> None:
+        """Write changed FAT sectors to every copy, then the FSInfo free count and hint."""
+        self.fat.flush()
+        if self._mutated and self.layout.fat_type == 32:
+            fs = self._read_fsinfo()
+            if fs is not None:
+                if fs.free_count <= self.layout.cluster_count:
+                    free = fs.free_count + self.fat.free_delta
+                    if not 0 <= free <= self.layout.cluster_count:
+                        free = self.fat.count_free()
+                else:
+                    free = self.fat.count_free()
+                self.fat.free_delta = 0
+                hint = self.fat.next_free_hint
+                if not 2 <= hint <= self.layout.max_cluster:
+                    hint = 2
+                off = self.layout.fsinfo_sector * self.layout.bytes_per_sector
+                self.dev.write_at(off + 488, free.to_bytes(4, "little") + hint.to_bytes(4, "little"))
+        self.dev.flush()
+
+    def close(self: "FatVolume") -> None:
+        if self._mutated:
+            self.flush()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self: "FatVolume", exc_type, *exc) -> None:  # type: ignore[no-untyped-def]
+        if exc_type is None:
+            self.close()
+
+    def _parent_and_name(self: "FatVolume", path: str) -> tuple[DirEntryInfo, str]:
+        from .volume import normalize_path
+        parts = normalize_path(path)
+        if not parts:
+            raise FormatError("the root directory cannot be the target", path=self.path)
+        parent = self.stat("/" + "/".join(parts[:-1]))
+        if not parent.is_dir:
+            raise FormatError(f"{parent.path} is not a directory", path=self.path)
+        return parent, validate_long_name(parts[-1])
+
+    # -- directory slots ------------------------------------------------------------------
+    def _free_run(self: "FatVolume", d: "Directory", need: int) -> int:
+        """Index of `need` consecutive free slots, growing a cluster directory if needed."""
+        run_start, run_len = 0, 0
+        for i in range(d.slots):
+            first = d.data[i * E]
+            if first == 0:
+                if d.slots - i >= need:
+                    return i
+                run_start, run_len = i, d.slots - i
+                break
+            if first == ff.DELETED_MARK:
+                if run_len == 0:
+                    run_start = i
+                run_len += 1
+                if run_len == need:
+                    return run_start
+            else:
+                run_len = 0
+        else:
+            run_start, run_len = d.slots, 0
+        if d.fixed:
+            raise FormatError("the root directory is full", path=self.path)
+        cb = self.layout.cluster_bytes
+        while d.slots - run_start < need:
+            if len(d.data) + cb > 65536 * E:
+                raise FormatError("directory is full (65,536 entries)", path=self.path)
+            new = self.fat.allocate(1, after=d.clusters[-1])[0]
+            self.dev.write_at(self.layout.cluster_offset(new), bytes(cb))
+            d.clusters.append(new)
+            d.extents.append((self.layout.cluster_offset(new), cb))
+            d.data += bytes(cb)
+        return run_start
+
+    def _insert(self: "FatVolume", d: "Directory", name: str, template: bytes) -> None:
+        """Place an entry for `name` made from the 32-byte `template` (name bytes replaced),
+        with long-name entries when the name is not a plain 8.3 name."""
+        taken = {bytes(d.data[i * E:i * E + 11]) for i in range(d.slots)
+                 if d.data[i * E] not in (0, ff.DELETED_MARK)}
+        plain = plain_short_name(name)
+        lfns: list[bytes] = []
+        if plain is not None and plain[0] not in taken:
+            short, nt = plain
+        else:
+            short, nt = generate_short_name(name, taken), 0
+            lfns = ff.build_lfn_entries(name, short)
+        entry = bytearray(template)
+        entry[0:11] = short
+        entry[12] = nt
+        idx = self._free_run(d, len(lfns) + 1)
+        at_end = d.data[idx * E] == 0
+        for k, raw in enumerate(lfns + [bytes(entry)]):
+            d.write_slot(idx + k, raw)
+        nxt = idx + len(lfns) + 1
+        if at_end and nxt < d.slots and d.data[nxt * E] != 0:
+            d.write_slot(nxt, bytes(E))
+
+    def _erase(self: "FatVolume", d: "Directory", info: DirEntryInfo) -> None:
+        for slot in info.lfn_slots + (info.slot,):
+            raw = bytearray(d.raw(slot))
+            raw[0] = ff.DELETED_MARK
+            d.write_slot(slot, bytes(raw))
+
+    # -- content ---------------------------------------------------------------------------
+    def _write_content(self: "FatVolume", source: Source) -> tuple[int, int]:
+        """Write data into newly allocated clusters; returns (first cluster, size)."""
+        cb = self.layout.cluster_bytes
+        chunk_bytes = max(cb, WRITE_CHUNK_BYTES // cb * cb)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            view = memoryview(source)
+            pieces = (view[i:i + chunk_bytes] for i in range(0, len(view), chunk_bytes))
+        else:
+            pieces = iter(lambda: source.read(chunk_bytes), b"")  # type: ignore[union-attr]
+        first, last, size = 0, None, 0
+        for piece in pieces:
+            if not piece:
+                continue
+            size += len(piece)
+            if size > MAX_FILE_BYTES:
+                raise FormatError("file larger than FAT's 4 GiB - 1 limit", path=self.path)
+            count = -(-len(piece) // cb)
+            got = self.fat.allocate(count, after=last)
+            first = first or got[0]
+            last = got[-1]
+            pos = 0
+            for off, n in self.cluster_runs(got):
+                part = bytes(piece[pos:pos + n])
+                if len(part) < n:
+                    part += bytes(n - len(part))
+                self.dev.write_at(off, part)
+                pos += n
+        return first, size
+
+    # -- public operations ---------------------------------------------------------------
+    def write_file(self: "FatVolume", path: str, source: Source,
+                   mtime: _dt.datetime | None = None, attributes: int = ff.ATTR_ARCHIVE,
+                   created: _dt.datetime | None = None, accessed: _dt.date | None = None,
+                   raw_entry: bytes | None = None) -> DirEntryInfo:
+        """Create or replace a file. `raw_entry` (a 32-byte 8.3 entry) carries attributes
+        and all timestamps over unchanged, for copying between volumes."""
+        self._begin()
+        parent, name = self._parent_and_name(path)
+        d = self.directory(parent.first_cluster)
+        old = self.lookup(d, name, parent.path)
+        if old is not None and old.is_dir:
+            raise FormatError(f"{old.path} is a directory", path=self.path)
+        if old is not None and old.first_cluster >= 2:
+            self.fat.free_chain(old.first_cluster)
+        first, size = self._write_content(source)
+        when = mtime or _dt.datetime.now()
+        if old is not None:
+            entry = bytearray(with_cluster_and_size(old.raw_entry, first, size))
+            if raw_entry is not None:
+                entry[11:32] = with_cluster_and_size(raw_entry, first, size)[11:32]
+            else:
+                stamp = ff.encode_dos_datetime(when)
+                entry[22:26] = stamp.time.to_bytes(2, "little") + stamp.date.to_bytes(2, "little")
+                entry[18:20] = stamp.date.to_bytes(2, "little")
+                entry[11] |= ff.ATTR_ARCHIVE
+            d.write_slot(old.slot, bytes(entry))
+        else:
+            if raw_entry is not None:
+                template = with_cluster_and_size(raw_entry, first, size)
+            else:
+                template = build_entry(b" " * 11, attributes, first, size, when, created, accessed)
+            self._insert(d, name, template)
+        self.fat.flush()
+        return self.stat(posixpath.join(parent.path, name))
+
+    def mkdir(self: "FatVolume", path: str, parents: bool = False, exist_ok: bool = False,
+              mtime: _dt.datetime | None = None, raw_entry: bytes | None = None) -> DirEntryInfo:
+        """Create a directory with its '.' and '..' entries."""
+        self._begin()
+        if parents:
+            from .volume import normalize_path
+            parts = normalize_path(path)
+            for i in range(1, len(parts)):
+                sub = "/" + "/".join(parts[:i])
+                if not self.exists(sub):
+                    self.mkdir(sub, mtime=mtime)
+        parent, name = self._parent_and_name(path)
+        d = self.directory(parent.first_cluster)
+        old = self.lookup(d, name, parent.path)
+        if old is not None:
+            if old.is_dir and (exist_ok or parents):
+                return old
+            raise FormatError(f"{old.path} already exists", path=self.path)
+        when = mtime or _dt.datetime.now()
+        cluster = self.fat.allocate(1)[0]
+        if raw_entry is not None:
+            template = with_cluster_and_size(raw_entry, cluster, 0)
+        else:
+            template = build_entry(b" " * 11, ff.ATTR_DIRECTORY, cluster, 0, when)
+        body = bytearray(self.layout.cluster_bytes)
+        dot = bytearray(template)
+        dot[0:11], dot[12] = b".          ", 0
+        dotdot = bytearray(with_cluster_and_size(template, parent.first_cluster
+                                                 if parent.first_cluster != self.root_first_cluster
+                                                 else 0, 0))
+        dotdot[0:11], dotdot[12] = b"..         ", 0
+        body[0:E], body[E:2 * E] = dot, dotdot
+        self.dev.write_at(self.layout.cluster_offset(cluster), bytes(body))
+        self._insert(d, name, template)
+        self.fat.flush()
+        return self.stat(posixpath.join(parent.path, name))
+
+    def remove(self: "FatVolume", path: str, recursive: bool = False) -> None:
+        """Delete a file, or a directory (empty unless recursive)."""
+        self._begin()
+        info = self.stat(path)
+        if info.path == "/":
+            raise FormatError("cannot remove the root directory", path=self.path)
+        if info.is_dir:
+            kids = self.listdir(info.path)
+            if kids and not recursive:
+                raise FormatError(f"{info.path} is not empty", path=self.path)
+            for k in kids:
+                self.remove(k.path, recursive=True)
+            info = self.stat(path)
+        if info.first_cluster >= 2:
+            self.fat.free_chain(info.first_cluster)
+        self._erase(self.directory(info.parent_cluster), info)
+        self.fat.flush()
+
+    def rename(self: "FatVolume", src: str, dst: str) -> DirEntryInfo:
+        """Rename or move a file or directory (dst names the new path, not a folder to
+        move into)."""
+        self._begin()
+        info = self.stat(src)
+        if info.path == "/":
+            raise FormatError("cannot rename the root directory", path=self.path)
+        parent, name = self._parent_and_name(dst)
+        if info.is_dir and (parent.path + "/").startswith(info.path.rstrip("/") + "/"):
+            raise FormatError(f"cannot move {info.path} into itself", path=self.path)
+        target = self.lookup(self.directory(parent.first_cluster), name, parent.path)
+        if target is not None and target.entry_offset != info.entry_offset:
+            raise FormatError(f"{target.path} already exists", path=self.path)
+        self._erase(self.directory(info.parent_cluster), info)
+        self._insert(self.directory(parent.first_cluster), name, info.raw_entry)
+        if info.is_dir and info.first_cluster >= 2 and info.parent_cluster != parent.first_cluster:
+            sub = self.directory(info.first_cluster)
+            if sub.raw(1)[:2] == b"..":
+                new_parent = 0 if parent.first_cluster == self.root_first_cluster \
+                    else parent.first_cluster
+                sub.write_slot(1, with_cluster_and_size(sub.raw(1), new_parent, 0))
+        self.fat.flush()
+        return self.stat(posixpath.join(parent.path, name))
+
+    def set_label(self: "FatVolume", label: str) -> None:
+        """Set (or with '' remove) the volume label in the root directory and the BPB."""
+        self._begin()
+        raw = encode_label(label)
+        lay = self.layout
+        off = 71 if lay.fat_type == 32 else 43
+        bpb_label = raw if label else b"NO NAME    "
+        sectors = [0] + ([lay.backup_boot_sector] if lay.fat_type == 32 and
+                         0 < lay.backup_boot_sector < lay.reserved_sectors else [])
+        for s in sectors:
+            base = s * lay.bytes_per_sector
+            if self.dev.read_at(base + off - 5, 1)[0] == ff.EXT_BOOT_SIGNATURE:
+                self.dev.write_at(base + off, bpb_label)
+        d = self.directory(self.root_first_cluster)
+        current = next((i for i in d.entries() if i.is_label and not i.has_long_name), None)
+        if current is not None:
+            if label:
+                entry = bytearray(current.raw_entry)
+                entry[0:11] = raw
+                d.write_slot(current.slot, bytes(entry))
+            else:
+                self._erase(d, current)
+        elif label:
+            entry = build_entry(raw, ff.ATTR_VOLUME_ID, 0, 0, _dt.datetime.now())
+            idx = self._free_run(d, 1)
+            at_end = d.data[idx * E] == 0
+            d.write_slot(idx, entry)
+            if at_end and idx + 1 < d.slots and d.data[(idx + 1) * E] != 0:
+                d.write_slot(idx + 1, bytes(E))
+        self.fat.flush()
+
+
+LABEL_INVALID = set('"*+,./:;<=>?[\\]|')
+
+
+def encode_label(label: str) -> bytes:
+    """The 11 bytes of a volume label: upper case, at most 11 characters."""
+    text = label.upper()
+    bad = sorted({ch for ch in text if ch in LABEL_INVALID or ord(ch) < 0x20})
+    if bad:
+        raise FormatError(f"label {label!r} contains characters a label cannot hold: "
+                          + " ".join(repr(c) for c in bad))
+    try:
+        raw = text.encode("cp437")
+    except UnicodeEncodeError:
+        raise FormatError(f"label {label!r} has characters outside code page 437") from None
+    if len(raw) > 11:
+        raise FormatError(f"label {label!r} is longer than 11 characters")
+    if raw[:1] == b" ":
+        raise FormatError("a label cannot start with a space")
+    return raw.ljust(11, b" ")
