@@ -118,7 +118,7 @@ def test_entry_larger_than_chain(tmp_path, runner, fw_bytes):
 def test_section_damage_inside_the_volume(tmp_path, runner):
     img = standard(20)
     data = bytearray(img.to_bytes())
-    off, ln, _ = img.layout[2]
+    off, _, _ = img.layout[2]
     data[off + 10] ^= 0xFF
     raw = make_raw_boot(str(tmp_path / "boot.img"), bytes(data))
     res = verify_target(raw)

@@ -14,7 +14,15 @@ from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
 from .app import app
-from .common import EXIT_FINDINGS, EXIT_OK, emit_json, handle_errors, print_findings, progress
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_REPAIR_FAILED,
+    emit_json,
+    handle_errors,
+    print_findings,
+    progress,
+)
 
 firmware_grp = typer.Typer(help="The firmware image ipva.bin: describe it, pack a new one.",
                            no_args_is_help=True)
@@ -189,3 +197,88 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
     for s in check.sections:
         typer.echo(f"  {s.name:<8} offset 0x{s.offset:08x} size {s.size_bytes:>10} "
                    f"crc32 0x{s.expected_crc32:08x}")
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit():
+        raise RefusedError(f"size {text!r}: expected a number with an optional K, M or G")
+    return int(digits) * mult
+
+
+def _print_result(res: bootmod.VerifyResult) -> None:
+    if res.ok and res.firmware is not None:
+        typer.echo(f"verify: OK: IPVA firmware {_summary(res.firmware)}")
+    else:
+        typer.echo("verify: DAMAGED")
+        print_findings(list(res.findings))
+
+
+@boot_grp.command("restore")
+@handle_errors
+def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vmdk)."),
+                 firmware: str = typer.Option(..., "--firmware", help="The new ipva.bin."),
+                 dry_run: bool = typer.Option(False, "--dry-run",
+                                              help="Show the plan; change nothing."),
+                 backup: str | None = typer.Option(None, "--backup",
+                                                      help="Keep the old disk here."),
+                 force: bool = typer.Option(False, "--force",
+                                            help="Write even though a VMware lock exists."),
+                 json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Write a verified ipva.bin as IPVA.BIN on the boot disk, crash-safely.
+
+    The new firmware is verified first and refused if bad. When the boot volume is gone or
+    its FAT cannot be trusted, the disk is rebuilt (MBR + FAT16 IPVABOOT, same capacity,
+    subformat and adapter) with the firmware on it.
+
+    Example: vdisk boot restore hd-boot.vmdk --firmware ipva.bin --backup hd-boot.old.vmdk
+    """
+    plan = bootmod.plan_restore(disk, firmware, allow_outside)
+    if not json_out:
+        if plan.action == "replace":
+            typer.echo(f"plan: write {firmware} as IPVA.BIN on {disk}"
+                       + (f" (partition {plan.partition})" if plan.partition else ""))
+        else:
+            typer.echo(f"plan: rebuild {disk} as a fresh boot disk ({plan.shape['size_bytes']} "
+                       f"bytes, {plan.shape['subformat']}, adapter {plan.shape['adapter']}) "
+                       f"with {firmware} as IPVA.BIN, because:")
+            for r in plan.reasons or ("no boot volume was found",):
+                typer.echo(f"  - {r}")
+        for f in plan.before:
+            typer.echo(f"  before: {f.code}: {f.message}")
+    res = bootmod.apply_restore(plan, backup=backup, force=force, dry_run=dry_run,
+                                allow_outside=allow_outside)
+    if json_out:
+        emit_json({"plan": plan.to_dict(), "dry_run": dry_run,
+                   "result": None if res is None else res.to_dict()})
+    elif res is None:
+        typer.echo("dry run: nothing was changed")
+    else:
+        _print_result(res)
+    raise typer.Exit(EXIT_OK if res is None or res.ok else EXIT_REPAIR_FAILED)
+
+
+@boot_grp.command("create")
+@handle_errors
+def boot_create(path: str = typer.Argument(..., help="The new boot disk to write."),
+                firmware: str = typer.Option(..., "--firmware", help="The ipva.bin to put on it."),
+                size: str = typer.Option("32M", "--size", help="Capacity, e.g. 32M."),
+                subformat: str = typer.Option("monolithicSparse", "--subformat",
+                                              help="VMDK subformat, or 'raw'."),
+                adapter: str = typer.Option("ide", "--adapter", help="ddb.adapterType."),
+                json_out: bool = JSON) -> None:
+    """Make a fresh boot disk (MBR, FAT16 'IPVABOOT', IPVA.BIN) to replace a broken one.
+
+    Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
+    """
+    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat, adapter)
+    res = bootmod.verify_target(path)
+    if json_out:
+        emit_json(res.to_dict())
+    else:
+        typer.echo(f"{path}: created")
+        _print_result(res)
+    raise typer.Exit(EXIT_OK if res.ok else EXIT_REPAIR_FAILED)
