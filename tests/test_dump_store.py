@@ -6,6 +6,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from dumpbuilder import StoreBuilder, crc32c, dump_text, record_header, store_header
 
 from vdisk_tool.errors import FormatError, RefusedError
@@ -250,3 +252,43 @@ def test_clear_empties_the_store(tmp_path):
     raw = Path(path).read_bytes()
     assert raw[:512] == store_header(2048, 7, 0)
     assert raw[512:].count(0) == len(raw) - 512
+
+
+class _Mem:
+    """A device in memory (for property tests), with every byte stored."""
+
+    writable = False
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size_bytes = data, len(data)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        assert 0 <= offset and offset + length <= self.size_bytes
+        return self.data[offset:offset + length]
+
+    def runs(self):
+        from vdisk_tool.image.base import Run, RunKind
+        yield Run(0, self.size_bytes, RunKind.DATA)
+
+
+@settings(max_examples=60, deadline=None)
+@given(header=st.binary(min_size=512, max_size=512),
+       slots=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 511), st.binary(max_size=64)),
+                      max_size=6),
+       magic_at=st.lists(st.integers(0, 63), max_size=4))
+def test_hostile_bytes_never_crash(header, slots, magic_at):
+    """Any bytes give a store or a VdiskError; torn records never pass as good."""
+    data = bytearray(2048 * 512 + 32 * 1024)
+    data[:512] = header
+    for slot, at, blob in slots:
+        off = ds.slot_offset(0, 64) + slot * 64 * 512 + at
+        data[off:off + len(blob)] = blob
+    for k in magic_at:
+        off = ds.slot_offset(0, 0) + k * 512
+        data[off:off + 8] = ds.RECORD_MAGIC
+    dev = _Mem(bytes(data))
+    store = dump.read_store(dev)
+    for r in store.good:
+        payload = dump.read_payload(dev, r)
+        assert ds.crc32c(payload) == ds.parse_record_header(dev.read_at(r.offset, 512)).payload_crc32c
+    assert store.slot_count <= (len(data) // 512 - 2048)

@@ -212,3 +212,25 @@ def test_backup_and_restore(tmp_path, runner, qemu_img, qemu_io):
     small.write_bytes(bytes(4096))
     r = vdisk(runner, "flash", "restore", disk, str(small), "--yes")
     assert r.exit_code == 3 and "flash region" in r.stderr
+
+
+def test_reset_vmfs_descriptor_and_flat(tmp_path, runner, qemu_img):
+    """ESX layout (descriptor + -flat.vmdk, as vCenter Converter writes it)."""
+    from vdisk_tool.image.create import create_image
+    raw = tmp_path / "src.raw"
+    with open(raw, "wb") as f:
+        f.truncate(100 * MiB)
+        f.seek(5 * MiB)
+        f.write(b"\x5a" * MiB)
+    disk = str(tmp_path / "hd-flash.vmdk")
+    with base.FileDevice(raw) as src:
+        create_image(disk, 100 * MiB, "vmfs", "lsilogic", source=src)
+    os.unlink(raw)
+    desc_before = _descriptor_lines(disk)
+    assert any('createType="vmfs"' in ln for ln in desc_before)
+    assert vdisk(runner, "flash", "reset", disk, "--yes").exit_code == 0
+    assert _descriptor_lines(disk) == desc_before
+    flat = tmp_path / "hd-flash-flat.vmdk"
+    assert flat.stat().st_size == 100 * MiB and flat.stat().st_blocks == 0
+    d = json.loads(vdisk(runner, "flash", "info", disk, "--json").stdout)
+    assert d["blank"]

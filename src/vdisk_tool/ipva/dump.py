@@ -17,6 +17,8 @@ from ..formats import dump_store as ds
 from ..image.base import BlockDevice, RunKind
 
 SCAN_CHUNK_BYTES = 1 << 20
+# A scan does not believe in slots smaller than this (a stray magic would make them tiny).
+MIN_SCAN_SLOT_SECTORS = 8
 _STORED = (RunKind.DATA, RunKind.PARENT)
 
 
@@ -261,7 +263,8 @@ def scan_records(dev: BlockDevice) -> tuple[int, list[int]]:
     """Find record headers without the store header: (slot_sectors, header offsets).
 
     Every sector-aligned record magic whose header CRC holds is a record; the slot size is
-    the default when it fits their positions, else the largest common step between them.
+    the default when it fits their positions, else the largest common step between them
+    (when that step is at least MIN_SCAN_SLOT_SECTORS).
     Headers with a bad CRC count only where they sit on a slot boundary of that size.
     """
     first = ds.slot_offset(0, 0)
@@ -274,7 +277,7 @@ def scan_records(dev: BlockDevice) -> tuple[int, list[int]]:
     for off in sound:
         step = math.gcd(step, (off - first) // ds.SECTOR_BYTES)
     slot_sectors = ds.DEFAULT_SLOT_SECTORS
-    if step and step % ds.DEFAULT_SLOT_SECTORS:
+    if step and step % ds.DEFAULT_SLOT_SECTORS and MIN_SCAN_SLOT_SECTORS <= step:
         slot_sectors = min(step, ds.MAX_SLOT_SECTORS)
     on_grid = [o for o in suspect if ((o - first) // ds.SECTOR_BYTES) % slot_sectors == 0]
     return slot_sectors, sorted(set(sound) | set(on_grid))
