@@ -6,9 +6,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from dumpbuilder import StoreBuilder, crc32c, dump_text, record_header, store_header
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from dumpbuilder import StoreBuilder, crc32c, dump_text, record_header, store_header
 
 from vdisk_tool.errors import FormatError, RefusedError
 from vdisk_tool.formats import dump_store as ds
