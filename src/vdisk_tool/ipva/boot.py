@@ -6,26 +6,21 @@ ipva.bin, an appliance folder or its vmx (then the disk at ide0:0).
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import enum
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import Finding, ImageError, RefusedError, RepairError, Severity, VdiskError
 from ..formats import ipva_firmware as fw
-from ..formats.fat import ATTR_VOLUME_ID, DIR_ENTRY_BYTES, BootSector16
-from ..formats.mbr import TYPE_FAT16_LBA
-from ..fs.dirent import DirEntryInfo, build_entry, decode_entry, scan
+from ..fs.dirent import DirEntryInfo
+from ..fs.format import format_volume
 from ..fs.layout import FatLayout, parse_boot_sector
 from ..fs.partition import (
-    build_single_partition_mbr,
     looks_like_mbr,
     parse_partition_table,
     partition_device,
 )
-from ..fs.table import FatTable
 from ..fs.volume import FatVolume, open_volume
 from ..image.base import SECTOR_BYTES, BlockDevice, FileDevice, SliceDevice
 from ..image.create import create_image, like
@@ -35,7 +30,6 @@ from ..image.safe import check_unlocked, create_temp
 from .firmware import FirmwareReport, Progress, check_firmware
 
 BOOT_SLOT = "ide0:0"
-MAX_ROOT_CLUSTERS = 4096             # a FAT32 root directory longer than this is damage
 MAX_FAT_COMPARE_BYTES = 64 << 20
 BOOT_LABEL = "IPVABOOT"
 BOOT_FILE_NAME = "IPVA.BIN"
@@ -43,7 +37,6 @@ BOOT_FIRST_LBA = 2048
 ROOT_ENTRIES = 512
 DEFAULT_BOOT_BYTES = 32 << 20
 MIN_BOOT_BYTES = 4 << 20
-MAX_BOOT_BYTES = 512 << 20            # from 512 MiB on the model asks for FAT32
 #: Findings after which the volume is rebuilt rather than edited.
 REBUILD_CODES = frozenset({"boot.no-partition", "boot.no-fat", "boot.fat-damaged"})
 
@@ -199,30 +192,6 @@ def find_volume(dev: BlockDevice, path: str | None = None) -> tuple[BootVolume |
     return BootVolume(0, dev.size_bytes, None, layout), []
 
 
-def read_root(vol: SliceDevice, layout: FatLayout, fat: FatTable) -> list[DirEntryInfo]:
-    """The entries of the root directory (fixed area, or the FAT32 root chain)."""
-    if layout.fat_type == 32:
-        chunks = [(layout.cluster_offset(c), layout.cluster_bytes)
-                  for c in fat.chain(layout.root_cluster, limit=MAX_ROOT_CLUSTERS)]
-    else:
-        chunks = [(layout.root_dir_offset, layout.root_dir_bytes)]
-    data = bytearray()
-    for off, n in chunks:
-        data += vol.read_at(off, n)
-    out = []
-    for item in scan(data):
-        if item.kind != "entry":
-            continue
-        e = data[item.slot * DIR_ENTRY_BYTES:(item.slot + 1) * DIR_ENTRY_BYTES]
-        off = chunks[0][0] + item.slot * DIR_ENTRY_BYTES if layout.fat_type != 32 else -1
-        if layout.fat_type == 32:
-            ci, within = divmod(item.slot * DIR_ENTRY_BYTES, layout.cluster_bytes)
-            off = chunks[ci][0] + within
-        out.append(decode_entry(e, layout.fat_type, item.long_name, entry_offset=off,
-                                slot=item.slot))
-    return out
-
-
 class ChainSource:
     """A file's bytes read through its cluster chain, as a ByteSource: contiguous clusters
     are read together, so a contiguous file costs one read per MiB."""
@@ -265,12 +234,12 @@ def inspect_boot_volume(disk: BlockDevice, path: str | None = None
     volinfo, findings = find_volume(disk, path)
     if volinfo is None:
         return None, None, findings
-    vol = SliceDevice(disk, volinfo.start_bytes, volinfo.layout.volume_bytes)
     layout = volinfo.layout
-    fat = FatTable(vol, layout, path=path)
-    findings += _compare_fats(vol, layout, path)
+    vol = FatVolume(SliceDevice(disk, volinfo.start_bytes, layout.volume_bytes), layout, path)
+    fat = vol.fat
+    findings += _compare_fats(vol.dev, layout, path)
     try:
-        entries = read_root(vol, layout, fat)
+        entries = list(vol.directory(vol.root_first_cluster).entries())
     except VdiskError as exc:
         return volinfo, None, findings + [_bad("boot.fat-damaged", f"root directory "
                                                  f"unreadable: {exc.message}", None, path)]
@@ -367,50 +336,13 @@ def check_new_firmware(path: str) -> FirmwareReport:
     return rep
 
 
-def _fat16_params(volume_sectors: int) -> tuple[int, int]:
-    """(sectors per cluster, sectors per FAT) for a FAT16 volume of this size."""
-    root_sectors = ROOT_ENTRIES * DIR_ENTRY_BYTES // SECTOR_BYTES
-    for spc in (4, 2, 1, 8, 16, 32, 64):
-        fat_sectors = -(-((volume_sectors - 1 - root_sectors) // spc + 2) * 2 // SECTOR_BYTES)
-        clusters = (volume_sectors - 1 - root_sectors - 2 * fat_sectors) // spc
-        if 4085 <= clusters <= 65524:
-            return spc, fat_sectors
-    raise RefusedError(f"a volume of {volume_sectors * SECTOR_BYTES} bytes cannot hold FAT16 "
-                       f"(boot disks are {MIN_BOOT_BYTES >> 20} MiB to {MAX_BOOT_BYTES >> 20} MiB)")
-
-
-def format_boot_disk(dev: BlockDevice, label: str = BOOT_LABEL) -> None:
-    """Write an MBR with one active FAT16-LBA partition at LBA 2048 and an empty FAT16
-    volume in it (ipva-model.md §2). The device must read as zeros."""
-    if not MIN_BOOT_BYTES <= dev.size_bytes < MAX_BOOT_BYTES:
-        raise RefusedError(f"a boot disk of {dev.size_bytes} bytes is not supported: choose "
-                           f"{MIN_BOOT_BYTES >> 20} MiB up to below {MAX_BOOT_BYTES >> 20} MiB")
-    disk_sectors = dev.size_bytes // SECTOR_BYTES
-    mbr, part = build_single_partition_mbr(disk_sectors, BOOT_FIRST_LBA, TYPE_FAT16_LBA, True,
-                                           secrets.randbits(32))
-    dev.write_at(0, mbr)
-    spc, fat_sectors = _fat16_params(part.sectors)
-    total16 = part.sectors if part.sectors < 0x10000 else 0
-    bpb = {"jump": b"\xeb\x3c\x90", "oem_name": b"VDISK   ", "bytes_per_sector": SECTOR_BYTES,
-           "sectors_per_cluster": spc, "reserved_sectors": 1, "fat_count": 2,
-           "root_entries": ROOT_ENTRIES, "total_sectors_16": total16, "media": 0xF8,
-           "fat_sectors_16": fat_sectors, "sectors_per_track": 63, "heads": 16,
-           "hidden_sectors": BOOT_FIRST_LBA, "total_sectors_32": 0 if total16 else part.sectors}
-    label_raw = label.encode("ascii").ljust(11)
-    ext = {"drive_number": 0x80, "reserved1": 0, "boot_signature": 0x29,
-           "volume_id": secrets.randbits(32), "volume_label": label_raw,
-           "fs_type": b"FAT16   "}
-    # the boot code only halts: the IPVA loader does not boot from this sector
-    code = b"\xfa\xf4\xeb\xfd".ljust(448, b"\0")
-    boot = BootSector16.build({"bpb": bpb, "ext": ext, "boot_code": code,
-                               "signature": b"\x55\xaa"})
-    base = part.start_bytes
-    dev.write_at(base, boot)
-    fat_head = b"\xf8\xff\xff\xff"
-    for k in range(2):
-        dev.write_at(base + (1 + k * fat_sectors) * SECTOR_BYTES, fat_head)
-    root = base + (1 + 2 * fat_sectors) * SECTOR_BYTES
-    dev.write_at(root, build_entry(label_raw, ATTR_VOLUME_ID, 0, 0, _dt.datetime.now()))
+def format_boot_disk(dev: BlockDevice) -> None:
+    """An MBR with one active partition at LBA 2048 and an empty FAT volume labelled
+    IPVABOOT in it (FAT16 below 512 MiB; ipva-model.md §2), written by the fs layer."""
+    if dev.size_bytes < MIN_BOOT_BYTES:
+        raise RefusedError(f"a boot disk of {dev.size_bytes} bytes is not supported: it must "
+                           f"be at least {MIN_BOOT_BYTES >> 20} MiB")
+    format_volume(dev, label=BOOT_LABEL, partition=True, active=True)
 
 
 def _write_firmware_file(vol: FatVolume, firmware: str) -> None:
