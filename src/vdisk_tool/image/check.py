@@ -40,6 +40,7 @@ class CheckReport:
     clear_unclean: list[str] = field(default_factory=list)
     extent_sizes: dict[int, int] = field(default_factory=dict)   # extent index -> sectors
     grains_checked: int = 0
+    roll_back: bool = False
 
     def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
             fixable: bool = False, path: str | None = None) -> None:
@@ -57,6 +58,11 @@ class CheckReport:
 def check_image(path: str, allow_outside: bool = False) -> CheckReport:
     """Open `path` (raising only if it cannot be opened) and check every layer of it."""
     report = CheckReport(path)
+    from .grow import journal_path
+    if os.path.exists(journal_path(path)):
+        report.roll_back = True
+        report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
+                   "extent may be longer than the descriptor says", fixable=True, path=path)
     disk = open_image(path, allow_outside=allow_outside, follow_parent=False)
     try:
         _check_descriptor(disk, report)

@@ -135,7 +135,7 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             with open(tmp, "wb") as f:
-                f.write(desc.to_bytes())
+                _write_all(f.fileno(), desc.to_bytes())
         rep.commit(backup=backup)
     except BaseException:
         rep.abort()
@@ -230,6 +230,12 @@ def _coalesce(pieces: Iterator[tuple[int, bytes]], limit: int = 1 << 20
         yield start, b"".join(buf)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
                source_start: int = 0) -> None:
     with open(tmp, "r+b") as f:
@@ -307,10 +313,11 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
     tables: dict[int, array] = {}
     total = capacity_sectors * SECTOR_BYTES
     with open(tmp, "r+b") as f:
+        fd = f.fileno()
         f.truncate(0)
-        f.write(vs.build_header(hdr))
-        f.write(descriptor.ljust(desc_sectors * SECTOR_BYTES, b"\0"))
-        f.seek(overhead * SECTOR_BYTES)
+        _write_all(fd, vs.build_header(hdr))
+        _write_all(fd, descriptor.ljust(desc_sectors * SECTOR_BYTES, b"\0"))
+        os.lseek(fd, overhead * SECTOR_BYTES, os.SEEK_SET)
         sector = overhead
         if source is not None:
             comp_level = 6
@@ -321,7 +328,7 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
                 blob = zlib.compress(piece, comp_level)
                 block = struct.pack("<QI", grain * GRAIN_SECTORS, len(blob)) + blob
                 block += bytes(-len(block) % SECTOR_BYTES)
-                f.write(block)
+                _write_all(fd, block)
                 gdi, gti = divmod(grain, vs.GTES_PER_GT)
                 tables.setdefault(gdi, array("I", bytes(4 * vs.GTES_PER_GT)))[gti] = sector
                 sector += len(block) // SECTOR_BYTES
@@ -330,19 +337,18 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
         assert gtes_total >= 0
         gd = array("I", bytes(4 * n_gts))
         for gdi in sorted(tables):
-            f.write(vs.build_metadata_marker(vs.MARKER_GT, 4))
+            _write_all(fd, vs.build_metadata_marker(vs.MARKER_GT, 4))
             sector += 1
             gd[gdi] = sector
-            f.write(tables[gdi].tobytes())
+            _write_all(fd, tables[gdi].tobytes())
             sector += 4
         gd_sectors = vs.sectors_for_bytes(4 * n_gts)
-        f.write(vs.build_metadata_marker(vs.MARKER_GD, gd_sectors))
+        _write_all(fd, vs.build_metadata_marker(vs.MARKER_GD, gd_sectors))
         sector += 1
         gd_at = sector
-        f.write(gd.tobytes().ljust(gd_sectors * SECTOR_BYTES, b"\0"))
-        f.write(vs.build_metadata_marker(vs.MARKER_FOOTER, 1))
+        _write_all(fd, gd.tobytes().ljust(gd_sectors * SECTOR_BYTES, b"\0"))
+        _write_all(fd, vs.build_metadata_marker(vs.MARKER_FOOTER, 1))
         footer = dict(hdr, gd_offset_sectors=gd_at)
-        f.write(vs.build_header(footer))
-        f.write(bytes(SECTOR_BYTES))  # EOS marker
-        f.flush()
+        _write_all(fd, vs.build_header(footer))
+        _write_all(fd, bytes(SECTOR_BYTES))  # EOS marker
         os.fsync(f.fileno())

@@ -7,6 +7,7 @@ recorded and fsynced first, so an interrupted grow is rolled back by the next ru
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -51,9 +52,12 @@ def roll_back_journal(path: str) -> bool:
     try:
         with open(jp) as f:
             record = json.load(f)
-        for name, length in record.get("lengths", {}).items():
-            if os.path.exists(name) and os.path.getsize(name) != length:
-                os.truncate(name, length)
+        # The descriptor is renamed into place last: once it is the new one the grow is
+        # complete and only the journal is left to remove.
+        if _sha256(path) == record.get("descriptor_sha256"):
+            for name, length in record.get("lengths", {}).items():
+                if os.path.exists(name) and os.path.getsize(name) != length:
+                    os.truncate(name, length)
         for tmp in record.get("temps", []):
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -61,6 +65,13 @@ def roll_back_journal(path: str) -> bool:
         return False
     os.unlink(jp)
     return True
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
 
 
 def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPlan:
@@ -156,7 +167,8 @@ def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
     with open(tmp, "wb") as f:
         f.write(desc.to_bytes())
     jp = journal_path(plan.path)
-    record = {"lengths": {p: lengths.get(p, 0) for p in new_files}, "temps": [tmp]}
+    record = {"lengths": {p: lengths.get(p, 0) for p in new_files}, "temps": [tmp],
+              "descriptor_sha256": _sha256(plan.path)}
     for p in new_files:
         if p not in lengths:
             record["lengths"][p] = 0

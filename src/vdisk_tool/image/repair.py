@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from ..errors import RepairError
 from .check import CheckReport, check_image
 from .edit import edit_image, store_descriptor
+from .grow import roll_back_journal
+from .safe import check_unlocked
 from .sparse import SparseExtent
 
 UNCLEAN_OFFSET = 72
@@ -29,7 +31,9 @@ class RepairPlan:
 
 
 def plan_repair(report: CheckReport) -> RepairPlan:
-    actions = [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
+    actions = ["roll back the interrupted grow (restore the recorded file lengths)"] \
+        if report.roll_back else []
+    actions += [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
                f"{os.path.basename(f.path)}" for f in report.fixes]
     actions += [f"set extent {i + 1} to {n} sectors to match its flat file"
                 for i, n in sorted(report.extent_sizes.items())]
@@ -45,6 +49,15 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
     if plan.empty:
         return plan.report
     report = plan.report
+    if report.roll_back:
+        if dry_run:
+            return report
+        check_unlocked([plan.path], force=force)
+        roll_back_journal(plan.path)
+        report = check_image(plan.path, allow_outside=allow_outside)
+        plan = plan_repair(report)
+        if plan.empty:
+            return report
     errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
     with edit_image(plan.path, force=force, backup=backup, dry_run=dry_run, keep_cid=True,
                     allow_outside=allow_outside) as disk:
