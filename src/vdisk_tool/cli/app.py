@@ -46,9 +46,10 @@ from . import bundle  # noqa: E402,F401
 
 
 def main() -> None:
+    from .._crashpoints import install
+    install()
     try:
         app()
     except SystemExit as exc:
-        code = exc.code
         # click reports usage errors with exit 2, which matches the table.
-        sys.exit(code)
+        sys.exit(exc.code)
