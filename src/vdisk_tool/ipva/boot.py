@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import enum
 import os
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -201,16 +202,19 @@ class ChainSource:
         self.vol = vol
         self.size_bytes = size_bytes
         cb = layout.cluster_bytes
+        base = layout.data_offset - 2 * cb
         self.runs: list[tuple[int, int, int]] = []   # (file offset, volume offset, length)
-        pos = 0
+        pos, start, prev, count = 0, -1, -2, 0
         for c in clusters:
-            off = layout.cluster_offset(c)
-            if self.runs and self.runs[-1][1] + self.runs[-1][2] == off:
-                f, v, n = self.runs[-1]
-                self.runs[-1] = (f, v, n + cb)
-            else:
-                self.runs.append((pos, off, cb))
+            if c != prev + 1:
+                if count:
+                    self.runs.append((pos - count * cb, base + start * cb, count * cb))
+                start, count = c, 0
+            prev = c
+            count += 1
             pos += cb
+        if count:
+            self.runs.append((pos - count * cb, base + start * cb, count * cb))
         self._starts = [r[0] for r in self.runs]
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -237,7 +241,8 @@ def inspect_boot_volume(disk: BlockDevice, path: str | None = None
     layout = volinfo.layout
     vol = FatVolume(SliceDevice(disk, volinfo.start_bytes, layout.volume_bytes), layout, path)
     fat = vol.fat
-    findings += _compare_fats(vol.dev, layout, path)
+    fat_copy: list[bytes] = []
+    findings += _compare_fats(vol.dev, layout, path, fat_copy)
     try:
         entries = list(vol.directory(vol.root_first_cluster).entries())
     except VdiskError as exc:
@@ -249,8 +254,14 @@ def inspect_boot_volume(disk: BlockDevice, path: str | None = None
                              "(8.3 entry 'IPVA    BIN')", None, path))
         return volinfo, None, findings
     need = -(-entry.size_bytes // layout.cluster_bytes)
-    clusters = fat.chain_list(entry.first_cluster, limit=need + 1) if need else []
-    last = fat.get(clusters[-1]) if clusters else 0
+    if fat_copy and layout.fat_type != 12:
+        clusters, after = _follow(fat_copy[0], layout, entry.first_cluster, need + 1)
+    else:
+        clusters = fat.chain_list(entry.first_cluster, limit=need + 1)
+        after = fat.get(clusters[-1]) if clusters else 0
+    if not need:
+        clusters, after = [], 0
+    last = after
     file = BootFile(entry, tuple(clusters[:need]), last)
     if len(clusters) < need:
         have = len(clusters) * layout.cluster_bytes
@@ -271,11 +282,31 @@ def inspect_boot_volume(disk: BlockDevice, path: str | None = None
     return volinfo, file, findings
 
 
-def _compare_fats(vol: BlockDevice, layout: FatLayout, path: str | None) -> list[Finding]:
-    """FAT copies that disagree mean a damaged FAT (an interrupted write)."""
-    if layout.fat_count < 2 or layout.fat_bytes > MAX_FAT_COMPARE_BYTES:
+def _follow(fat_bytes: bytes, layout: FatLayout, first: int, limit: int
+            ) -> tuple[list[int], int]:
+    """A FAT16/32 chain followed in a copy of the FAT held in memory: (clusters, the value
+    after the last one). Stops at an end mark, a free or bad value, or `limit` clusters."""
+    width = layout.fat_type // 8
+    table = array("H" if width == 2 else "I", fat_bytes[:len(fat_bytes) // width * width])
+    mask = 0xFFFF if width == 2 else 0x0FFFFFFF
+    top = min(layout.max_cluster, len(table) - 1)
+    out: list[int] = []
+    c = first
+    while 2 <= c <= top and len(out) < limit:
+        out.append(c)
+        c = table[c] & mask
+    return out, c
+
+
+def _compare_fats(vol: BlockDevice, layout: FatLayout, path: str | None,
+                  keep: list[bytes] | None = None) -> list[Finding]:
+    """FAT copies that disagree mean a damaged FAT (an interrupted write). The first
+    copy's bytes are appended to `keep` for the caller."""
+    if layout.fat_bytes > MAX_FAT_COMPARE_BYTES:
         return []
     first = vol.read_at(layout.fat_copy_offset(0), layout.fat_bytes)
+    if keep is not None:
+        keep.append(first)
     out = []
     for k in range(1, layout.fat_count):
         other = vol.read_at(layout.fat_copy_offset(k), layout.fat_bytes)
