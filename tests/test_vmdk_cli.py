@@ -1,0 +1,185 @@
+"""`vdisk info / map / compare` on images qemu-img made, held against qemu-img's own view
+(`qemu-img info --output=json`, `qemu-img map --output=json`) and against the offsets
+qemu-io wrote."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import vmdkcorpus as vc
+from conftest import need_tool, vdisk
+
+MIB = 1 << 20
+GRAIN = 64 * 1024
+SIZE = 2 * (1 << 30) + 3 * MIB  # two extents in the split subformats
+WRITES = [vc.Write(0xA1, 0, 3000), vc.Write(0xB2, 5 * GRAIN - 100, 200),
+          vc.Write(0xC3, 40 * MIB, GRAIN), vc.Write(0xD4, (1 << 31) - 512, 1024)]
+STREAM_WRITES = [vc.Write(0xA1, 0, GRAIN), vc.Write(0xC3, 40 * MIB, GRAIN),
+                 vc.Write(0xD4, (1 << 31) - GRAIN, 2 * GRAIN)]
+SUBFORMATS = ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
+              "twoGbMaxExtentFlat", "streamOptimized"]
+
+
+def writes_for(sub: str) -> list[vc.Write]:
+    return STREAM_WRITES if sub == "streamOptimized" else WRITES
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    need_tool("qemu-img")
+    need_tool("qemu-io")
+    out = {}
+    for sub in SUBFORMATS:
+        img = vc.qemu_create(tmp_path_factory.mktemp(sub) / "disk.vmdk", SIZE, sub)
+        vc.qemu_write(img, writes_for(sub))
+        out[sub] = img
+    return out
+
+
+def qemu_json(*args: str) -> object:
+    res = subprocess.run(["qemu-img", *args, "--output=json"], capture_output=True, text=True,
+                         check=True)
+    return json.loads(res.stdout)
+
+
+def spans(ranges) -> list[tuple[int, int]]:
+    """Merge (start, end) pairs."""
+    out: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def covers(outer: list[tuple[int, int]], inner: list[tuple[int, int]]) -> bool:
+    return all(any(s <= a and b <= e for s, e in outer) for a, b in inner)
+
+
+@pytest.mark.parametrize("sub", SUBFORMATS)
+def test_info_json_matches_qemu(runner, made, sub):
+    image = made[sub]
+    res = vdisk(runner, "info", "--json", str(image))
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    q = qemu_json("info", str(image))
+    qd = q["format-specific"]["data"]
+    assert got["format"] == "vmdk"
+    assert got["subformat"] == qd["create-type"] == sub
+    assert got["virtual_size_bytes"] == q["virtual-size"] == SIZE
+    assert got["cid"] == f"{qd['cid']:08x}"
+    assert got["parent_cid"] == f"{qd['parent-cid']:08x}" == "ffffffff"
+    assert [Path(e["file"]).name for e in got["extents"]] == [Path(e["filename"]).name
+                                                          for e in qd["extents"]]
+    assert [e["sectors"] * 512 for e in got["extents"]] == [e["virtual-size"] for e in qd["extents"]]
+    # qemu names the extent type only when a text descriptor lists it
+    assert [e["type"] for e in got["extents"]] == [e["format"] or "SPARSE" for e in qd["extents"]]
+    assert got["adapter"] == "ide"
+    assert got["geometry"]["heads"] == 16 and got["geometry"]["sectors"] == 63
+
+
+def test_info_text(runner, made):
+    res = vdisk(runner, "info", str(made["twoGbMaxExtentSparse"]))
+    assert res.exit_code == 0
+    assert "twoGbMaxExtentSparse" in res.stdout
+    assert f"({SIZE} bytes)" in res.stdout
+    assert res.stdout.count("extent: RW") == 2
+
+
+@pytest.mark.parametrize("sub", SUBFORMATS)
+def test_map_data_runs_match_writes_and_qemu(runner, made, sub):
+    image = made[sub]
+    res = vdisk(runner, "map", "--json", str(image))
+    assert res.exit_code == 0, res.output
+    runs = json.loads(res.stdout)
+    # runs tile the disk exactly
+    pos = 0
+    for r in runs:
+        assert r["offset"] == pos and r["length"] > 0
+        pos += r["length"]
+    assert pos == SIZE
+    data = spans((r["offset"], r["offset"] + r["length"]) for r in runs if r["kind"] == "data")
+    written = [(w.offset, w.offset + w.length) for w in writes_for(sub)]
+    grains = spans((w.offset // GRAIN * GRAIN, -(-(w.offset + w.length) // GRAIN) * GRAIN)
+                   for w in writes_for(sub))
+    assert covers(data, written), (data, written)   # every written byte is in a data run
+    assert covers(grains, data), (data, grains)     # and data runs only where writes landed
+    qmap = qemu_json("map", str(image))
+    qdata = spans((m["start"], m["start"] + m["length"]) for m in qmap if m["data"])
+    if "Flat" in sub:  # qemu calls a whole flat extent data; vdisk asks the host for holes
+        assert covers(qdata, data)
+    else:
+        assert data == qdata
+
+
+def test_map_shows_parent_runs(runner, tmp_path):
+    need_tool("qemu-img")
+    parent = vc.qemu_create(tmp_path / "base.vmdk", 8 * MIB)
+    vc.qemu_write(parent, [vc.Write(0x10, 0, 2 * GRAIN)])
+    child = vc.qemu_create(tmp_path / "snap.vmdk", 8 * MIB, backing=parent)
+    vc.qemu_write(child, [vc.Write(0x20, 3 * GRAIN, 10)])
+    res = vdisk(runner, "map", "--json", str(child))
+    assert res.exit_code == 0, res.output
+    runs = json.loads(res.stdout)
+    data = [(r["offset"], r["length"]) for r in runs if r["kind"] == "data"]
+    assert data == [(3 * GRAIN, GRAIN)]
+    assert {r["kind"] for r in runs} == {"data", "parent"}
+    info = json.loads(vdisk(runner, "info", "--json", str(child)).stdout)
+    assert info["parent_cid"] == json.loads(
+        vdisk(runner, "info", "--json", str(parent)).stdout)["cid"]
+    assert [Path(p).name for p in info["chain"]] == ["snap.vmdk", "base.vmdk"]
+
+
+def test_compare_identical_across_subformats(runner, made, tmp_path):
+    sparse = made["monolithicSparse"]
+    raw = vc.qemu_to_raw(sparse, tmp_path / "same.raw")
+    res = vdisk(runner, "compare", str(sparse), str(raw))
+    assert res.exit_code == 0, res.output
+    assert "identical" in res.stdout
+    split = made["twoGbMaxExtentFlat"]
+    res = vdisk(runner, "compare", "--json", str(sparse), str(split))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["same"] is True
+
+
+@pytest.mark.parametrize("offset", [0, 3001, 40 * MIB + 12345, (1 << 31) + 300, SIZE - 1])
+def test_compare_reports_first_difference(runner, made, tmp_path, offset):
+    src = made["monolithicSparse"]
+    copy = tmp_path / "copy.vmdk"
+    shutil.copy2(src, copy)
+    vc.qemu_write(copy, [vc.Write(0xEE, offset, 1), vc.Write(0xEE, min(offset + 5000, SIZE - 1), 1)])
+    res = vdisk(runner, "compare", str(src), str(copy))
+    assert res.exit_code == 1, res.output
+    assert f"offset {offset} " in res.stdout
+    res = vdisk(runner, "compare", "--json", str(copy), str(src))
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["first_difference"] == offset
+    q = subprocess.run(["qemu-img", "compare", str(src), str(copy)], capture_output=True, text=True)
+    # qemu-img names the first differing sector
+    assert q.returncode == 1 and f"offset {offset // 512 * 512}!" in q.stdout
+
+
+def test_compare_size_difference_with_zero_tail(runner, tmp_path):
+    need_tool("qemu-img")
+    a = vc.qemu_create(tmp_path / "a.vmdk", 4 * MIB)
+    b = vc.qemu_create(tmp_path / "b.vmdk", 6 * MIB)
+    for img in (a, b):
+        vc.qemu_write(img, [vc.Write(0x42, 1000, 1000)])
+    assert vdisk(runner, "compare", str(a), str(b)).exit_code == 0
+    vc.qemu_write(b, [vc.Write(0x01, 5 * MIB, 1)])
+    res = vdisk(runner, "compare", "--json", str(a), str(b))
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["first_difference"] == 5 * MIB
+
+
+def test_missing_image_is_one_error_line(runner, tmp_path):
+    res = vdisk(runner, "info", str(tmp_path / "nope.vmdk"))
+    assert res.exit_code == 3
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("vdisk: error:") and "nope.vmdk" in lines[0]
+    assert all(ln.startswith("hint:") for ln in lines[1:])
