@@ -5,11 +5,11 @@ import os
 import sys
 import time as _time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import typer
 
 from ..errors import RefusedError
+from ..formats.dump_store import MAX_SLOT_SECTORS
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import dump as dp
@@ -224,7 +224,12 @@ def write(disk: str = DISK,
 
     Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
     """
-    payload = sys.stdin.buffer.read() if text == "-" else Path(text).read_bytes()
+    limit = MAX_SLOT_SECTORS * 512 + 1          # bounded: a slot never holds more
+    if text == "-":
+        payload = sys.stdin.buffer.read(limit)
+    else:
+        with open(text, "rb") as f:
+            payload = f.read(limit)
     stamp = int(_time.time()) if when is None else when
     with open_image(disk) as dev:
         store = dp.read_store(dev)
