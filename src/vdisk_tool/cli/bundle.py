@@ -1,10 +1,11 @@
-"""The `bundle` group: the whole appliance (vmx + four IDE disks): check, set-mac."""
+"""The `bundle` group: the whole appliance (vmx + four IDE disks): check, set-mac, create,
+clone."""
 from __future__ import annotations
 
 import typer
 
 from ..errors import Severity
-from ..ipva import doctor
+from ..ipva import doctor, golden
 from ..ipva.bundle import (
     VmxFix,
     apply_mac,
@@ -18,7 +19,16 @@ from ..ipva.bundle import (
     validate_static_mac,
 )
 from .app import app
-from .common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, emit_json, fail, handle_errors, warn
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_USAGE,
+    emit_json,
+    fail,
+    handle_errors,
+    parse_size,
+    warn,
+)
 
 grp = typer.Typer(help="The whole appliance: its vmx and its four IDE disks.", no_args_is_help=True)
 app.add_typer(grp, name="bundle")
@@ -136,3 +146,73 @@ def set_mac(target: str = TARGET,
                    + (f", was {old.effective}" if old.effective else ""))
         if b.vmx.get("uuid.bios"):
             typer.echo(f"uuid.bios: {b.vmx.get('uuid.bios')}")
+
+
+@grp.command()
+@handle_errors
+def create(folder: str = typer.Argument(..., help="The new appliance folder (must not exist "
+                                        "or be empty)."),
+           firmware: str = typer.Option(..., "--firmware", help="The ipva.bin to install "
+                                        "(verified first)."),
+           cf_size: str = typer.Option("1G", "--cf-size", help="Capacity of the CF disk."),
+           memsize: int = typer.Option(64, "--memsize", help="RAM in MB (multiple of 4)."),
+           mac: str | None = typer.Option(None, "--mac", help="Static MAC (default: random "
+                                          "in 00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
+           target: str = typer.Option("workstation", "--target", help="workstation "
+                                      "(monolithicSparse), vsphere (vmfs + -flat), ova "
+                                      "(streamOptimized + .ovf + .ova)."),
+           name: str = typer.Option("ipva", "--name", help="Name of the vmx/ovf/ova files."),
+           json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
+    """Make a complete new appliance: vmx with every required key, boot disk with the
+    verified firmware, formatted CF, blank 100 MiB flash, initialised dump store.
+
+    Example: vdisk bundle create ./ipva --firmware ipva.bin --target vsphere
+    """
+    plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size), memsize_mb=memsize,
+                              mac=mac, target=target, name=name)
+    if dry_run:
+        _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
+             f"({plan.subformat}), MAC {format_mac(plan.mac)}, memsize {plan.memsize_mb} MB")
+        return
+    files = golden.apply_create(plan)
+    _report_made(plan.folder, files, json_out, plan.to_dict())
+
+
+@grp.command()
+@handle_errors
+def clone(src: str = typer.Argument(..., help="The golden appliance (folder or .vmx)."),
+          dst: str = typer.Argument(..., help="The new appliance folder."),
+          mac: str | None = typer.Option(None, "--mac", help="Static MAC of the clone "
+                                         "(default: random in the static range)."),
+          reset_flash: bool = typer.Option(False, "--reset-flash", help="Give the clone a blank "
+                                           "flash (no PBX objects)."),
+          json_out: bool = JSON, dry_run: bool = DRY_RUN, force: bool = FORCE) -> None:
+    """Stamp a new appliance from a golden one: new MAC and uuid.bios, disks copied sparse,
+    optionally a blank flash. Licences are bound to the MAC: the clone needs its own.
+
+    Example: vdisk bundle clone ./golden ./ipva-site2 --reset-flash
+    """
+    plan = golden.plan_clone(src, dst, mac=mac, reset_flash=reset_flash, force=force)
+    if dry_run:
+        _dry(plan.to_dict(), json_out, f"would clone {plan.source_vmx} to {plan.folder}, MAC "
+             f"{format_mac(plan.mac)}" + (", blank flash" if plan.reset_flash else ""))
+        return
+    files = golden.apply_clone(plan)
+    _report_made(plan.folder, files, json_out, plan.to_dict())
+
+
+def _dry(plan: dict, json_out: bool, text: str) -> None:
+    if json_out:
+        emit_json({**plan, "dry_run": True})
+    else:
+        typer.echo(text)
+
+
+def _report_made(folder: str, files: list[str], json_out: bool, plan: dict) -> None:
+    rep = doctor.check_bundle(folder)
+    if json_out:
+        emit_json({**plan, "files": files, "check": rep.to_dict()})
+    else:
+        typer.echo(f"created {folder}: {', '.join(files)}")
+        _print_report(rep)
+    raise typer.Exit(EXIT_OK if rep.healthy else EXIT_FINDINGS)
