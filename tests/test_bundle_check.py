@@ -320,3 +320,25 @@ def test_cf_blank_and_not_fat(tmp_path):
     assert "bundle.cf-blank" in problems(doctor.check_bundle(b))
     run(need_tool("qemu-io"), "-c", "write -P 0x33 0 4k", cf)
     assert "bundle.cf-no-fat" in problems(doctor.check_bundle(b))
+
+
+def test_cf_fat_damage_is_reported(tmp_path):
+    b = make_bundle(tmp_path / "fat")
+    raw = str(tmp_path / "cf.raw")
+    run(need_tool("qemu-img"), "convert", "-O", "raw", os.path.join(b, "hd-cf.vmdk"), raw)
+    base = 2048 * 512
+    with open(raw, "r+b") as f:
+        f.seek(base + 14)
+        reserved = int.from_bytes(f.read(2), "little")
+        f.seek(base + reserved * 512 + 2 * 7)          # FAT #1: cluster 7 "in use", owned by none
+        f.write(b"\xff\xff")
+    part = str(tmp_path / "cf.part")
+    with open(raw, "rb") as fi, open(part, "wb") as fo:
+        fi.seek(base)
+        fo.write(fi.read())
+    assert run(need_tool("fsck.fat"), "-n", part, check=False).returncode != 0  # the oracle agrees
+    _replace_disk(b, "hd-cf.vmdk", raw)
+    rep = doctor.check_bundle(b)
+    fat = {i.code for i in rep.issues if i.subject == "cf" and i.code.startswith("fat.")
+           and i.severity != Severity.INFO}
+    assert fat, [i.to_dict() for i in rep.issues]

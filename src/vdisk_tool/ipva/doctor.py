@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..errors import Finding, FormatError, Severity, VdiskError
+from ..fs.check import check_volume
+from ..fs.partition import check_partition_table, looks_like_mbr, read_partition_table
+from ..fs.volume import FatVolume, open_volume
 from ..image import safe
 from ..image.check import check_image
 from ..image.disk import Disk, open_image
@@ -417,9 +420,6 @@ def check_boot(ctx: Context, d: DiskContext) -> Iterator[Issue]:
 @disk_check("cf")
 def check_cf(ctx: Context, d: DiskContext) -> Iterator[Issue]:
     """The CF disk: its MBR and the FAT volume on it."""
-    from ..fs.partition import check_partition_table, looks_like_mbr, read_partition_table
-    from ..fs.volume import open_volume
-
     if d.disk.read_at(0, 512).count(0) == 512:
         yield issue("bundle.cf-blank", Severity.WARNING, "the CF disk holds no partition table "
                     "or file system (the appliance formats it on first start)", d.role, path=d.path)
@@ -437,9 +437,10 @@ def check_cf(ctx: Context, d: DiskContext) -> Iterator[Issue]:
     yield from _fat_findings(ctx, d, vol)
 
 
-def _fat_findings(ctx: Context, d: DiskContext, vol: object) -> Iterator[Issue]:
-    """The FAT consistency check, when the fs layer provides one."""
-    return iter(())
+def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issue]:
+    """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo."""
+    for f in check_volume(vol, path=d.path).findings:
+        yield adopt(f, d)
 
 
 @disk_check("flash")
