@@ -169,3 +169,23 @@ def test_firmware_with_trailing_data_in_volume(tmp_path):
     raw = make_raw_boot(str(tmp_path / "boot.img"), FwImage(standard(3).sections).to_bytes()
                         + b"\0" * 100, 8)
     assert codes(verify_target(raw)) == ["fw.trailing-data"]
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized", "monolithicFlat"])
+def test_direct_reader_reads_what_the_disk_reads(tmp_path, subformat):
+    from vdisk_tool.image.disk import open_image
+    from vdisk_tool.ipva.boot import DirectReader
+    raw = make_raw_boot(str(tmp_path / "boot.img"), firmware(3), 8)
+    with open(raw, "r+b") as f:        # data in the middle of a hole, across a grain border
+        f.seek(5 * (1 << 20) - 100)
+        f.write(b"\x5a" * 300)
+    disk_path = to_vmdk(raw, str(tmp_path / "d.vmdk"), subformat)
+    with open_image(disk_path) as disk:
+        direct = DirectReader(disk)
+        try:
+            with open(raw, "rb") as f:
+                whole = f.read()
+            for off, n in ((0, 8 << 20), (5 * (1 << 20) - 4096, 8192), (12345, 1)):
+                assert direct.read_at(off, n) == disk.read_at(off, n) == whole[off:off + n]
+        finally:
+            direct.close()

@@ -9,13 +9,12 @@ import bisect
 import enum
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import Finding, ImageError, RefusedError, RepairError, Severity, VdiskError
 from ..formats import ipva_firmware as fw
 from ..fs.dirent import DirEntryInfo
-from ..fs.format import format_volume
 from ..fs.layout import FatLayout, parse_boot_sector
 from ..fs.partition import (
     looks_like_mbr,
@@ -23,11 +22,17 @@ from ..fs.partition import (
     partition_device,
 )
 from ..fs.volume import FatVolume, open_volume
-from ..image.base import SECTOR_BYTES, BlockDevice, FileDevice, SliceDevice
-from ..image.create import create_image, like
+from ..image.base import (
+    SECTOR_BYTES,
+    BlockDevice,
+    FileDevice,
+    Run,
+    RunKind,
+    SliceDevice,
+    check_range,
+    merge_runs,
+)
 from ..image.disk import open_image
-from ..image.edit import edit_image
-from ..image.safe import check_unlocked, create_temp
 from .firmware import FirmwareReport, Progress, check_firmware
 
 BOOT_SLOT = "ide0:0"
@@ -193,6 +198,61 @@ def find_volume(dev: BlockDevice, path: str | None = None) -> tuple[BootVolume |
     return BootVolume(0, dev.size_bytes, None, layout), []
 
 
+class DirectReader:
+    """Reads of a disk served straight from its host files where the disk's runs say where
+    the bytes are (os.pread, no per-grain copying), zeros for holes, and the disk's own
+    read_at for everything else (compressed grains, parent links)."""
+
+    writable = False
+
+    def __init__(self, disk: BlockDevice) -> None:
+        self.disk = disk
+        self.size_bytes = disk.size_bytes
+        self.runs_list = list(merge_runs(disk.runs()))
+        self._starts = [r.offset for r in self.runs_list]
+        self._fds: dict[str, int] = {}
+
+    def _piece(self, run: Run, pos: int, k: int) -> bytes:
+        if run.kind in (RunKind.ZERO, RunKind.UNALLOCATED):
+            return bytes(k)
+        if run.kind == RunKind.DATA and run.file and run.file_offset is not None:
+            fd = self._fds.get(run.file)
+            if fd is None:
+                fd = self._fds[run.file] = os.open(run.file, os.O_RDONLY)
+            data = os.pread(fd, k, run.file_offset + pos - run.offset)
+            if len(data) == k:
+                return data
+        return self.disk.read_at(pos, k)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        parts = []
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while length > 0:
+            run = self.runs_list[i]
+            k = min(length, run.end - offset)
+            if k > 0:
+                parts.append(self._piece(run, offset, k))
+                offset += k
+                length -= k
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def runs(self) -> Iterator[Run]:
+        return iter(self.runs_list)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        raise ImageError("read-only view")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 class ChainSource:
     """A file's bytes read through its cluster chain, as a ByteSource: contiguous clusters
     are read together, so a contiguous file costs one read per MiB."""
@@ -326,11 +386,15 @@ def verify_boot_disk(target: str, res: ResolvedTarget, progress: Progress | None
         volinfo, file, findings = inspect_boot_volume(disk, res.path)
         report = None
         if volinfo is not None and file is not None:
-            vol = SliceDevice(disk, volinfo.start_bytes, volinfo.layout.volume_bytes)
+            direct = DirectReader(disk)
+            vol = SliceDevice(direct, volinfo.start_bytes, volinfo.layout.volume_bytes)
             cb = volinfo.layout.cluster_bytes
             size = min(file.entry.size_bytes, len(file.clusters) * cb)
             src = ChainSource(vol, volinfo.layout, file.clusters, size)
-            report = check_firmware(src, "IPVA.BIN", progress)
+            try:
+                report = check_firmware(src, "IPVA.BIN", progress)
+            finally:
+                direct.close()
             findings += report.findings
     return VerifyResult(target, res.kind, res.path, res.via,
                         volinfo.to_dict() if volinfo else None, report, tuple(findings))
@@ -370,6 +434,7 @@ def check_new_firmware(path: str) -> FirmwareReport:
 def format_boot_disk(dev: BlockDevice) -> None:
     """An MBR with one active partition at LBA 2048 and an empty FAT volume labelled
     IPVABOOT in it (FAT16 below 512 MiB; ipva-model.md §2), written by the fs layer."""
+    from ..fs.format import format_volume
     if dev.size_bytes < MIN_BOOT_BYTES:
         raise RefusedError(f"a boot disk of {dev.size_bytes} bytes is not supported: it must "
                            f"be at least {MIN_BOOT_BYTES >> 20} MiB")
@@ -416,6 +481,7 @@ def _lost_and_crossed(vol: FatVolume) -> tuple[list[int], list[int]]:
 def plan_restore(disk_path: str, firmware: str, allow_outside: bool = False) -> RestorePlan:
     """Check the new firmware, read the disk, and choose between replacing IPVA.BIN and
     rebuilding the disk (when the volume is gone or its FAT cannot be trusted)."""
+    from ..image.create import like
     check_new_firmware(firmware)
     fw_bytes = os.path.getsize(firmware)
     with open_image(disk_path, allow_outside=allow_outside) as disk:
@@ -444,6 +510,7 @@ def plan_restore(disk_path: str, firmware: str, allow_outside: bool = False) -> 
 def apply_restore(plan: RestorePlan, *, backup: str | None = None, force: bool = False,
                   dry_run: bool = False, allow_outside: bool = False) -> VerifyResult | None:
     """Carry out a plan crash-safely; returns the verdict on the result (None on dry run)."""
+    from ..image.edit import edit_image
     if plan.action == "replace":
         with edit_image(plan.disk, force=force, backup=backup, dry_run=dry_run,
                         allow_outside=allow_outside) as disk:
@@ -478,6 +545,8 @@ def _verify_written(disk: BlockDevice, path: str) -> None:
 def rebuild_boot_disk(disk_path: str, firmware: str, *, force: bool = False,
                       backup: str | None = None, allow_outside: bool = False) -> None:
     """Replace the disk by a fresh boot disk of the same capacity, subformat and adapter."""
+    from ..image.create import like
+    from ..image.safe import check_unlocked
     with open_image(disk_path, allow_outside=allow_outside) as disk:
         shape = like(disk)
         files = disk.files
@@ -492,6 +561,8 @@ def create_boot_disk(path: str, firmware: str, size_bytes: int = DEFAULT_BOOT_BY
                      overwrite: bool = False, backup: str | None = None, force: bool = False,
                      template: object = None) -> None:
     """A fresh boot disk holding `firmware` as IPVA.BIN, written crash-safely."""
+    from ..image.create import create_image
+    from ..image.safe import create_temp
     check_new_firmware(firmware)
     if size_bytes % SECTOR_BYTES:
         raise RefusedError(f"size must be a multiple of 512 bytes, got {size_bytes}")
