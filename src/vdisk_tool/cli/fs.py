@@ -1,0 +1,283 @@
+"""FAT commands: ls, tree, get, put, rm, mkdir, mv, label, format, check — on any image vdisk
+opens (raw or VMDK), partitioned or not, without root or loop devices."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import typer
+
+from ..fs.check import check_volume
+from ..fs.dirent import attr_string
+from ..fs.format import format_volume
+from ..fs.repair import repair_volume
+from ..fs.transfer import extract
+from ..fs.volume import FatVolume, open_volume
+from ..image.disk import open_image
+from ..image.edit import edit_image
+from .app import app
+from .common import (EXIT_FINDINGS, EXIT_OK, EXIT_REPAIR_FAILED, confirm, emit_json,
+                     handle_errors, print_findings, progress, warn)
+
+fs_app = typer.Typer(help="FAT volumes inside disk images: list, read, write, format, check.",
+                     no_args_is_help=True)
+app.add_typer(fs_app, name="fs")
+
+IMAGE = typer.Argument(..., help="A raw image or any VMDK.")
+PART = typer.Option(None, "--partition", help="Partition number (1-4) when the disk has several.")
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+DRY = typer.Option(False, "--dry-run", help="Show what would change; write nothing.")
+BACKUP = typer.Option(None, "--backup", help="Keep the unchanged image files under this name.")
+FORCE = typer.Option(False, "--force", help="Modify even though a .lck says the disk is in use.")
+YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+
+
+@contextmanager
+def _read(image: str, partition: Optional[int]) -> Iterator[FatVolume]:
+    with open_image(image) as disk:
+        yield open_volume(disk, partition, image)
+
+
+@contextmanager
+def _edit(image: str, partition: Optional[int], dry_run: bool, backup: Optional[str],
+          force: bool) -> Iterator[FatVolume]:
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+        vol = open_volume(disk, partition, image)
+        yield vol
+        vol.flush()
+
+
+def _size(n: int) -> str:
+    return f"{n:>12,}"
+
+
+@fs_app.command("ls")
+@handle_errors
+def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or file on the volume."),
+       long: bool = typer.Option(False, "-l", help="Long listing: attributes, size, date, 8.3 name."),
+       json_out: bool = JSON, partition: Optional[int] = PART) -> None:
+    """List a directory of the FAT volume.
+
+    Example: vdisk fs ls hd-boot.vmdk / -l
+    """
+    with _read(image, partition) as vol:
+        info = vol.stat(path)
+        entries = vol.listdir(path) if info.is_dir else [info]
+    if json_out:
+        emit_json([e.to_dict() for e in entries])
+        return
+    for e in entries:
+        name = e.name + ("/" if e.is_dir else "")
+        if long:
+            when = e.modified.strftime("%Y-%m-%d %H:%M:%S") if e.modified else "-" * 19
+            typer.echo(f"{attr_string(e.attributes)} {_size(e.size_bytes)} {when} "
+                       f"{e.short_name:<12} {name}")
+        else:
+            typer.echo(name)
+
+
+@fs_app.command("tree")
+@handle_errors
+def tree(image: str = IMAGE, json_out: bool = JSON, partition: Optional[int] = PART) -> None:
+    """Show every file and directory of the volume.
+
+    Example: vdisk fs tree hd-cf.vmdk
+    """
+    with _read(image, partition) as vol:
+        items = [k for _d, kids in vol.walk("/") for k in kids]
+        label = vol.label
+    if json_out:
+        emit_json({"label": label, "entries": [e.to_dict() for e in items]})
+        return
+    typer.echo(f"/ ({label or 'no label'})")
+    for e in sorted(items, key=lambda k: k.path.casefold()):
+        depth = e.path.count("/") - 1
+        suffix = "/" if e.is_dir else f"  ({e.size_bytes} bytes)"
+        typer.echo("  " * (depth + 1) + e.name + suffix)
+
+
+@fs_app.command("get")
+@handle_errors
+def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
+        dest: Optional[str] = typer.Argument(None, help="Host path; '-' writes to stdout."),
+        partition: Optional[int] = PART) -> None:
+    """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
+
+    Example: vdisk fs get hd-boot.vmdk /IPVA.BIN ipva.bin
+    """
+    with _read(image, partition) as vol:
+        info = vol.stat(path)
+        if dest == "-":
+            if info.is_dir:
+                raise typer.BadParameter("a directory cannot go to stdout")
+            out = sys.stdout.buffer
+            for piece in vol.iter_file(info):
+                out.write(piece)
+            out.flush()
+            return
+        with progress(f"get {info.name}") as cb:
+            res = extract(vol, path, dest or ".", cb)
+    for vpath, host in res.renamed:
+        warn(f"{vpath}: saved as {host!r} (name not safe on the host)")
+    typer.echo(f"{res.files} file(s), {res.bytes} bytes")
+
+
+@fs_app.command("put")
+@handle_errors
+def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
+        path: str = typer.Argument(..., help="Target path on the volume."),
+        partition: Optional[int] = PART, dry_run: bool = DRY,
+        backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+    """Copy a host file (or directory, recursively) onto the volume; replaces a file.
+
+    Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
+    """
+    with _edit(image, partition, dry_run, backup, force) as vol:
+        if os.path.isdir(src):
+            for root, dirs, files in os.walk(src):
+                rel = os.path.relpath(root, src)
+                base = path.rstrip("/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
+                if base:
+                    vol.mkdir(base, parents=True, exist_ok=True)
+                for name in sorted(files):
+                    with open(os.path.join(root, name), "rb") as f:
+                        vol.write_file(f"{base}/{name}", f)
+        else:
+            if path.endswith("/") or (vol.exists(path) and vol.stat(path).is_dir):
+                path = path.rstrip("/") + "/" + os.path.basename(src)
+            with open(src, "rb") as f:
+                vol.write_file(path, f)
+    typer.echo(("would write " if dry_run else "wrote ") + path)
+
+
+@fs_app.command("rm")
+@handle_errors
+def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
+       recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
+       partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+       force: bool = FORCE, yes: bool = YES) -> None:
+    """Delete a file or directory from the volume.
+
+    Example: vdisk fs rm hd-cf.vmdk /old -r --yes
+    """
+    if recursive and not dry_run:
+        confirm(f"remove {path} and everything under it", yes)
+    with _edit(image, partition, dry_run, backup, force) as vol:
+        vol.remove(path, recursive=recursive)
+    typer.echo(("would remove " if dry_run else "removed ") + path)
+
+
+@fs_app.command("mkdir")
+@handle_errors
+def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
+          parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
+          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          force: bool = FORCE) -> None:
+    """Create a directory on the volume.
+
+    Example: vdisk fs mkdir hd-cf.vmdk /logs/old -p
+    """
+    with _edit(image, partition, dry_run, backup, force) as vol:
+        vol.mkdir(path, parents=parents)
+    typer.echo(("would create " if dry_run else "created ") + path)
+
+
+@fs_app.command("mv")
+@handle_errors
+def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
+       dst: str = typer.Argument(..., help="New path."), partition: Optional[int] = PART,
+       dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+    """Rename or move a file or directory on the volume.
+
+    Example: vdisk fs mv hd-cf.vmdk /a.txt /old/a.txt
+    """
+    with _edit(image, partition, dry_run, backup, force) as vol:
+        if vol.exists(dst) and vol.stat(dst).is_dir:
+            dst = dst.rstrip("/") + "/" + vol.stat(src).name
+        vol.rename(src, dst)
+    typer.echo(("would move " if dry_run else "moved ") + f"{src} -> {dst}")
+
+
+@fs_app.command("label")
+@handle_errors
+def label(image: str = IMAGE, new: Optional[str] = typer.Argument(None, help="New label ('' removes it)."),
+          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          force: bool = FORCE) -> None:
+    """Show or set the volume label.
+
+    Example: vdisk fs label hd-boot.vmdk IPVABOOT
+    """
+    if new is None:
+        with _read(image, partition) as vol:
+            typer.echo(vol.label)
+        return
+    with _edit(image, partition, dry_run, backup, force) as vol:
+        vol.set_label(new)
+    typer.echo(("would set label " if dry_run else "label ") + repr(new.upper()))
+
+
+@fs_app.command("format")
+@handle_errors
+def fmt(image: str = IMAGE,
+        fat: Optional[int] = typer.Option(None, "--fat", help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
+        label_: str = typer.Option("", "--label", help="Volume label."),
+        no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
+        active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
+        dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+        yes: bool = YES) -> None:
+    """Make a new, empty FAT volume (erases what the image holds).
+
+    Example: vdisk fs format hd-cf.vmdk --label IPVACF --yes
+    """
+    if fat not in (None, 12, 16, 32):
+        raise typer.BadParameter("--fat must be 12, 16 or 32")
+    if not dry_run:
+        confirm(f"format {image} (its content is lost)", yes)
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+        res = format_volume(disk, fat, label_, partition=not no_partition, active=active)
+    lay = res.layout
+    where = f"partition 1 at LBA {res.partition.first_lba}" if res.partition else "sector 0"
+    typer.echo(("would format " if dry_run else "formatted ") +
+               f"FAT{lay.fat_type} on {where}: {lay.cluster_count} clusters of "
+               f"{lay.cluster_bytes} bytes" + (f", label {res.label}" if res.label else ""))
+
+
+@fs_app.command("check")
+@handle_errors
+def check(image: str = IMAGE, json_out: bool = JSON,
+          repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired."),
+          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          force: bool = FORCE) -> None:
+    """Check the FAT volume (FAT copies, chains, directory entries, long names, FSInfo,
+    backup boot sector); with --repair fix what was found, crash-safely.
+
+    Example: vdisk fs check hd-cf.vmdk --repair --backup hd-cf.old.vmdk
+    """
+    if not repair:
+        with open_image(image) as disk:
+            res = check_volume(disk, partition, image)
+        if json_out:
+            emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1})
+        else:
+            print_findings(res.findings)
+            if not res.findings:
+                typer.echo("clean")
+        raise typer.Exit(EXIT_FINDINGS if res.findings else EXIT_OK)
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+        rep = repair_volume(disk, partition, image)
+    if json_out:
+        emit_json(dict(rep.to_dict(), dry_run=dry_run))
+    else:
+        print_findings(rep.found)
+        for a in rep.actions:
+            typer.echo(("would " if dry_run else "did: ") + a)
+        if rep.remaining:
+            typer.echo("still wrong after the repair:")
+            print_findings(rep.remaining, prefix="  ")
+        elif rep.found:
+            typer.echo("repaired" if not dry_run else "a repair would leave the volume clean")
+        else:
+            typer.echo("clean")
+    raise typer.Exit(EXIT_REPAIR_FAILED if rep.remaining else EXIT_OK)
