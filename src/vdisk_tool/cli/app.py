@@ -53,3 +53,5 @@ def main() -> None:
     except SystemExit as exc:
         # click reports usage errors with exit 2, which matches the table.
         sys.exit(exc.code)
+from . import fs  # noqa: E402,F401
+from . import cf  # noqa: E402,F401
