@@ -43,6 +43,8 @@ from . import dump  # noqa: E402,F401
 from . import flash  # noqa: E402,F401
 from . import firmware  # noqa: E402,F401
 from . import bundle  # noqa: E402,F401
+from . import fs  # noqa: E402,F401
+from . import cf  # noqa: E402,F401
 
 
 def main() -> None:
@@ -53,5 +55,3 @@ def main() -> None:
     except SystemExit as exc:
         # click reports usage errors with exit 2, which matches the table.
         sys.exit(exc.code)
-from . import fs  # noqa: E402,F401
-from . import cf  # noqa: E402,F401
