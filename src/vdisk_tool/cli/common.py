@@ -61,6 +61,14 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("vdisk: interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # the reader (e.g. `| head`) went away: stop quietly, as cat and grep do
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            raise typer.Exit(EXIT_OK) from None
         except BaseException as exc:  # noqa: BLE001 - the single place that catches all
             if DEBUG["on"]:
                 traceback.print_exc()
