@@ -2,13 +2,13 @@
 clean afterwards and the check finds nothing more)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import need_tool, run
 from fatutil import MIB, fsck, fsck_clean, mkfs, mtools_fill, mtype
+
 from vdisk_tool.formats import fat as ff
 from vdisk_tool.fs.check import check_volume
 from vdisk_tool.fs.repair import repair_volume

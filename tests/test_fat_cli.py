@@ -7,6 +7,7 @@ from pathlib import Path
 
 from conftest import run, vdisk
 from fatutil import MIB, fsck_clean, mkfs, mtools_fill, mtype
+
 from vdisk_tool.fs.transfer import safe_host_name
 
 

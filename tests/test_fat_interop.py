@@ -7,9 +7,9 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool, run
-from fatutil import (MIB, fsck_clean, make_fragmented, mkfs, mtools_fill, mtype, sample_files)
+from fatutil import MIB, fsck_clean, make_fragmented, mkfs, mtools_fill, mtype, sample_files
+
 from vdisk_tool.fs.format import format_volume, plan_volume
 from vdisk_tool.fs.volume import open_volume
 from vdisk_tool.image.base import FileDevice

@@ -5,6 +5,7 @@ import datetime as dt
 from pathlib import Path
 
 from fatutil import MIB, fsck_clean, mkfs, mtools_fill
+
 from vdisk_tool.formats import fat as ff
 from vdisk_tool.fs.check import check_volume
 from vdisk_tool.fs.format import format_volume

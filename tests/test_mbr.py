@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import need_tool, run
+
 from vdisk_tool.errors import FormatError
 from vdisk_tool.formats import mbr as fm
-from vdisk_tool.fs.partition import (build_single_partition_mbr, check_partition_table,
-                                     looks_like_mbr, parse_partition_table)
+from vdisk_tool.fs.partition import (
+    build_single_partition_mbr,
+    check_partition_table,
+    looks_like_mbr,
+    parse_partition_table,
+)
 
 
 def _entry(status: int, ptype: int, lba: int, sectors: int) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import typer
 
@@ -18,8 +18,17 @@ from ..fs.volume import FatVolume, open_volume
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from .app import app
-from .common import (EXIT_FINDINGS, EXIT_OK, EXIT_REPAIR_FAILED, confirm, emit_json,
-                     handle_errors, print_findings, progress, warn)
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_REPAIR_FAILED,
+    confirm,
+    emit_json,
+    handle_errors,
+    print_findings,
+    progress,
+    warn,
+)
 
 fs_app = typer.Typer(help="FAT volumes inside disk images: list, read, write, format, check.",
                      no_args_is_help=True)
@@ -35,13 +44,13 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 
 @contextmanager
-def _read(image: str, partition: Optional[int]) -> Iterator[FatVolume]:
+def _read(image: str, partition: int | None) -> Iterator[FatVolume]:
     with open_image(image) as disk:
         yield open_volume(disk, partition, image)
 
 
 @contextmanager
-def _edit(image: str, partition: Optional[int], dry_run: bool, backup: Optional[str],
+def _edit(image: str, partition: int | None, dry_run: bool, backup: str | None,
           force: bool) -> Iterator[FatVolume]:
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
         vol = open_volume(disk, partition, image)
@@ -57,7 +66,7 @@ def _size(n: int) -> str:
 @handle_errors
 def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or file on the volume."),
        long: bool = typer.Option(False, "-l", help="Long listing: attributes, size, date, 8.3 name."),
-       json_out: bool = JSON, partition: Optional[int] = PART) -> None:
+       json_out: bool = JSON, partition: int | None = PART) -> None:
     """List a directory of the FAT volume.
 
     Example: vdisk fs ls hd-boot.vmdk / -l
@@ -80,7 +89,7 @@ def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or fi
 
 @fs_app.command("tree")
 @handle_errors
-def tree(image: str = IMAGE, json_out: bool = JSON, partition: Optional[int] = PART) -> None:
+def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
     """Show every file and directory of the volume.
 
     Example: vdisk fs tree hd-cf.vmdk
@@ -101,8 +110,8 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: Optional[int] = P
 @fs_app.command("get")
 @handle_errors
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
-        dest: Optional[str] = typer.Argument(None, help="Host path; '-' writes to stdout."),
-        partition: Optional[int] = PART) -> None:
+        dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
+        partition: int | None = PART) -> None:
     """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
 
     Example: vdisk fs get hd-boot.vmdk /IPVA.BIN ipva.bin
@@ -128,8 +137,8 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 @handle_errors
 def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
         path: str = typer.Argument(..., help="Target path on the volume."),
-        partition: Optional[int] = PART, dry_run: bool = DRY,
-        backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+        partition: int | None = PART, dry_run: bool = DRY,
+        backup: str | None = BACKUP, force: bool = FORCE) -> None:
     """Copy a host file (or directory, recursively) onto the volume; replaces a file.
 
     Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
@@ -156,7 +165,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
 @handle_errors
 def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
        recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
-       partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+       partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
        force: bool = FORCE, yes: bool = YES) -> None:
     """Delete a file or directory from the volume.
 
@@ -173,7 +182,7 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
 @handle_errors
 def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
           parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
-          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE) -> None:
     """Create a directory on the volume.
 
@@ -187,8 +196,8 @@ def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New director
 @fs_app.command("mv")
 @handle_errors
 def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
-       dst: str = typer.Argument(..., help="New path."), partition: Optional[int] = PART,
-       dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE) -> None:
+       dst: str = typer.Argument(..., help="New path."), partition: int | None = PART,
+       dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
     """Rename or move a file or directory on the volume.
 
     Example: vdisk fs mv hd-cf.vmdk /a.txt /old/a.txt
@@ -202,8 +211,8 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
 
 @fs_app.command("label")
 @handle_errors
-def label(image: str = IMAGE, new: Optional[str] = typer.Argument(None, help="New label ('' removes it)."),
-          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
+          partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE) -> None:
     """Show or set the volume label.
 
@@ -221,11 +230,11 @@ def label(image: str = IMAGE, new: Optional[str] = typer.Argument(None, help="Ne
 @fs_app.command("format")
 @handle_errors
 def fmt(image: str = IMAGE,
-        fat: Optional[int] = typer.Option(None, "--fat", help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
+        fat: int | None = typer.Option(None, "--fat", help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
         label_: str = typer.Option("", "--label", help="Volume label."),
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
-        dry_run: bool = DRY, backup: Optional[str] = BACKUP, force: bool = FORCE,
+        dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
         yes: bool = YES) -> None:
     """Make a new, empty FAT volume (erases what the image holds).
 
@@ -248,7 +257,7 @@ def fmt(image: str = IMAGE,
 @handle_errors
 def check(image: str = IMAGE, json_out: bool = JSON,
           repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired."),
-          partition: Optional[int] = PART, dry_run: bool = DRY, backup: Optional[str] = BACKUP,
+          partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE) -> None:
     """Check the FAT volume (FAT copies, chains, directory entries, long names, FSInfo,
     backup boot sector); with --repair fix what was found, crash-safely.

@@ -301,8 +301,7 @@ class CheckResult:
 def check_volume(target: FatVolume | BlockDevice, partition: int | None = None,
                  path: str | None = None, fix: bool = False) -> CheckResult:
     """Every finding of a volume (and, with fix, repair them on its device)."""
-    from .check_meta import (check_backup_boot, check_fat_copies, check_fsinfo,
-                             recover_boot_sector)
+    from .check_meta import check_backup_boot, check_fat_copies, check_fsinfo, recover_boot_sector
     findings: list[Finding] = []
     actions: list[str] = []
     if isinstance(target, FatVolume):

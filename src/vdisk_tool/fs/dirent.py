@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..errors import FormatError
 from ..formats import fat as ff
@@ -211,7 +211,7 @@ def _case_form(text: str) -> int | None:
 
 def plain_short_name(name: str) -> tuple[bytes, int] | None:
     """(raw 8.3 name, NT case bits) when `name` fits 8.3 without a long name, else None."""
-    base, dot, ext = name.partition(".")
+    base, _dot, ext = name.partition(".")
     cb, ce = _case_form(base), _case_form(ext)
     if cb is None or ce is None:
         return None

@@ -3,8 +3,8 @@ would choose, writing only sectors that must hold non-zero bytes (specs/fat.md "
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import FormatError
 from ..formats import fat as ff
@@ -242,6 +242,7 @@ def format_volume(dev: BlockDevice, fat_type: int | None = None, label: str = ""
         vdev.write_at((plan.reserved_sectors + k * plan.fat_sectors) * SECTOR, fat_head)
     if label:
         import datetime as _dt
+
         from .dirent import build_entry
         root_off = (plan.reserved_sectors + 2 * plan.fat_sectors) * SECTOR
         vdev.write_at(root_off, build_entry(raw_label, ff.ATTR_VOLUME_ID, 0, 0,

@@ -3,12 +3,11 @@ A dry run applies the fixes to an in-memory overlay, so it reports exactly what 
 repair would do and leaves the device untouched (specs/fat.md "Repairs")."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import Finding, RepairError
 from ..image.base import BlockDevice, Run, check_range
-
 from .check import CheckResult, check_volume
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import FormatError
 from ..formats import fat as ff
@@ -182,7 +182,7 @@ class FatTable:
         width = self.bits // 8
         per_chunk = self.chunk_bytes // width
         typecode = "H" if width == 2 else "I"
-        for ci in range(0, top // per_chunk + 1):
+        for ci in range(top // per_chunk + 1):
             chunk = self._chunk(ci)
             arr = array(typecode, bytes(chunk[:len(chunk) - len(chunk) % width]))
             lo = max(2 - ci * per_chunk, 0)

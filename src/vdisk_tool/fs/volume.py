@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import FormatError
 from ..formats import fat as ff
 from ..image.base import BlockDevice
 from .dirent import DirEntryInfo, RawItem, decode_entry, scan
 from .layout import FatLayout, parse_boot_sector
-from .partition import (Partition, looks_like_mbr, partition_device, read_partition_table)
+from .partition import Partition, looks_like_mbr, partition_device, read_partition_table
 from .table import FatTable
 from .writer import VolumeWriter
 
@@ -25,7 +25,7 @@ class Directory:
     """The bytes of one directory (the fixed FAT12/16 root or a cluster chain) in memory,
     with the device offset of every slot so that single entries can be rewritten."""
 
-    def __init__(self, vol: "FatVolume", first_cluster: int) -> None:
+    def __init__(self, vol: FatVolume, first_cluster: int) -> None:
         self.vol = vol
         self.first_cluster = first_cluster
         lay = vol.layout

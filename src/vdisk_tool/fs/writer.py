@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import posixpath
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING
 
 from ..errors import FormatError, UnsupportedError
 from ..formats import fat as ff
-from .dirent import (DirEntryInfo, build_entry, generate_short_name, plain_short_name,
-                     validate_long_name, with_cluster_and_size)
+from .dirent import (
+    DirEntryInfo,
+    build_entry,
+    generate_short_name,
+    plain_short_name,
+    validate_long_name,
+    with_cluster_and_size,
+)
 
 if TYPE_CHECKING:
     from .volume import Directory, FatVolume
@@ -17,7 +23,7 @@ if TYPE_CHECKING:
 E = ff.DIR_ENTRY_BYTES
 WRITE_CHUNK_BYTES = 1 << 20
 MAX_FILE_BYTES = 0xFFFFFFFF
-Source = Union[bytes, bytearray, memoryview, IO[bytes]]
+Source = bytes | bytearray | memoryview | IO[bytes]
 
 
 class VolumeWriter:
@@ -27,7 +33,7 @@ class VolumeWriter:
         self._mutated = False
 
     # -- plumbing -----------------------------------------------------------------------
-    def _begin(self: "FatVolume") -> None:
+    def _begin(self: FatVolume) -> None:
         if not self.writable:
             raise UnsupportedError("volume is open read-only", path=self.path)
         if not self._mutated and self.layout.fat_type == 32:
@@ -36,7 +42,7 @@ class VolumeWriter:
                 self.fat.next_free_hint = fs.next_free
         self._mutated = True
 
-    def _read_fsinfo(self: "FatVolume"):  # type: ignore[no-untyped-def]
+    def _read_fsinfo(self: FatVolume):  # type: ignore[no-untyped-def]
         lay = self.layout
         if lay.fat_type != 32 or not 0 < lay.fsinfo_sector < lay.reserved_sectors:
             return None
@@ -45,7 +51,7 @@ class VolumeWriter:
             return None
         return fs
 
-    def flush(self: "FatVolume") -> None:
+    def flush(self: FatVolume) -> None:
         """Write changed FAT sectors to every copy, then the FSInfo free count and hint."""
         self.fat.flush()
         if self._mutated and self.layout.fat_type == 32:
@@ -65,18 +71,18 @@ class VolumeWriter:
                 self.dev.write_at(off + 488, free.to_bytes(4, "little") + hint.to_bytes(4, "little"))
         self.dev.flush()
 
-    def close(self: "FatVolume") -> None:
+    def close(self: FatVolume) -> None:
         if self._mutated:
             self.flush()
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         return self
 
-    def __exit__(self: "FatVolume", exc_type, *exc) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self: FatVolume, exc_type, *exc) -> None:  # type: ignore[no-untyped-def]
         if exc_type is None:
             self.close()
 
-    def _parent_and_name(self: "FatVolume", path: str) -> tuple[DirEntryInfo, str]:
+    def _parent_and_name(self: FatVolume, path: str) -> tuple[DirEntryInfo, str]:
         from .volume import normalize_path
         parts = normalize_path(path)
         if not parts:
@@ -87,7 +93,7 @@ class VolumeWriter:
         return parent, validate_long_name(parts[-1])
 
     # -- directory slots ------------------------------------------------------------------
-    def _free_run(self: "FatVolume", d: "Directory", need: int) -> int:
+    def _free_run(self: FatVolume, d: Directory, need: int) -> int:
         """Index of `need` consecutive free slots, growing a cluster directory if needed."""
         run_start, run_len = 0, 0
         for i in range(d.slots):
@@ -120,7 +126,7 @@ class VolumeWriter:
             d.data += bytes(cb)
         return run_start
 
-    def _insert(self: "FatVolume", d: "Directory", name: str, template: bytes) -> None:
+    def _insert(self: FatVolume, d: Directory, name: str, template: bytes) -> None:
         """Place an entry for `name` made from the 32-byte `template` (name bytes replaced),
         with long-name entries when the name is not a plain 8.3 name."""
         taken = {bytes(d.data[i * E:i * E + 11]) for i in range(d.slots)
@@ -143,14 +149,14 @@ class VolumeWriter:
         if at_end and nxt < d.slots and d.data[nxt * E] != 0:
             d.write_slot(nxt, bytes(E))
 
-    def _erase(self: "FatVolume", d: "Directory", info: DirEntryInfo) -> None:
+    def _erase(self: FatVolume, d: Directory, info: DirEntryInfo) -> None:
         for slot in info.lfn_slots + (info.slot,):
             raw = bytearray(d.raw(slot))
             raw[0] = ff.DELETED_MARK
             d.write_slot(slot, bytes(raw))
 
     # -- content ---------------------------------------------------------------------------
-    def _write_content(self: "FatVolume", source: Source) -> tuple[int, int]:
+    def _write_content(self: FatVolume, source: Source) -> tuple[int, int]:
         """Write data into newly allocated clusters; returns (first cluster, size)."""
         cb = self.layout.cluster_bytes
         chunk_bytes = max(cb, WRITE_CHUNK_BYTES // cb * cb)
@@ -180,7 +186,7 @@ class VolumeWriter:
         return first, size
 
     # -- public operations ---------------------------------------------------------------
-    def write_file(self: "FatVolume", path: str, source: Source,
+    def write_file(self: FatVolume, path: str, source: Source,
                    mtime: _dt.datetime | None = None, attributes: int = ff.ATTR_ARCHIVE,
                    created: _dt.datetime | None = None, accessed: _dt.date | None = None,
                    raw_entry: bytes | None = None) -> DirEntryInfo:
@@ -215,7 +221,7 @@ class VolumeWriter:
         self.fat.flush()
         return self.stat(posixpath.join(parent.path, name))
 
-    def mkdir(self: "FatVolume", path: str, parents: bool = False, exist_ok: bool = False,
+    def mkdir(self: FatVolume, path: str, parents: bool = False, exist_ok: bool = False,
               mtime: _dt.datetime | None = None, raw_entry: bytes | None = None) -> DirEntryInfo:
         """Create a directory with its '.' and '..' entries."""
         self._begin()
@@ -252,7 +258,7 @@ class VolumeWriter:
         self.fat.flush()
         return self.stat(posixpath.join(parent.path, name))
 
-    def remove(self: "FatVolume", path: str, recursive: bool = False) -> None:
+    def remove(self: FatVolume, path: str, recursive: bool = False) -> None:
         """Delete a file, or a directory (empty unless recursive)."""
         self._begin()
         info = self.stat(path)
@@ -270,7 +276,7 @@ class VolumeWriter:
         self._erase(self.directory(info.parent_cluster), info)
         self.fat.flush()
 
-    def rename(self: "FatVolume", src: str, dst: str) -> DirEntryInfo:
+    def rename(self: FatVolume, src: str, dst: str) -> DirEntryInfo:
         """Rename or move a file or directory (dst names the new path, not a folder to
         move into)."""
         self._begin()
@@ -294,7 +300,7 @@ class VolumeWriter:
         self.fat.flush()
         return self.stat(posixpath.join(parent.path, name))
 
-    def set_label(self: "FatVolume", label: str) -> None:
+    def set_label(self: FatVolume, label: str) -> None:
         """Set (or with '' remove) the volume label in the root directory and the BPB."""
         self._begin()
         raw = encode_label(label)
