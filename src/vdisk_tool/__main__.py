@@ -1,4 +1,4 @@
 """`python -m vdisk_tool` runs the vdisk command."""
-from .cli.app import main
+from .cli.main import main
 
 main()

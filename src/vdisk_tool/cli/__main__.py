@@ -1,4 +1,4 @@
 """`python -m vdisk_tool.cli` runs the vdisk command."""
-from .app import main
+from .main import main
 
 main()
