@@ -452,6 +452,22 @@ def _split_desc_fn(fn: Callable[[Path], None]) -> Callable[[Path, Bases], Path]:
     return build
 
 
+def _flat_desc(old: str, new: str) -> Callable[[Path, Bases], Path]:
+    def build(tmp: Path, b: Bases) -> Path:
+        p = copy_image(b.flat, tmp)
+        replace_text(p, old, new)
+        return p
+    return build
+
+
+def _flat_fn(fn: Callable[[Path], None]) -> Callable[[Path, Bases], Path]:
+    def build(tmp: Path, b: Bases) -> Path:
+        p = copy_image(b.flat, tmp)
+        fn(p.parent)
+        return p
+    return build
+
+
 def _chain_loop(tmp: Path, b: Bases) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     a, c = copy_image(b.sparse8, tmp / "a"), None
@@ -610,6 +626,9 @@ HOSTILE: list[Case] = [
     Case("extent-size-disagrees", _split_desc("RW 32768 SPARSE", "RW 32000 SPARSE"), "open"),
     Case("extent-line-invalid", _split_desc("RW 32768 SPARSE", "RW lots SPARSE"), "open"),
     Case("extent-type-unknown", _split_desc("RW 32768 SPARSE", "RW 32768 BOGUS"), "open"),
+    Case("flat-offset-past-eof", _flat_desc(' FLAT "flat-flat.vmdk" 0', ' FLAT "flat-flat.vmdk" 999999'),
+         "read"),
+    Case("flat-file-truncated", _flat_fn(lambda d: truncate(d / "flat-flat.vmdk", 300000)), "read"),
     Case("descriptor-no-extents", _split_desc('RW 32768 SPARSE "split-s001.vmdk"', ""), "open"),
     Case("descriptor-binary-garbage", _descriptor_file(
         lambda: b"# Disk DescriptorFile\nversion=1\n" + _garbage(7, 4096)), "open"),
