@@ -13,14 +13,14 @@ import os
 import resource
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 import vmdkcorpus as vc
 from conftest import need_tool
+from typer.testing import CliRunner
+
 from vdisk_tool.cli.app import app
 
 ADDRESS_SPACE_BYTES = 1 << 30
@@ -28,7 +28,8 @@ TIMEOUT_S = 60
 CASES = {c.name: c for c in vc.HOSTILE}
 
 # Engine bugs found by this corpus: keep the test, mark it, remove the mark when fixed.
-# (case, test) -> the bug; "cli" is test_cli_refuses_or_reports, "read" test_reads_raise_vdisk_errors.
+# (case, test) -> the bug; "cli" is test_cli_refuses_or_reports,
+# "read" is test_reads_raise_vdisk_errors.
 SHORT_FLAT = ("a flat extent file shorter than its extent line: runs() calls the missing tail "
               "unallocated, so a walk (iter_chunks, convert, compare) reads it as zeros")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
@@ -75,7 +76,7 @@ def run_limited(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
     env = dict(os.environ)
     env.pop("VDISK_DEBUG", None)
     return subprocess.run(list(args), capture_output=True, text=True, preexec_fn=_limit,
-                          timeout=TIMEOUT_S, cwd=cwd, env=env)
+                          timeout=TIMEOUT_S, cwd=cwd, env=env, check=False)
 
 
 def run_forked(*args: str) -> subprocess.CompletedProcess:
@@ -94,8 +95,8 @@ def run_forked(*args: str) -> subprocess.CompletedProcess:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 # pytest's capture replaced sys.stdout/err: talk to the real fds again
-                sys.stdout = open(1, "w", closefd=False)
-                sys.stderr = open(2, "w", closefd=False)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives until _exit
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
                 _limit()
                 sys.argv = ["vdisk", *args]
                 try:
@@ -115,12 +116,13 @@ def run_forked(*args: str) -> subprocess.CompletedProcess:
                                            err.read().decode(errors="replace"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def commands() -> frozenset[str]:
     """The commands this vdisk offers (check arrives with the checker)."""
     found = set()
     for name in ("info", "map", "check"):
-        res = subprocess.run([vdisk_script(), name, "--help"], capture_output=True, text=True)
+        res = subprocess.run([vdisk_script(), name, "--help"], capture_output=True, text=True,
+                             check=False)
         if res.returncode == 0:
             found.add(name)
     return frozenset(found)
@@ -134,7 +136,8 @@ def bases(tmp_path_factory) -> vc.Bases:
 
 
 def assert_clean_failure(res: subprocess.CompletedProcess, allowed: set[int], what: str) -> None:
-    out = f"{what}: exit {res.returncode}\nstdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-2000:]}"
+    out = (f"{what}: exit {res.returncode}\nstdout: {res.stdout[-2000:]}\n"
+           f"stderr: {res.stderr[-2000:]}")
     assert res.returncode in allowed, out
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, out
     assert "MemoryError" not in res.stderr, out  # bounded: the 1 GiB limit was never reached

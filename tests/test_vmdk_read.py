@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import vmdkcorpus as vc
 from conftest import need_tool
+
 from vdisk_tool.image.base import iter_chunks
 from vdisk_tool.image.disk import open_image
 
@@ -152,7 +152,7 @@ def test_vmdkinfo_reads_qemu_images(made, sub):
     """libvmdk (an independent reader) accepts what qemu wrote: the corpus is sane."""
     need_tool("vmdkinfo")
     image, _ = made[sub]
-    res = subprocess.run(["vmdkinfo", str(image)], capture_output=True, text=True)
+    res = subprocess.run(["vmdkinfo", str(image)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert f"({SIZE} bytes)" in res.stdout
 
@@ -257,7 +257,8 @@ def test_three_link_chain_over_split_parent(tools, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="bug: runs() of a snapshot child reports every grain the "
-                   "child lacks as PARENT without asking the parent, so iter_chunks/compare/convert "
+                   "child lacks as PARENT without asking the parent, so iter_chunks/compare/"
+                   "convert "
                    "read the whole virtual size through the chain")
 def test_child_walk_reads_only_stored_data(tools, tmp_path):
     """Walking a child must cost what the chain stores, not its virtual size (qemu-img
@@ -293,14 +294,14 @@ def test_independent_stream_layouts(stream_src, tmp_path, writer):
         vc.write_stream_vmware(stream_src, out, all_gts=writer.endswith("all-gts"))
     # the writer is right: qemu reads it as the source ...
     res = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(out),
-                          str(stream_src)], capture_output=True, text=True)
+                          str(stream_src)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     # ... and so must vdisk
     expect_written(assert_reads_like_raw(out, stream_src), STREAM_SRC)
     with open_image(out) as disk:
         assert disk.subformat == "streamOptimized"
     need_tool("vmdkinfo")
-    assert subprocess.run(["vmdkinfo", str(out)], capture_output=True).returncode == 0
+    assert subprocess.run(["vmdkinfo", str(out)], capture_output=True, check=False).returncode == 0
 
 
 def test_vmdkstream_layout(stream_src, tmp_path):
