@@ -16,6 +16,7 @@ import pytest
 import vmdkcorpus as vc
 from conftest import need_tool
 
+from vdisk_tool.errors import VdiskError
 from vdisk_tool.image.base import iter_chunks
 from vdisk_tool.image.disk import open_image
 
@@ -273,6 +274,21 @@ def test_child_walk_reads_only_stored_data(tools, tmp_path):
             if data is not None:
                 walked += n
                 assert walked <= 64 * MIB, "walked far more than the chain stores"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a descriptor saved with a UTF-8 byte-order mark "
+                   "(as Windows Notepad does) is opened as a tiny raw disk")
+def test_descriptor_with_bom_is_not_a_raw_disk(tools, tmp_path):
+    """Editing a descriptor in Notepad prepends EF BB BF. vdisk may read it as the VMDK it is
+    or refuse it with an error, but must not present 300 bytes of text as the disk."""
+    img = vc.qemu_create(tmp_path / "bom.vmdk", 4 * MIB, "monolithicFlat")
+    img.write_bytes(b"\xef\xbb\xbf" + img.read_bytes().split(b"\0", 1)[0])
+    try:
+        with open_image(img) as disk:
+            assert disk.format == "vmdk"
+            assert disk.size_bytes == 4 * MIB
+    except VdiskError:
+        pass
 
 
 # -- streamOptimized layouts qemu does not write -------------------------------------------------
