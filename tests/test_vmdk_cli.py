@@ -198,3 +198,70 @@ def test_missing_image_is_one_error_line(runner, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert lines[0].startswith("vdisk: error:") and "nope.vmdk" in lines[0]
     assert all(ln.startswith("hint:") for ln in lines[1:])
+
+
+# -- the other direction: vdisk writes, qemu-img and libvmdk read ----------------------------------
+WRITE_SUBFORMATS = ["monolithicSparse", "monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
+                    "twoGbMaxExtentFlat", "streamOptimized"]
+
+
+@pytest.mark.parametrize("sub", WRITE_SUBFORMATS)
+def test_convert_output_reads_back_in_qemu(runner, made, tmp_path, sub):
+    """`vdisk convert` of a qemu-made disk (2 GiB + 3 MiB, data across the 2 GiB line) to
+    every subformat: qemu-img compare finds it identical, qemu-img check and vmdkinfo
+    accept it, and the split subformats are cut where VMware cuts (2047 MiB)."""
+    need_tool("vmdkinfo")
+    src = made["monolithicSparse"]
+    dst = tmp_path / "out.vmdk"
+    res = vdisk(runner, "convert", "--subformat", sub, str(src), str(dst))
+    assert res.exit_code == 0, res.output
+    q = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "vmdk", str(src), str(dst)],
+                       capture_output=True, text=True, check=False)
+    assert q.returncode == 0, q.stdout + q.stderr
+    q = subprocess.run(["qemu-img", "check", str(dst)], capture_output=True, text=True,
+                       check=False)
+    assert q.returncode == 0, q.stdout + q.stderr
+    info = qemu_json("info", str(dst))
+    assert info["virtual-size"] == SIZE
+    assert info["format-specific"]["data"]["create-type"] == sub
+    if sub.startswith("twoGb"):
+        sizes = [e["virtual-size"] for e in info["format-specific"]["data"]["extents"]]
+        assert sizes == [2047 * MIB, SIZE - 2047 * MIB]
+    v = subprocess.run(["vmdkinfo", str(dst)], capture_output=True, text=True, check=False)
+    assert v.returncode == 0 and f"({SIZE} bytes)" in v.stdout, v.stdout + v.stderr
+    res = vdisk(runner, "check", str(dst))
+    assert res.exit_code == 0, res.output
+
+
+def test_stream_output_has_vmware_layout(runner, made, tmp_path):
+    """vdisk's streamOptimized is VMware's: version 3, GD_AT_END, footer, EOS at the end."""
+    dst = tmp_path / "s.vmdk"
+    assert vdisk(runner, "convert", "-F", "streamOptimized", str(made["monolithicSparse"]),
+                 str(dst)).exit_code == 0
+    h = vc.read_header(dst)
+    assert h["version"] == 3 and h["gd_offset"] == vc.GD_AT_END
+    assert h["flags"] & (vc.FLAG_COMPRESSED | vc.FLAG_MARKERS) == vc.FLAG_COMPRESSED | vc.FLAG_MARKERS
+    tail = dst.read_bytes()[-1536:]
+    assert tail[512:516] == b"KDMV" and tail[1024:] == bytes(512)
+    assert int.from_bytes(tail[12:16], "little") == vc.MARKER_FOOTER
+    footer = vc.read_header(dst, dst.stat().st_size - 1024)
+    assert footer["gd_offset"] not in (0, vc.GD_AT_END)
+
+
+@pytest.mark.parametrize("sub", WRITE_SUBFORMATS)
+@pytest.mark.parametrize("adapter", ["ide", "lsilogic"])
+def test_create_matches_qemu_view(runner, tmp_path, sub, adapter):
+    need_tool("qemu-img")
+    dst = tmp_path / "new.vmdk"
+    res = vdisk(runner, "create", "--size", "100M", "-F", sub, "--adapter", adapter, str(dst))
+    assert res.exit_code == 0, res.output
+    info = qemu_json("info", str(dst))
+    assert info["virtual-size"] == 100 * MIB
+    assert info["format-specific"]["data"]["create-type"] == sub
+    got = json.loads(vdisk(runner, "info", "--json", str(dst)).stdout)
+    assert got["adapter"] == adapter
+    heads = 16 if adapter == "ide" else 255
+    assert got["geometry"] == {"cylinders": 100 * MIB // 512 // (heads * 63), "heads": heads,
+                               "sectors": 63}
+    if "Flat" not in sub and sub != "vmfs":  # qemu calls every flat byte data
+        assert not any(e["data"] for e in qemu_json("map", str(dst)))
