@@ -240,7 +240,8 @@ def test_stream_output_has_vmware_layout(runner, made, tmp_path):
                  str(dst)).exit_code == 0
     h = vc.read_header(dst)
     assert h["version"] == 3 and h["gd_offset"] == vc.GD_AT_END
-    assert h["flags"] & (vc.FLAG_COMPRESSED | vc.FLAG_MARKERS) == vc.FLAG_COMPRESSED | vc.FLAG_MARKERS
+    both = vc.FLAG_COMPRESSED | vc.FLAG_MARKERS
+    assert h["flags"] & both == both
     tail = dst.read_bytes()[-1536:]
     assert tail[512:516] == b"KDMV" and tail[1024:] == bytes(512)
     assert int.from_bytes(tail[12:16], "little") == vc.MARKER_FOOTER
