@@ -151,15 +151,21 @@ class FileDevice:
 
     def runs(self) -> Iterator[Run]:
         pos = 0
+        # bytes the window needs but the file does not have are a DATA run: reading it
+        # raises (short extent), it never passes for zeros
+        have = max(0, min(self.size_bytes, self.file_bytes - self.base_offset))
         for start, length in host_data_ranges(self._fd, self.base_offset,
-                                              self.base_offset + self.size_bytes):
+                                              self.base_offset + have):
             voff = start - self.base_offset
             if voff > pos:
                 yield Run(pos, voff - pos, RunKind.UNALLOCATED)
             yield Run(voff, length, RunKind.DATA, self.path, start)
             pos = voff + length
+        if pos < have:
+            yield Run(pos, have - pos, RunKind.UNALLOCATED)
+            pos = have
         if pos < self.size_bytes:
-            yield Run(pos, self.size_bytes - pos, RunKind.UNALLOCATED)
+            yield Run(pos, self.size_bytes - pos, RunKind.DATA, self.path, self.base_offset + pos)
 
     def truncate(self, file_bytes: int) -> None:
         os.ftruncate(self._fd, file_bytes)

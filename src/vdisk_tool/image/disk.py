@@ -185,6 +185,9 @@ def sniff(path: str) -> str:
         return "sesparse"
     if vd.looks_like_descriptor(head):
         return "descriptor"
+    if len(head) >= 80 and head[73:77] == b"\n \r\n" and head[4:8] in (
+            b"\x01\0\0\0", b"\x02\0\0\0", b"\x03\0\0\0"):
+        return "sparse-damaged"  # every field of a sparse header but the magic
     return "raw"
 
 
@@ -228,6 +231,10 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
     if kind == "sesparse":
         raise UnsupportedError("seSparse snapshot extents are not supported; consolidate the "
                                "snapshot on the ESXi host first", path=path)
+    if kind == "sparse-damaged":
+        raise FormatError(f"SparseExtentHeader.magicNumber at 0x0: expected 'KDMV', got "
+                          f"{open(path, 'rb').read(4)!r} (the rest is a sparse header: the "
+                          "magic is damaged)", path=path, offset=0)
     if kind == "sparse-unfinished":
         raise FormatError("magic is 'kdmv': an interrupted conversion left this file unfinished",
                           path=path, offset=0)
