@@ -232,7 +232,12 @@ class SparseExtent:
             raise ImageError(f"grain {grain}: decompression failed ({exc})", path=self.path,
                              offset=off) from None
         last = min(gb, self.size_bytes - grain * gb)
-        if len(out) < last or (len(out) < gb and not d.eof):
+        if not d.eof:
+            more = d.unconsumed_tail or b""
+            raise ImageError(f"grain {grain}: compressed data "
+                             + ("inflates to more than one grain" if more else "is incomplete"),
+                             path=self.path, offset=off)
+        if len(out) < last:
             raise ImageError(f"grain {grain}: decompressed to {len(out)} bytes, expected {last}",
                              path=self.path, offset=off)
         return out + bytes(gb - len(out))
