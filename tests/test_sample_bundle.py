@@ -1,0 +1,83 @@
+"""The shipped sample bundle and its scripted broken variants: each problem is found by
+`vdisk bundle check` with the right code, and the command the report names fixes it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import vdisk
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_images" / "ipva"
+SCRIPT = ROOT / "sample_images" / "make_sample_bundle.py"
+
+
+def _codes(runner, folder: Path) -> tuple[int, set[str]]:
+    res = vdisk(runner, "bundle", "check", str(folder), "--json")
+    doc = json.loads(res.stdout)
+    issues = doc.get("issues") or doc.get("findings") or []
+    for d in doc.get("disks", []):
+        issues += d.get("issues", []) + d.get("findings", [])
+    return res.exit_code, {i["code"] for i in issues}
+
+
+def test_shipped_bundle_is_healthy(runner):
+    res = vdisk(runner, "bundle", "check", str(SAMPLE))
+    assert res.exit_code == 0, res.output
+    assert "healthy" in res.stdout
+    res = vdisk(runner, "verify", str(SAMPLE))
+    assert res.exit_code == 0, res.output
+    assert "build 90468" in res.stdout
+
+
+def test_script_rebuilds_a_healthy_bundle(tmp_path, runner):
+    out = tmp_path / "ipva"
+    subprocess.run([sys.executable, str(SCRIPT), str(out)], check=True, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in SAMPLE.iterdir())
+    assert vdisk(runner, "bundle", "check", str(out)).exit_code == 0
+    assert (out / "ipva.bin").read_bytes() == (SAMPLE / "ipva.bin").read_bytes()
+
+
+def _variant(tmp_path: Path, name: str) -> Path:
+    dest = tmp_path / name
+    subprocess.run([sys.executable, str(SCRIPT), str(SAMPLE), "--variant", name, str(dest)],
+                   check=True, capture_output=True)
+    return dest
+
+
+@pytest.mark.parametrize("name,code,fix", [
+    ("crashed-update", "fw.truncated", ["boot", "restore", "{d}/hd-boot.vmdk", "--firmware", "{d}/ipva.bin"]),
+    ("missing-perfctr", "vmx.perfctr-missing", ["bundle", "check", "{d}", "--fix"]),
+    ("e1000-nic", "vmx.nic-model", ["bundle", "check", "{d}", "--fix"]),
+    ("generated-mac", "vmx.mac-generated", ["bundle", "set-mac", "{d}", "--mac", "00:50:56:00:1a:60"]),
+    ("torn-dump", "dump.record-torn", ["dump", "clear", "{d}/hd-dump.vmdk", "--yes"]),
+])
+def test_variant_is_found_and_fixed(tmp_path, runner, name, code, fix):
+    d = _variant(tmp_path, name)
+    exit_code, codes = _codes(runner, d)
+    assert exit_code == 1 and code in codes, codes
+    res = vdisk(runner, *[a.format(d=d) for a in fix])
+    assert res.exit_code in (0, 1), res.output
+    exit_code, codes = _codes(runner, d)
+    assert code not in codes and exit_code == 0, codes
+    if name == "crashed-update":
+        assert vdisk(runner, "verify", str(d / "hd-boot.vmdk")).exit_code == 0
+
+
+def test_torn_dump_newest_good_is_extracted(tmp_path, runner):
+    d = _variant(tmp_path, "torn-dump")
+    res = vdisk(runner, "dump", "list", str(d / "hd-dump.vmdk"))
+    assert res.exit_code == 1 and "torn" in res.stdout
+    out = tmp_path / "crash_dump.txt"
+    res = vdisk(runner, "dump", "extract", str(d / "hd-dump.vmdk"), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes().startswith(b"first crash")
+
+
+def test_shipped_files_are_small():
+    for p in SAMPLE.glob("*.vmdk"):
+        assert p.stat().st_size <= 512 * 1024, p
