@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -29,16 +30,40 @@ CASES = {c.name: c for c in vc.HOSTILE}
 
 # Engine bugs found by this corpus: keep the test, mark it, remove the mark when fixed.
 # (case, test) -> the bug; "cli" is test_cli_refuses_or_reports,
-# "read" is test_reads_raise_vdisk_errors.
-SHORT_FLAT = ("a flat extent file shorter than its extent line: runs() calls the missing tail "
-              "unallocated, so a walk (iter_chunks, convert, compare) reads it as zeros")
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("bad-magic", "cli"): "a sparse extent whose KDMV magic is damaged opens as a raw disk",
-    ("bad-magic", "read"): "a sparse extent whose KDMV magic is damaged opens as a raw disk",
-    ("flat-offset-past-eof", "read"): SHORT_FLAT,
-    ("flat-file-truncated", "read"): SHORT_FLAT,
-}
+# "read" is test_reads_raise_vdisk_errors. Empty: every bug this corpus found is fixed.
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
+
+# Why an "open" case must be refused: a pattern the one error line must match (so that the
+# refusal is for the damage made, not for some accident of building the case).
+OPEN_REASONS = {
+    "capacity-2^63": r"capacity", "capacity-u64-max": r"capacity",
+    "capacity-over-32Mi-gd-entries": r"capacity|directory entries",
+    "grain-size-0": r"grainSize", "grain-size-7": r"grainSize", "grain-size-96": r"grainSize",
+    "grain-size-2^40": r"grainSize",
+    "gtes-per-gt-0": r"numGTEsPerGT", "gtes-per-gt-3": r"numGTEsPerGT",
+    "gtes-per-gt-2^20": r"numGTEsPerGT",
+    "gd-offset-outside": r"gdOffset|grain directory", "gd-offset-zero": r"gdOffset|grain directory",
+    "rgd-offset-outside": r"rgdOffset|redundant",
+    "bad-magic": r"magic", "unfinished-magic-kdmv": r"kdmv|unfinished|interrupted",
+    "version-0": r"version", "version-4": r"version", "unknown-incompat-flag": r"flag",
+    "compress-algorithm-7": r"compress", "compressed-without-markers": r"compress|marker",
+    "descriptor-offset-past-eof": r"descriptor", "descriptor-size-huge": r"descriptor",
+    "truncated-half-header": r"short|truncat",
+    "stream-bad-footer-magic": r"footer", "stream-missing-eos": r"footer|end.of.stream|EOS",
+    "stream-footer-gd-outside": r"gdOffset|grain directory",
+    "descriptor-10MiB": r"descriptor.*(large|bytes|size)", "descriptor-100k-lines": r"lines",
+    "descriptor-5000-extents": r"extents",
+    "extent-path-dotdot": r"outside", "extent-path-absolute": r"outside",
+    "extent-symlink-outside": r"outside", "extent-missing-file": r"missing|no such",
+    "extent-size-disagrees": r"32000", "extent-line-invalid": r"extent line|lots",
+    "extent-type-unknown": r"BOGUS", "descriptor-no-extents": r"no extent",
+    "descriptor-binary-garbage": r"descriptor|line",
+    "parent-hint-outside-folder": r"outside", "parent-hint-absolute": r"outside",
+    "parent-missing": r"gone\.vmdk", "parent-cid-mismatch": r"parentCID|0badc0de",
+    "parent-chain-loop": r"loop", "cowd-magic": r"COWD|vmfsSparse", "sesparse-magic": r"seSparse",
+    "kdmv-then-garbage": r"SparseExtentHeader",
+}
 
 # What `vdisk check --json` must name for damage that lets the image open (specs/vmdk.md
 # "Invariants"): the finding code that the case's damage violates.
@@ -58,6 +83,7 @@ EXPECTED_FINDINGS = {
     "stream-qemu-grain-past-eof": "vmdk.grain-pointer",
     "flat-offset-past-eof": "vmdk.flat-size-mismatch",
     "flat-file-truncated": "vmdk.flat-size-mismatch",
+    "stream-grain-inflates-too-large": "vmdk.stream-grain",
 }
 
 
@@ -213,6 +239,8 @@ def _params(test: str):
 def test_corpus_is_large_enough():
     assert len(vc.HOSTILE) >= 30
     assert len(CASES) == len(vc.HOSTILE), "case names must be unique"
+    assert {c.name for c in vc.HOSTILE if c.level == "open"} == set(OPEN_REASONS)
+    assert set(EXPECTED_FINDINGS) <= {c.name for c in vc.HOSTILE if c.level != "open"}
 
 
 @pytest.mark.parametrize("name", _params("cli"))
@@ -224,6 +252,8 @@ def test_cli_refuses_or_reports(name, bases, tmp_path):
     open_codes = {3} if case.level == "open" else {0, 3}
     res = run_limited(vdisk, "info", str(image))
     assert_clean_failure(res, open_codes, "info")
+    if case.level == "open":
+        assert re.search(OPEN_REASONS[name], res.stderr, re.IGNORECASE), res.stderr
     if res.returncode == 0:  # the JSON form of an image that opens (in-process: cheap)
         got = CliRunner().invoke(app, ["info", "--json", str(image)])
         assert got.exit_code == 0, got.output
@@ -288,3 +318,55 @@ def test_valid_bases_are_clean(bases):
         if "check" in commands():
             res = run_limited(vdisk_script(), "check", str(image))
             assert res.returncode == 0, (image, res.stdout, res.stderr)
+
+
+# -- repairs (specs/vmdk.md "Corruption scenarios") ------------------------------------------------
+def _damage_gte(path: Path, redundant: bool) -> None:
+    vc.patch_u32(path, vc.gte_offset(path, 0, redundant=redundant), 0x00FFFF00)
+
+
+@pytest.mark.parametrize("damaged", ["primary", "redundant"])
+def test_repair_restores_a_grain_table_from_its_sound_copy(bases, tmp_path, damaged):
+    """One GT copy points past the end, the other is sound: `check --repair` copies the sound
+    one over it, the image checks clean and reads as it did before the damage."""
+    image = vc.copy_image(bases.sparse8, tmp_path)
+    _damage_gte(image, redundant=damaged == "redundant")
+    runner = CliRunner()
+    res = runner.invoke(app, ["check", "--json", str(image)])
+    assert res.exit_code == 1
+    found = json.loads(res.stdout)["findings"]
+    assert any(f["code"] == "vmdk.gt-rgt-mismatch" and f["fixable"] for f in found), found
+    before = image.read_bytes()
+    res = runner.invoke(app, ["check", "--repair", "--dry-run", str(image)])
+    assert res.exit_code == 1 and image.read_bytes() == before, res.output
+    res = runner.invoke(app, ["check", "--repair", str(image)])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["check", str(image)]).exit_code == 0
+    res = runner.invoke(app, ["compare", str(bases.sparse8), str(image)])
+    assert res.exit_code == 0, res.output
+    q = subprocess.run(["qemu-img", "check", str(image)], capture_output=True, text=True,
+                       check=False)
+    assert q.returncode == 0, q.stdout + q.stderr
+
+
+def test_repair_clears_unclean_shutdown(bases, tmp_path):
+    image = vc.copy_image(bases.sparse8, tmp_path)
+    vc.patch_header(image, unclean_shutdown=1)
+    runner = CliRunner()
+    res = runner.invoke(app, ["check", "--json", str(image)])
+    assert res.exit_code == 1
+    assert [f["code"] for f in json.loads(res.stdout)["findings"]] == ["vmdk.unclean-shutdown"]
+    backup = tmp_path / "before.vmdk"
+    res = runner.invoke(app, ["check", "--repair", "--backup", str(backup), str(image)])
+    assert res.exit_code == 0, res.output
+    assert vc.read_header(image)["unclean_shutdown"] == 0
+    assert vc.read_header(backup)["unclean_shutdown"] == 1
+
+
+def test_repair_refuses_to_guess(bases, tmp_path):
+    """Both GT copies plausible but different: reported, nothing changed."""
+    image = CASES["gd-rgd-gt-mismatch"].build(tmp_path / "img", bases)
+    before = image.read_bytes()
+    res = CliRunner().invoke(app, ["check", "--repair", str(image)])
+    assert res.exit_code == 1, res.output
+    assert image.read_bytes() == before

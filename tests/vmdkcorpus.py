@@ -468,9 +468,27 @@ def _flat_fn(fn: Callable[[Path], None]) -> Callable[[Path, Bases], Path]:
     return build
 
 
+def _flat_symlink_outside(tmp: Path, b: Bases) -> Path:
+    """The flat extent's file name is inside the folder, but it is a symlink to a host file."""
+    p = copy_image(b.flat, tmp)
+    (p.parent / "flat-flat.vmdk").unlink()
+    (p.parent / "flat-flat.vmdk").symlink_to("/etc/hostname" if os.path.exists("/etc/hostname")
+                                            else "/etc/passwd")
+    return p
+
+
+def _oversized_grain(p: Path) -> None:
+    """The first compressed grain inflates to two grains' worth of bytes (in the same sector)."""
+    off = read_header(p)["overhead"] * SECTOR
+    blob = zlib.compress(b"\x5a" * (2 * GRAIN))
+    block = struct.pack("<QI", 0, len(blob)) + blob
+    assert len(block) <= SECTOR
+    patch(p, off, block.ljust(SECTOR, b"\0"))
+
+
 def _chain_loop(tmp: Path, b: Bases) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
-    a, c = copy_image(b.sparse8, tmp / "a"), None
+    a = copy_image(b.sparse8, tmp / "a")
     c = tmp / "a" / "b.vmdk"
     shutil.copy2(a, c)
     for me, other in ((a, c), (c, a)):
@@ -527,10 +545,11 @@ def _many_extents() -> bytes:
 
 
 def _many_lines() -> bytes:
+    """100k comment lines in 200 KB: under the byte cap, far over any sane line count."""
     head = (b'# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
             b'createType="twoGbMaxExtentSparse"\n\n# Extent description\n'
             b'RW 32768 SPARSE "split-s001.vmdk"\n\n#DDB\n')
-    return head + b"".join(b'ddb.k%d = "v"\n' % i for i in range(100_000))
+    return head + b"#\n" * 100_000
 
 
 def _huge_descriptor() -> bytes:
@@ -587,6 +606,7 @@ HOSTILE: list[Case] = [
     Case("unknown-incompat-flag", _hdr("sparse8", flags=FLAG_NL | FLAG_RGD | 0x00040000), "open"),
     Case("compress-algorithm-7", _hdr("sparse8", compress_algorithm=7), "open"),
     Case("compressed-without-markers", _fn(_compressed_no_markers), "open"),
+    Case("descriptor-offset-past-eof", _hdr("sparse8", descriptor_offset=1 << 30), "open"),
     Case("descriptor-size-huge", _hdr("sparse8", descriptor_size=1 << 40), "open"),
     # tables and pointers
     Case("gt-past-eof", _fn(_gd_point_past_eof), "read"),
@@ -615,6 +635,7 @@ HOSTILE: list[Case] = [
                                          "stream_vmware"), "read"),
     Case("stream-compressed-size-huge", _fn(_stream_grain_patch(8, struct.pack("<I", 0xFFFFFFF0)),
                                             "stream_vmware"), "read"),
+    Case("stream-grain-inflates-too-large", _fn(_oversized_grain, "stream_vmware"), "read"),
     Case("stream-qemu-grain-past-eof", _fn(_gte(0, 0x00FFFF00), "stream_qemu"), "read"),
     # descriptors
     Case("descriptor-10MiB", _descriptor_file(_huge_descriptor), "open"),
@@ -631,6 +652,7 @@ HOSTILE: list[Case] = [
     Case("flat-offset-past-eof",
          _flat_desc(' FLAT "flat-flat.vmdk" 0', ' FLAT "flat-flat.vmdk" 999999'), "read"),
     Case("flat-file-truncated", _flat_fn(lambda d: truncate(d / "flat-flat.vmdk", 300000)), "read"),
+    Case("extent-symlink-outside", _flat_symlink_outside, "open"),
     Case("descriptor-no-extents", _split_desc('RW 32768 SPARSE "split-s001.vmdk"', ""), "open"),
     Case("descriptor-binary-garbage", _descriptor_file(
         lambda: b"# Disk DescriptorFile\nversion=1\n" + _garbage(7, 4096)), "open"),
