@@ -133,3 +133,16 @@ def test_checker_catches_upward_imports(tmp_path, monkeypatch, src, target, expe
     f.write_text(target + "\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", root)
     assert bool(violations()) == expect_bad
+
+
+def test_vmdk_finding_codes_are_in_the_spec():
+    """house-style: every Finding code is listed in its specs/ file."""
+    import re
+
+    spec = (SRC.parent.parent / "specs" / "vmdk.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"`(vmdk\.[a-z0-9-]+)`", spec))
+    used = set()
+    for path in SRC.rglob("*.py"):
+        used |= set(re.findall(r"""["'](vmdk\.[a-z0-9-]+)["']""", path.read_text(encoding="utf-8")))
+    assert used, "no vmdk.* finding codes found in the source"
+    assert sorted(used - listed) == []
