@@ -308,3 +308,80 @@ def test_descriptor_latin1_bytes_survive():
            'ddb.comment = "caf\xe9"\n').encode("latin-1")
     d = vd.parse_descriptor(raw)
     assert d.to_bytes() == raw
+
+
+def _is_subsequence(small: list[str], big: list[str]) -> bool:
+    it = iter(big)
+    return all(any(x == y for y in it) for x in small)
+
+
+@PROPS
+@given(descriptor_texts(), st.sampled_from(["parentFileNameHint", "isNativeSnapshot",
+                                            "ddb.uuid", "ddb.longContentID"]),
+       st.from_regex(r"[A-Za-z0-9 ._-]{0,20}", fullmatch=True))
+def test_descriptor_set_new_key_keeps_every_line(drawn, key, value):
+    """Adding a key inserts one line; every other line stays, in order; extents unchanged."""
+    lines, nl = drawn
+    d = vd.parse_descriptor((nl.join(lines) + nl).encode())
+    if key.lower() in d.keys:
+        return
+    before = list(d.lines)
+    extents = [(e.access, e.sectors, e.extent_type, e.filename) for e in d.extents]
+    d.set(key, value)
+    assert len(d.lines) == len(before) + 1
+    assert _is_subsequence(before, d.lines)
+    again = vd.parse_descriptor(d.to_bytes())
+    assert again.get(key) == value.strip() or again.get(key) == value
+    assert [(e.access, e.sectors, e.extent_type, e.filename) for e in again.extents] == extents
+    if not key.startswith("ddb."):  # header keys go before the extent lines
+        first_extent = min((e.line_index for e in again.extents), default=len(again.lines))
+        assert again.keys[key.lower()] < first_extent
+
+
+@PROPS
+@given(descriptor_texts(), st.lists(st.tuples(st.integers(1, 1 << 33),
+                                              st.from_regex(r"[a-z]{1,8}-s[0-9]{3}\.vmdk",
+                                                            fullmatch=True)),
+                                    min_size=1, max_size=5))
+def test_descriptor_replace_extents_keeps_other_lines(drawn, new):
+    lines, nl = drawn
+    d = vd.parse_descriptor((nl.join(lines) + nl).encode())
+    others = [ln for i, ln in enumerate(d.lines) if i not in {e.line_index for e in d.extents}]
+    d.replace_extents([vd.ExtentLine("RW", n, "SPARSE", name, None, 0) for n, name in new])
+    again = vd.parse_descriptor(d.to_bytes())
+    assert [(e.sectors, e.filename) for e in again.extents] == new
+    kept = [ln for i, ln in enumerate(again.lines)
+            if i not in {e.line_index for e in again.extents}]
+    assert kept == others
+    assert again.capacity_sectors == sum(n for n, _ in new)
+
+
+ESXI_DESCRIPTOR = (
+    "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\n"
+    "isNativeSnapshot=\"no\"\ncreateType=\"vmfs\"\n\n# Extent description\n"
+    "RW 83886080 VMFS \"Win2k12-01-flat.vmdk\"\n\n# The Disk Data Base\n#DDB\n\n"
+    "ddb.adapterType = \"lsilogic\"\nddb.geometry.cylinders = \"5221\"\n"
+    "ddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\nddb.thinProvisioned = \"1\"\n"
+    "ddb.uuid = \"60 00 C2 9a 6e 4c 1b 2a-8e 4e 1c 43 5a 0d 7b 3f\"\n"
+    "ddb.virtualHWVersion = \"10\"\n")
+
+
+def test_esxi_descriptor_known_values():
+    d = vd.parse_descriptor(ESXI_DESCRIPTOR.encode())
+    assert d.create_type == "vmfs" and d.cid == 0xFFFFFFFE
+    (e,) = d.extents
+    assert (e.access, e.sectors, e.extent_type, e.filename, e.offset_sectors) == (
+        "RW", 83886080, "VMFS", "Win2k12-01-flat.vmdk", None)
+    assert d.get("ddb.uuid") == "60 00 C2 9a 6e 4c 1b 2a-8e 4e 1c 43 5a 0d 7b 3f"
+    assert d.get("DDB.ADAPTERTYPE") == "lsilogic"  # keys compare case-insensitively
+    assert vd.scsi_geometry(83886080) == (5221, 255, 63)
+    assert d.to_bytes() == ESXI_DESCRIPTOR.encode()
+
+
+@pytest.mark.parametrize("capacity, chs", [
+    (10485760, (10402, 16, 63)),     # the technote's example
+    (14336000, (14222, 16, 63)),
+    (18432000, (16383, 16, 63)),     # capped
+])
+def test_ide_geometry_known_values(capacity, chs):
+    assert vd.ide_geometry(capacity) == chs
