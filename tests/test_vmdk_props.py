@@ -291,7 +291,7 @@ def test_descriptor_set_changes_one_line(drawn, data):
     before = list(d.lines)
     value = data.draw(st.from_regex(r"[A-Za-z0-9 ._-]{0,20}", fullmatch=True))
     d.set(key, value)
-    changed = [i for i, (a, b) in enumerate(zip(before, d.lines)) if a != b]
+    changed = [i for i, (a, b) in enumerate(zip(before, d.lines, strict=False)) if a != b]
     assert len(d.lines) == len(before)
     assert changed == [] or changed == [d.keys[key]]
     assert d.get(key) == value.strip() or d.get(key) == value
