@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -41,7 +42,7 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
-def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> "typer.Exit":
+def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> typer.Exit:
     """Print one error line (and a hint) on stderr; return the Exit to raise."""
     typer.echo(f"vdisk: error: {message}", err=True)
     if hint:
@@ -144,7 +145,7 @@ def confirm(message: str, yes: bool) -> None:
         raise fail("cancelled", EXIT_USAGE)
 
 
-def refuse(exc: RefusedError | LockedError) -> "typer.Exit":
+def refuse(exc: RefusedError | LockedError) -> typer.Exit:
     return fail(str(exc), EXIT_ERROR, exc.hint)
 
 

@@ -168,7 +168,8 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
                   json_out: bool = JSON) -> None:
     """Make a valid firmware image from section files (for samples, tests and lab setups).
 
-    Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4" --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
+    Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4"
+    --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
     """
     sections = _parse_sections(section)
     if os.path.lexists(output) and not force:

@@ -145,7 +145,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
     """
     with _edit(image, partition, dry_run, backup, force) as vol:
         if os.path.isdir(src):
-            for root, dirs, files in os.walk(src):
+            for root, _dirs, files in os.walk(src):
                 rel = os.path.relpath(root, src)
                 base = path.rstrip("/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
                 if base:
@@ -230,7 +230,8 @@ def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New l
 @fs_app.command("format")
 @handle_errors
 def fmt(image: str = IMAGE,
-        fat: int | None = typer.Option(None, "--fat", help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
+        fat: int | None = typer.Option(None, "--fat",
+                                       help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
         label_: str = typer.Option("", "--label", help="Volume label."),
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),

@@ -10,8 +10,15 @@ from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
 from ..image.repair import apply_repair, plan_repair
 from .app import app
-from .common import (EXIT_FINDINGS, EXIT_OK, emit_json, handle_errors, parse_size, print_findings,
-                     progress)
+from .common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    emit_json,
+    handle_errors,
+    parse_size,
+    print_findings,
+    progress,
+)
 
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
@@ -187,7 +194,8 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
             subformat: str = typer.Option(None, "--subformat", "-F",
-                                          help=SUBFORMAT_HELP + " Default: the source's, else monolithicSparse."),
+                                          help=SUBFORMAT_HELP
+                                          + " Default: the source's, else monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
             adapter: str = typer.Option(None, "--adapter", help="Default: the source's adapter."),
             allow_outside: bool = ALLOW_OUTSIDE) -> None:

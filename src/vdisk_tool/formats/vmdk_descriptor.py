@@ -69,8 +69,8 @@ class Descriptor:
         if idx is not None:
             m = _KV.match(self.lines[idx])
             assert m
-            self.lines[idx] = f"{m.group(1)}={text}" if "=" in self.lines[idx] and " = " not in self.lines[idx] \
-                else f"{m.group(1)} = {text}"
+            compact = " = " not in self.lines[idx]
+            self.lines[idx] = f"{m.group(1)}={text}" if compact else f"{m.group(1)} = {text}"
             return
         if key.lower().startswith("ddb."):
             line = f"{key} = {text}"

@@ -4,8 +4,7 @@ Schemas only: no file I/O. Field docs carry the spec's own names.
 """
 from __future__ import annotations
 
-from construct import (Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct,
-                       this)
+from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct, this
 
 SECTOR_BYTES = 512
 MAGIC = b"KDMV"

@@ -129,7 +129,7 @@ def check_partition_table(table: PartitionTable, disk_sectors: int) -> list[Find
                                f"partition {p.index} starts at LBA 0 (over the MBR)",
                                offset=off + 8))
     ordered = sorted(table.partitions, key=lambda q: q.first_lba)
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in zip(ordered, ordered[1:], strict=False):
         if a.first_lba + a.sectors > b.first_lba:
             out.append(Finding("mbr.partition-overlap", Severity.ERROR,
                                f"partitions {a.index} and {b.index} overlap"))

@@ -158,7 +158,7 @@ class FatTable:
             got.append(c)
             self.set(c, self.eoc)  # reserve it at once so find_free skips it
             c = c + 1 if c < self.layout.max_cluster else 2
-        for a, b in zip(got, got[1:]):
+        for a, b in zip(got, got[1:], strict=False):
             self.set(a, b)
         if got:
             if after is not None:

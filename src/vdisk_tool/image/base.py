@@ -8,8 +8,9 @@ from __future__ import annotations
 import enum
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..errors import ImageError, UnsupportedError
 
@@ -179,7 +180,7 @@ class FileDevice:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "FileDevice":
+    def __enter__(self) -> FileDevice:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from array import array
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from .disk import Disk, _resolve, open_image
 from .sparse import SparseExtent
 
 SECTOR = vs.SECTOR_BYTES
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 
 @dataclass
@@ -48,7 +47,7 @@ class CheckReport:
 
     @property
     def clean(self) -> bool:
-        return not any(f.severity != I for f in self.findings)
+        return not any(f.severity != INFO for f in self.findings)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "clean": self.clean, "grains_checked": self.grains_checked,
@@ -190,7 +189,7 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
             grain = base_grain + i
             if grain * geo.grain_sectors >= geo.capacity_sectors:
                 if entry > 1:
-                    r.add("vmdk.gte-beyond-capacity", I, f"grain {grain} lies beyond the capacity but "
+                    r.add("vmdk.gte-beyond-capacity", INFO, f"grain {grain} lies beyond the capacity but "
                           "is allocated", path=p)
                 break
             if entry == 0:

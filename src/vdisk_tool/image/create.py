@@ -11,12 +11,12 @@ import secrets
 import struct
 import zlib
 from array import array
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import BlockDevice, RunKind, SECTOR_BYTES
+from .base import SECTOR_BYTES, BlockDevice, RunKind
 from .safe import Replacement, check_unlocked, create_temp
 from .sparse import SparseExtent
 
@@ -173,7 +173,7 @@ def _zero_grain(data: bytes) -> bool:
 
 
 def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES
-                ) -> Iterator[tuple[int, bytes]]:
+                ) -> Iterator[tuple[int, memoryview]]:
     """(offset relative to start, bytes) of every non-zero, piece-aligned piece of the
     source window [start, start+length). Zero and unallocated runs cost nothing."""
     end = start + length
@@ -199,7 +199,7 @@ def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int =
 
 
 def _read_pieces(source: BlockDevice, start: int, lo: int, hi: int, piece_bytes: int
-                 ) -> Iterator[tuple[int, bytes]]:
+                 ) -> Iterator[tuple[int, memoryview]]:
     chunk = max(piece_bytes, (1 << 20) // piece_bytes * piece_bytes)
     zero = _ZEROS[:piece_bytes] if piece_bytes <= len(_ZEROS) else bytes(piece_bytes)
     pos = lo
@@ -213,7 +213,7 @@ def _read_pieces(source: BlockDevice, start: int, lo: int, hi: int, piece_bytes:
         pos += n
 
 
-def _coalesce(pieces: Iterator[tuple[int, bytes]], limit: int = 1 << 20
+def _coalesce(pieces: Iterator[tuple[int, memoryview]], limit: int = 1 << 20
               ) -> Iterator[tuple[int, bytes]]:
     """Join adjacent pieces into writes of up to `limit` bytes."""
     buf: list = []
@@ -289,7 +289,7 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     try:
         total = capacity_sectors * SECTOR_BYTES
         for off, piece in data_pieces(source, source_start, total):
-            ext.write_at(off, piece)
+            ext.write_at(off, bytes(piece))
             if progress:
                 progress(off + len(piece), total)
         ext.flush()
@@ -323,9 +323,8 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
             comp_level = 6
             for off, piece in data_pieces(source, 0, total):
                 grain = off // GRAIN_BYTES
-                if len(piece) < GRAIN_BYTES:
-                    piece = bytes(piece) + bytes(GRAIN_BYTES - len(piece))
-                blob = zlib.compress(piece, comp_level)
+                grain_data = bytes(piece).ljust(GRAIN_BYTES, b"\0")
+                blob = zlib.compress(grain_data, comp_level)
                 block = struct.pack("<QI", grain * GRAIN_SECTORS, len(blob)) + blob
                 block += bytes(-len(block) % SECTOR_BYTES)
                 _write_all(fd, block)

@@ -3,13 +3,13 @@ BlockDevice, plus what `info` needs to know about it (specs/vmdk.md)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..errors import FormatError, ImageError, UnsupportedError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import BlockDevice, FileDevice, Run, RunKind, SECTOR_BYTES, check_range
+from .base import SECTOR_BYTES, BlockDevice, FileDevice, Run, RunKind, check_range
 from .sparse import SparseExtent
 
 MAX_CHAIN_DEPTH = 64
@@ -70,7 +70,7 @@ class Disk:
     descriptor_path: str | None       # file holding the descriptor (text file or sparse file)
     extents: list[Extent]
     writable: bool = False
-    parent: "Disk | None" = None
+    parent: Disk | None = None
     size_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -138,7 +138,7 @@ class Disk:
         if self.parent is not None:
             self.parent.close()
 
-    def __enter__(self) -> "Disk":
+    def __enter__(self) -> Disk:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,8 +154,9 @@ class Disk:
                 seen.append(p)
         return seen
 
-    def chain(self) -> list["Disk"]:
-        out, link = [], self
+    def chain(self) -> list[Disk]:
+        out: list[Disk] = []
+        link: Disk | None = self
         while link is not None:
             out.append(link)
             link = link.parent
@@ -232,8 +233,10 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
         raise UnsupportedError("seSparse snapshot extents are not supported; consolidate the "
                                "snapshot on the ESXi host first", path=path)
     if kind == "sparse-damaged":
+        with open(path, "rb") as f:
+            magic = f.read(4)
         raise FormatError(f"SparseExtentHeader.magicNumber at 0x0: expected 'KDMV', got "
-                          f"{open(path, 'rb').read(4)!r} (the rest is a sparse header: the "
+                          f"{magic!r} (the rest is a sparse header: the "
                           "magic is damaged)", path=path, offset=0)
     if kind == "sparse-unfinished":
         raise FormatError("magic is 'kdmv': an interrupted conversion left this file unfinished",

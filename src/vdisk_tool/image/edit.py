@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from .create import create_image, like, new_cid
 from .disk import Disk, open_image
-from .safe import Replacement, TMP_MARK, check_unlocked, sparse_copy
+from .safe import TMP_MARK, Replacement, check_unlocked, sparse_copy
 
 
 def temp_dir_for(path: str) -> str:

@@ -128,7 +128,7 @@ def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
         lines = [vd.ExtentLine(e.access, e.sectors, e.extent_type, e.filename, e.offset_sectors, 0)
                  for e in desc.extents]
         folder = os.path.dirname(os.path.abspath(plan.path))
-        paths = [e.path for e in disk.extents]
+        paths = [e.path or "" for e in disk.extents]
     extra = (plan.new_bytes - plan.old_bytes) // SECTOR_BYTES
     lengths = {p: os.path.getsize(p) for p in paths if p}
     new_files: dict[str, int] = {}   # path -> length to set
@@ -169,9 +169,6 @@ def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
     jp = journal_path(plan.path)
     record = {"lengths": {p: lengths.get(p, 0) for p in new_files}, "temps": [tmp],
               "descriptor_sha256": _sha256(plan.path)}
-    for p in new_files:
-        if p not in lengths:
-            record["lengths"][p] = 0
     with open(jp, "w") as f:
         json.dump(record, f)
         f.flush()

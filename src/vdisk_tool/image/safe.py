@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from ..errors import ImageError, LockedError
 from .base import host_data_ranges

@@ -12,12 +12,13 @@ import struct
 import zlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 from ..errors import FormatError, ImageError, UnsupportedError
 from ..formats import vmdk_sparse as vs
-from .base import BlockDevice, Run, RunKind, check_range
+from .base import Run, RunKind, check_range
 
 SECTOR = vs.SECTOR_BYTES
 GT_CACHE = 512
@@ -55,7 +56,7 @@ class SparseGeometry:
         return self.gd_entries * 4
 
 
-def read_header(fd: int, path: str) -> tuple[object, object | None]:
+def read_header(fd: int, path: str) -> tuple[Any, Any]:
     """Return (header, footer-or-None). The footer of a stream file takes precedence."""
     raw = os.pread(fd, SECTOR, 0)
     if len(raw) < SECTOR:
@@ -77,7 +78,7 @@ def read_header(fd: int, path: str) -> tuple[object, object | None]:
     return hdr, footer
 
 
-def validate_geometry(hdr, path: str, file_bytes: int) -> SparseGeometry:
+def validate_geometry(hdr: Any, path: str, file_bytes: int) -> SparseGeometry:
     """Apply the hardening rules of specs/vmdk.md (from qemu, VirtualBox, libvmdk, VMware)
     before anything is allocated from the header's numbers."""
     def bad(field: str, off: int, msg: str) -> FormatError:
@@ -150,7 +151,7 @@ class SparseExtent:
             raise UnsupportedError("streamOptimized extents are rewritten, not written in place",
                                    path=path)
         self.size_bytes = self.geo.capacity_sectors * SECTOR
-        self.parent: BlockDevice | None = None
+        self.parent: Any = None   # a BlockDevice: the disk unallocated grains read through
         self.parent_base = 0
         self._gd = self._read_dir(self.geo.gd_offset_sectors)
         self._gts: OrderedDict[int, array] = OrderedDict()
@@ -317,7 +318,7 @@ class SparseExtent:
                               None if self.geo.compressed else entry * SECTOR)
 
     # -- writing (uncompressed sparse only) -----------------------------------------------
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         if not self.writable:
             raise UnsupportedError("extent is open read-only", path=self.path)
         check_range(self, offset, len(data))

@@ -277,7 +277,7 @@ def scan_records(dev: BlockDevice) -> tuple[int, list[int]]:
     for off in sound:
         step = math.gcd(step, (off - first) // ds.SECTOR_BYTES)
     slot_sectors = ds.DEFAULT_SLOT_SECTORS
-    if step and step % ds.DEFAULT_SLOT_SECTORS and MIN_SCAN_SLOT_SECTORS <= step:
+    if step and step % ds.DEFAULT_SLOT_SECTORS and step >= MIN_SCAN_SLOT_SECTORS:
         slot_sectors = min(step, ds.MAX_SLOT_SECTORS)
     on_grid = [o for o in suspect if ((o - first) // ds.SECTOR_BYTES) % slot_sectors == 0]
     return slot_sectors, sorted(set(sound) | set(on_grid))

@@ -255,7 +255,7 @@ def _check_table(c: _Checker, h: Any) -> list[tuple[int, str, int, int, int]]:
             c.fail("fw.section-overlap", f"section {name} [{e.offset}, {end}) {how} the "
                    f"previous section, which ends at {prev_end}", where)
             bad += 1
-        if fw.HEADER_BYTES <= e.offset and end <= h.image_bytes:
+        if e.offset >= fw.HEADER_BYTES and end <= h.image_bytes:
             prev_end, prev_off = max(prev_end, end), e.offset
         entries.append((i, name, e.offset, e.size_bytes, e.crc32))
     c.step("section-table", Status.FAILED if bad else Status.OK,
@@ -379,7 +379,7 @@ def build_firmware(sections: Sequence[tuple[str, bytes]], *, build: int, version
     layout, total = plan_layout([(nm, len(data)) for nm, data in sections], align_bytes)
     body = bytearray(total - fw.HEADER_BYTES)
     specs = []
-    for (name, off, size), (_, data) in zip(layout, sections):
+    for (name, off, size), (_, data) in zip(layout, sections, strict=True):
         body[off - fw.HEADER_BYTES:off - fw.HEADER_BYTES + size] = data
         specs.append(fw.SectionSpec(name, off, size, zlib.crc32(data)))
     header = fw.build_header(build=build, version=version, image_bytes=total,
@@ -397,7 +397,7 @@ def write_firmware(out: BinaryIO, sections: Sequence[SectionInput], *, build: in
     out.write(bytes(fw.HEADER_BYTES))
     pos, image_crc, done = fw.HEADER_BYTES, 0, 0
     specs = []
-    for (name, off, size), src in zip(layout, sections):
+    for (name, off, size), src in zip(layout, sections, strict=True):
         pad = bytes(off - pos)
         out.write(pad)
         image_crc = zlib.crc32(pad, image_crc)
