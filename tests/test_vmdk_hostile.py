@@ -30,8 +30,13 @@ CASES = {c.name: c for c in vc.HOSTILE}
 
 # Engine bugs found by this corpus: keep the test, mark it, remove the mark when fixed.
 # (case, test) -> the bug; "cli" is test_cli_refuses_or_reports,
-# "read" is test_reads_raise_vdisk_errors. Empty: every bug this corpus found is fixed.
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
+# "read" is test_reads_raise_vdisk_errors.
+NO_HINT = ("a child whose descriptor has a parentCID but no parentFileNameHint opens as a "
+           "standalone disk: the parent's data reads as zeros, without a warning")
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("parent-hint-missing", "cli"): NO_HINT,
+    ("parent-hint-missing", "read"): NO_HINT,
+}
 
 
 # Why an "open" case must be refused: a pattern the one error line must match (so that the
@@ -61,7 +66,8 @@ OPEN_REASONS = {
     "descriptor-binary-garbage": r"descriptor|line",
     "parent-hint-outside-folder": r"outside", "parent-hint-absolute": r"outside",
     "parent-missing": r"gone\.vmdk", "parent-cid-mismatch": r"parentCID|0badc0de",
-    "parent-chain-loop": r"loop", "cowd-magic": r"COWD|vmfsSparse", "sesparse-magic": r"seSparse",
+    "parent-chain-loop": r"loop", "parent-hint-missing": r"parent",
+    "cowd-magic": r"COWD|vmfsSparse", "sesparse-magic": r"seSparse",
     "kdmv-then-garbage": r"SparseExtentHeader",
 }
 

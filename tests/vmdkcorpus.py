@@ -28,7 +28,8 @@ HEADER_FMT = "<4sIIQQQQIQQQB4sH"
 HEADER_FIELDS = ("magic", "version", "flags", "capacity", "grain_size", "descriptor_offset",
                  "descriptor_size", "gtes_per_gt", "rgd_offset", "gd_offset", "overhead",
                  "unclean_shutdown", "eol_chars", "compress_algorithm")
-HEADER_OFFSETS = dict(zip(HEADER_FIELDS, (0, 4, 8, 12, 20, 28, 36, 44, 48, 56, 64, 72, 73, 77)))
+HEADER_OFFSETS = dict(zip(HEADER_FIELDS, (0, 4, 8, 12, 20, 28, 36, 44, 48, 56, 64, 72, 73, 77),
+                          strict=True))
 assert struct.calcsize(HEADER_FMT) == 79
 
 
@@ -42,7 +43,7 @@ def read_header(path: str | os.PathLike[str], offset: int = 0) -> dict:
     with open(path, "rb") as fh:
         fh.seek(offset)
         raw = fh.read(79)
-    return dict(zip(HEADER_FIELDS, struct.unpack(HEADER_FMT, raw)))
+    return dict(zip(HEADER_FIELDS, struct.unpack(HEADER_FMT, raw), strict=True))
 
 
 def patch(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
@@ -52,7 +53,7 @@ def patch(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
 
 
 _FIELD_CODES = dict(zip(HEADER_FIELDS, ["4s", "I", "I", "Q", "Q", "Q", "Q", "I", "Q", "Q", "Q",
-                                        "B", "4s", "H"]))
+                                        "B", "4s", "H"], strict=True))
 
 
 def patch_header(path: str | os.PathLike[str], base: int = 0, **changes: int | bytes) -> None:
@@ -486,6 +487,20 @@ def _oversized_grain(p: Path) -> None:
     patch(p, off, block.ljust(SECTOR, b"\0"))
 
 
+def _child_without_hint(tmp: Path, b: Bases) -> Path:
+    """A child (grain 0 of its own, the rest from a parent) whose descriptor keeps the
+    parentCID but lost its parentFileNameHint line."""
+    d = tmp / "chain"
+    d.mkdir(parents=True, exist_ok=True)
+    child = d / "child.vmdk"
+    qemu_create(d / "parent.vmdk", 8 << 20)
+    qemu_write(d / "parent.vmdk", [Write(0x77, 1 << 20, 65536)])
+    qemu_create(child, 8 << 20, backing=d / "parent.vmdk")
+    qemu_write(child, [Write(0x66, 0, 65536)])
+    replace_embedded(child, b'parentFileNameHint="parent.vmdk"', b"")
+    return child
+
+
 def _chain_loop(tmp: Path, b: Bases) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     a = copy_image(b.sparse8, tmp / "a")
@@ -661,6 +676,7 @@ HOSTILE: list[Case] = [
     Case("parent-missing", _child_of("gone.vmdk"), "open"),
     Case("parent-cid-mismatch", _child_of("parent.vmdk", parent_cid="0badc0de"), "open"),
     Case("parent-chain-loop", _chain_loop, "open"),
+    Case("parent-hint-missing", _child_without_hint, "open"),
     # foreign magics and garbage
     Case("cowd-magic", _write_file("delta.vmdk", _cowd), "open"),
     Case("sesparse-magic", _write_file("snap-sesparse.vmdk", _sesparse), "open"),
