@@ -668,6 +668,9 @@ HOSTILE: list[Case] = [
          _flat_desc(' FLAT "flat-flat.vmdk" 0', ' FLAT "flat-flat.vmdk" 999999'), "read"),
     Case("flat-file-truncated", _flat_fn(lambda d: truncate(d / "flat-flat.vmdk", 300000)), "read"),
     Case("extent-symlink-outside", _flat_symlink_outside, "open"),
+    Case("extent-listed-twice", _split_desc('RW 32768 SPARSE "split-s001.vmdk"',
+                                            'RW 32768 SPARSE "split-s001.vmdk"\n'
+                                            'RW 32768 SPARSE "./split-s001.vmdk"'), "check"),
     Case("descriptor-no-extents", _split_desc('RW 32768 SPARSE "split-s001.vmdk"', ""), "open"),
     Case("descriptor-binary-garbage", _descriptor_file(
         lambda: b"# Disk DescriptorFile\nversion=1\n" + _garbage(7, 4096)), "open"),
