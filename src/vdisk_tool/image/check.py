@@ -58,6 +58,11 @@ def check_image(path: str, allow_outside: bool = False) -> CheckReport:
     """Open `path` (raising only if it cannot be opened) and check every layer of it."""
     report = CheckReport(path)
     from .grow import journal_path
+    from .journal import journal_path as edit_journal_path
+    if os.path.exists(edit_journal_path(path)):
+        report.roll_back = True
+        report.add("vmdk.interrupted-edit", E, "an interrupted edit left its undo journal: the "
+                   "image may hold part of the change", fixable=True, path=path)
     if os.path.exists(journal_path(path)):
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "

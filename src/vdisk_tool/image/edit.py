@@ -15,7 +15,19 @@ from contextlib import contextmanager
 
 from .create import create_image, like, new_cid
 from .disk import Disk, open_image
-from .safe import TMP_MARK, Replacement, check_unlocked, sparse_copy
+from .journal import JournalledDisk, recover
+from .safe import TMP_MARK, Replacement, check_unlocked, create_temp, sparse_copy
+
+FLAT_SUBFORMATS = ("raw", "monolithicFlat", "vmfs", "twoGbMaxExtentFlat")
+
+
+def journal_min_bytes() -> int:
+    """Flat images storing at least this much are edited in place under an undo journal."""
+    return int(os.environ.get("VDISK_JOURNAL_MIN_BYTES", str(64 << 20)))
+
+
+def _stored_bytes(files: list[str]) -> int:
+    return sum(os.stat(f).st_blocks * 512 for f in files if os.path.exists(f))
 
 
 def temp_dir_for(path: str) -> str:
@@ -52,6 +64,11 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
     for w in check_unlocked(files, force=force):
         if warnings:
             warnings(w)
+    if recover(path) and warnings:
+        warnings("an interrupted edit of this image was rolled back first")
+    if sub in FLAT_SUBFORMATS and not has_parent and _stored_bytes(files) >= journal_min_bytes():
+        yield from _edit_in_place(path, files, backup, dry_run, keep_cid, allow_outside)
+        return
     work = temp_dir_for(path)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -102,6 +119,25 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: bool,
+                   keep_cid: bool, allow_outside: bool) -> Iterator[Disk]:
+    """The journalled path for big flat images (see image/journal.py)."""
+    if backup and not dry_run:
+        Replacement([(f, f) for f in files]).keep_backup(backup)
+    disk = open_image(path, writable=not dry_run, allow_outside=allow_outside)
+    jd = JournalledDisk(disk, path, dry_run=dry_run)
+    try:
+        yield jd  # type: ignore[misc]
+        if not dry_run:
+            jd.flush()
+            if disk.descriptor is not None and not keep_cid:
+                disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
+                store_descriptor(disk, disk.descriptor)
+            jd.commit()
+    finally:
+        jd.close()
+
+
 def _open_copy(copy_path: str, original: str, has_parent: bool, allow_outside: bool) -> Disk:
     """Open the copy; a delta's parent is still looked up beside the original."""
     if not has_parent:
@@ -128,8 +164,9 @@ def store_descriptor(disk: Disk, desc) -> None:
                                path=target)
         os.pwrite(first.fd, data.ljust(room, b"\0"), h.descriptor_offset_sectors * 512)
         return
-    with open(target, "r+b") as f:
-        f.truncate(0)
+    tmp = create_temp(target)
+    with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    rep = Replacement()
+    rep.add(tmp, target)
+    rep.commit()

@@ -13,6 +13,7 @@ from ..errors import RepairError
 from .check import CheckReport, check_image
 from .edit import edit_image, store_descriptor
 from .grow import roll_back_journal
+from .journal import recover
 from .safe import check_unlocked
 from .sparse import SparseExtent
 
@@ -31,8 +32,7 @@ class RepairPlan:
 
 
 def plan_repair(report: CheckReport) -> RepairPlan:
-    actions = ["roll back the interrupted grow (restore the recorded file lengths)"] \
-        if report.roll_back else []
+    actions = ["roll back the interrupted operation (undo journal)"] if report.roll_back else []
     actions += [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
                f"{os.path.basename(f.path)}" for f in report.fixes]
     actions += [f"set extent {i + 1} to {n} sectors to match its flat file"
@@ -54,6 +54,7 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
             return report
         check_unlocked([plan.path], force=force)
         roll_back_journal(plan.path)
+        recover(plan.path)
         report = check_image(plan.path, allow_outside=allow_outside)
         plan = plan_repair(report)
         if plan.empty:

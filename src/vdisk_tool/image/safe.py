@@ -125,6 +125,9 @@ class Replacement:
         for _, target in self.pairs[:1]:
             fsync_dir(target)
 
+    def keep_backup(self, backup: str) -> None:
+        _keep_backup([t for _, t in self.pairs], backup)
+
     def abort(self) -> None:
         for tmp, _ in self.pairs:
             try:
