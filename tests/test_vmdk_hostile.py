@@ -22,7 +22,10 @@ import vmdkcorpus as vc
 from conftest import need_tool
 from typer.testing import CliRunner
 
-from vdisk_tool.cli.app import app
+from vdisk_tool.cli.app import app, main
+from vdisk_tool.errors import VdiskError
+from vdisk_tool.image.base import iter_chunks
+from vdisk_tool.image.disk import open_image
 
 ADDRESS_SPACE_BYTES = 1 << 30
 TIMEOUT_S = 60
@@ -113,13 +116,27 @@ def run_limited(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
                           timeout=TIMEOUT_S, cwd=cwd, env=env, check=False)
 
 
+def wait_child(pid: int, timeout_s: float = TIMEOUT_S) -> int:
+    """waitpid with a deadline: a child that hangs is killed and fails the test."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(f"forked vdisk did not finish within {timeout_s} s")
+        time.sleep(0.005)
+
+
 def run_forked(*args: str) -> subprocess.CompletedProcess:
     """`vdisk ARGS` through the console script's own entry point (vdisk_tool.cli.app:main),
     in a forked child under the same address-space limit: as the script, minus the
     interpreter start-up (~0.3 s), which matters over a corpus of 60 images × 3 commands."""
     import tempfile
-
-    from vdisk_tool.cli.app import main
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         pid = os.fork()
@@ -142,7 +159,7 @@ def run_forked(*args: str) -> subprocess.CompletedProcess:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        status = wait_child(pid)
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(["vdisk", *args], os.waitstatus_to_exitcode(status),
@@ -185,10 +202,6 @@ def assert_clean_failure(res: subprocess.CompletedProcess, allowed: set[int], wh
 
 
 def _read_everything(path: str) -> dict:
-    from vdisk_tool.errors import VdiskError
-    from vdisk_tool.image.base import iter_chunks
-    from vdisk_tool.image.disk import open_image
-
     out: dict = {"stage": "open", "error": None, "kind": None, "nonzero": 0}
     try:
         with open_image(path) as disk:
@@ -207,30 +220,24 @@ def _read_everything(path: str) -> dict:
 def read_all(path: Path) -> dict:
     """Open and read every stored byte in a forked child under the address-space limit;
     what happened, as a dict (a fork is much cheaper than a fresh interpreter)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(rfd)
-            _limit()
-            payload = json.dumps(_read_everything(str(path))).encode()
-            os.write(wfd, payload)
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks = []
-    while True:
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(rfd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and chunks, f"reader died: status {status}"
-    return json.loads(b"".join(chunks))
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                _limit()
+                os.write(out.fileno(), json.dumps(_read_everything(str(path))).encode())
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        status = wait_child(pid)
+        out.seek(0)
+        payload = out.read()
+    assert os.waitstatus_to_exitcode(status) == 0 and payload, f"reader died: status {status}"
+    return json.loads(payload)
 
 
 def _params(test: str):
@@ -303,9 +310,6 @@ def test_check_names_the_damage(name, bases, tmp_path):
 
 def test_pointer_past_eof_is_not_zeros(bases, tmp_path):
     """The exact bytes of a grain whose GTE points past the end raise, they do not read as 0."""
-    from vdisk_tool.errors import VdiskError
-    from vdisk_tool.image.disk import open_image
-
     image = CASES["grain-past-eof"].build(tmp_path / "img", bases)
     with open_image(image) as disk:
         assert disk.read_at(65536, 512) == bytes(512)  # grain 1: unallocated, truly zero
