@@ -5,159 +5,63 @@ The doctor runs a list of checks over a bundle. A vmx check takes the `Context` 
 Other modules plug checks in with `vmx_check` / `disk_check`. An Issue wraps a `Finding`
 with what a person needs next: the boot message the problem causes (where there is one)
 and the command (or step) that fixes it.
+
+The Issue/Report types and the registry live in `doctor_model`, the disk checks in
+`doctor_disks`; the vmx checks and the run over a bundle are here.
 """
 from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
 
-from ..errors import Finding, FormatError, Severity, VdiskError
-from ..fs.check import check_volume
-from ..fs.partition import check_partition_table, looks_like_mbr, read_partition_table
-from ..fs.volume import FatVolume, open_volume
+from ..errors import FormatError, Severity, VdiskError
 from ..image import safe
-from ..image.check import check_image
-from ..image.disk import Disk, open_image
+from ..image.disk import open_image
+from . import doctor_disks  # noqa: F401  (registers the disk checks)
 from .bundle import (
     MEMSIZE_MIN_MB,
     NIC,
     PERFCTR_KEY,
     SUPPORTED_NICS,
-    Bundle,
     find_cid_break,
     format_mac,
     in_static_range,
     mac_state,
     open_bundle,
     parse_mac,
-    read_descriptor,
-    relpath_in,
 )
-from .flash import MAX_SEGMENTS, SEGMENT_BYTES, directory_segments, find_children
-from .vmx import IDE_ROLES, DiskSlot, Vmx, vmx_bool
+from .doctor_disks import FLASH_CAPACITY_BYTES, MSG_FIRMWARE
+from .doctor_model import (
+    DISK_CHECKS,
+    MEMSIZE_FULL_FLASH_MB,
+    MEMSIZE_MAX_USEFUL_MB,
+    MEMSIZE_SHIPPED_MB,
+    VMX_CHECKS,
+    Context,
+    DiskCheck,
+    DiskContext,
+    DiskReport,
+    Issue,
+    Report,
+    VmxCheck,
+    adopt,
+    disk_check,
+    issue,
+    vmx_check,
+)
+from .flash import MAX_SEGMENTS, SEGMENT_BYTES, directory_segments
+from .vmx import IDE_ROLES, DiskSlot, vmx_bool
 
-MEMSIZE_MAX_USEFUL_MB = 3072
-MEMSIZE_FULL_FLASH_MB = 192
-MEMSIZE_SHIPPED_MB = 64
+__all__ = [
+    "DISK_CHECKS", "FLASH_CAPACITY_BYTES", "MEMSIZE_FULL_FLASH_MB", "MEMSIZE_MAX_USEFUL_MB",
+    "MEMSIZE_SHIPPED_MB", "MSG_FIRMWARE", "MSG_NIC", "MSG_PERFCTR", "VMX_CHECKS",
+    "Context", "DiskCheck", "DiskContext", "DiskReport", "Issue", "Report", "VmxCheck",
+    "adopt", "check_bundle", "disk_check", "issue", "vmx_check",
+]
+
 MSG_PERFCTR = "perfcounter-not enabled!!!"
 MSG_NIC = "NIC unavailable!"
-
-
-@dataclass(frozen=True)
-class Issue:
-    """A finding about the appliance, its boot-time symptom and its fix."""
-
-    finding: Finding
-    subject: str                      # "vmx", "bundle", or a disk role: boot/cf/flash/dump
-    boot_message: str | None = None
-    fix: str | None = None
-
-    @property
-    def code(self) -> str:
-        return self.finding.code
-
-    @property
-    def severity(self) -> Severity:
-        return self.finding.severity
-
-    def to_dict(self) -> dict[str, object]:
-        d = self.finding.to_dict()
-        d.update({"subject": self.subject, "boot_message": self.boot_message, "fix": self.fix})
-        return d
-
-
-@dataclass(frozen=True)
-class DiskReport:
-    slot: str
-    role: str
-    path: str | None
-    capacity_bytes: int | None = None
-    subformat: str | None = None
-    chain: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, object]:
-        return {"slot": self.slot, "role": self.role, "path": self.path,
-                "capacity_bytes": self.capacity_bytes, "subformat": self.subformat,
-                "chain": list(self.chain)}
-
-
-@dataclass(frozen=True)
-class Report:
-    vmx_path: str
-    issues: tuple[Issue, ...]
-    disks: tuple[DiskReport, ...]
-
-    @property
-    def healthy(self) -> bool:
-        return all(i.severity == Severity.INFO for i in self.issues)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"vmx": self.vmx_path, "healthy": self.healthy,
-                "disks": [d.to_dict() for d in self.disks],
-                "issues": [i.to_dict() for i in self.issues]}
-
-
-@dataclass
-class Context:
-    """What every check sees: the bundle and how the user named it (for fix commands)."""
-
-    bundle: Bundle
-    target: str
-
-    @property
-    def vmx(self) -> Vmx:
-        return self.bundle.vmx
-
-    def command(self, *words: str) -> str:
-        return "vdisk " + " ".join(shlex.quote(w) for w in words)
-
-    def rel(self, path: str) -> str:
-        return relpath_in(self.bundle.folder, path)
-
-    def memsize_mb(self) -> int | None:
-        try:
-            return int(self.vmx.get("memsize", "") or "")
-        except ValueError:
-            return None
-
-
-@dataclass
-class DiskContext:
-    """One attached IPVA disk, opened read-only for the disk checks."""
-
-    slot: DiskSlot
-    role: str
-    path: str
-    disk: Disk
-    notes: dict[str, object] = field(default_factory=dict)
-
-
-VmxCheck = Callable[[Context], Iterable[Issue]]
-DiskCheck = Callable[[Context, DiskContext], Iterable[Issue]]
-VMX_CHECKS: list[VmxCheck] = []
-DISK_CHECKS: list[tuple[tuple[str, ...], DiskCheck]] = []
-
-
-def vmx_check(fn: VmxCheck) -> VmxCheck:
-    VMX_CHECKS.append(fn)
-    return fn
-
-
-def disk_check(*roles: str) -> Callable[[DiskCheck], DiskCheck]:
-    """Register a check for the disks of `roles` (all four when none is named)."""
-    def register(fn: DiskCheck) -> DiskCheck:
-        DISK_CHECKS.append((roles or tuple(IDE_ROLES.values()), fn))
-        return fn
-    return register
-
-
-def issue(code: str, severity: Severity, message: str, subject: str, *, path: str | None = None,
-          boot: str | None = None, fix: str | None = None, fixable: bool = False,
-          offset: int | None = None) -> Issue:
-    return Issue(Finding(code, severity, message, offset=offset, fixable=fixable, path=path),
-                 subject, boot, fix)
 
 
 # -- the whole run --------------------------------------------------------------------------
@@ -347,134 +251,3 @@ def check_slots(ctx: Context) -> Iterator[Issue]:
             yield issue("bundle.disk-missing", Severity.ERROR, f"{slot_name} ({role} disk) names "
                         f"{found.file_name}, which does not exist", role, path=found.path,
                         fix=f"restore {found.file_name} or correct {slot_name}.fileName")
-
-
-# -- built-in disk checks ---------------------------------------------------------------------
-FLASH_CAPACITY_BYTES = 100 << 20
-
-
-@disk_check("flash")
-def check_flash_capacity(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    size = d.disk.size_bytes
-    if size != FLASH_CAPACITY_BYTES:
-        sev = Severity.ERROR if size < (64 << 20) else Severity.WARNING
-        yield issue("bundle.flash-capacity", sev, f"flash disk holds {size} bytes; the appliance "
-                    f"expects 100 MiB ({FLASH_CAPACITY_BYTES} bytes)", d.role, path=d.path,
-                    fix="replace it with a blank 100 MiB disk (this erases the PBX objects)")
-
-
-@disk_check()
-def check_snapshots(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """A disk that is a snapshot child (its chain is open, so its CIDs matched), and
-    snapshot children in the folder that the vmx does not use (writing the parent would
-    break their CID chain)."""
-    chain = [link.path for link in d.disk.chain()]
-    if len(chain) > 1:
-        yield issue("bundle.snapshot", Severity.INFO, f"{d.role} disk is a snapshot: "
-                    + " -> ".join(ctx.rel(p) for p in chain), d.role, path=d.path)
-    cid = getattr(d.disk.descriptor, "cid", None)
-    for child in find_children(d.path, d.disk.files):
-        desc = read_descriptor(child)
-        pcid = desc.parent_cid if desc is not None else None
-        if cid is not None and pcid is not None and pcid != cid:
-            yield issue("bundle.cid-mismatch", Severity.ERROR, f"{ctx.rel(child)} is a snapshot of "
-                        f"the {d.role} disk but expects parent CID {pcid:08x}, the disk has "
-                        f"{cid:08x}: the parent was written after the snapshot", d.role, path=child,
-                        fix="restore the parent from a backup, or discard the snapshot")
-        else:
-            yield issue("bundle.snapshot-unused", Severity.WARNING, f"{ctx.rel(child)} is a snapshot "
-                        f"of the {d.role} disk, but the vmx uses the parent: writing the parent "
-                        "breaks the snapshot", d.role, path=child,
-                        fix="point the vmx at the snapshot, or delete it in the VMware snapshot manager")
-
-
-# -- disk checks from the disk modules ---------------------------------------------------------
-MSG_FIRMWARE = "checksum wrong! Loading failed for image=IPVA    BIN"
-
-
-def adopt(f: Finding, d: DiskContext, fix: str | None = None, boot: str | None = None) -> Issue:
-    """A disk module's Finding as an Issue about that disk."""
-    return Issue(replace(f, path=f.path or d.path), d.role, boot, fix)
-
-
-@disk_check()
-def check_vmdk(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """`vdisk check`: the VMDK metadata of every disk."""
-    for f in check_image(d.path).findings:
-        yield adopt(f, d, ctx.command("check", d.path, "--repair") if f.fixable
-                    else ctx.command("check", d.path))
-
-
-@disk_check("boot")
-def check_boot(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """`vdisk verify`: the IPVA.BIN the boot loader would load."""
-    from .boot import verify_target
-
-    fix = ctx.command("boot", "restore", d.path, "--firmware", "ipva.bin")
-    for f in verify_target(d.path).findings:
-        bad = f.severity == Severity.ERROR
-        loader = bad and (f.code.startswith("fw.") or f.code.startswith("boot.chain"))
-        yield adopt(f, d, fix if bad else None, MSG_FIRMWARE if loader else None)
-
-
-@disk_check("cf")
-def check_cf(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """The CF disk: its MBR and the FAT volume on it."""
-    if d.disk.read_at(0, 512).count(0) == 512:
-        yield issue("bundle.cf-blank", Severity.WARNING, "the CF disk holds no partition table "
-                    "or file system (the appliance formats it on first start)", d.role, path=d.path)
-        return
-    if looks_like_mbr(d.disk.read_at(0, 512), d.disk.size_bytes):
-        table = read_partition_table(d.disk, d.path)
-        for f in check_partition_table(table, d.disk.size_bytes // 512):
-            yield adopt(f, d)
-    try:
-        vol = open_volume(d.disk, path=d.path)
-    except FormatError as exc:
-        yield issue("bundle.cf-no-fat", Severity.ERROR, f"no FAT volume found: {exc.message}",
-                    d.role, path=d.path)
-        return
-    yield from _fat_findings(ctx, d, vol)
-
-
-def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issue]:
-    """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo."""
-    for f in check_volume(vol, path=d.path).findings:
-        yield adopt(f, d)
-
-
-@disk_check("flash")
-def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """Flash in use against the directory the memsize allows."""
-    from .flash import read_flash_info
-
-    info = read_flash_info(d.disk, ctx.memsize_mb())
-    limit = "" if info.directory_segments is None else \
-        f"; memsize {info.memsize_mb} MB allows a directory of {info.directory_segments}"
-    yield issue("bundle.flash-usage", Severity.INFO, f"{info.segments_in_use} of "
-                f"{info.segments_total} flash segments in use{limit}", d.role, path=d.path)
-    for f in info.findings:
-        fix = f'set memsize = "{MEMSIZE_FULL_FLASH_MB}"' if f.code == "flash.directory-overflow" \
-            else None
-        yield adopt(f, d, fix)
-
-
-@disk_check("dump")
-def check_dump(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """The crash-dump store: header, torn records, the newest dump."""
-    from .dump import read_store
-
-    store = read_store(d.disk)
-    for f in store.findings:
-        fix = None
-        if f.code == "dump.record-torn":
-            fix = ctx.command("dump", "extract", d.path, "--salvage")
-        elif f.severity != Severity.INFO and f.code.startswith("dump.header"):
-            fix = ctx.command("dump", "init", d.path) + "  (deletes the records: extract first)"
-        yield adopt(f, d, fix)
-    newest = store.newest_good
-    if newest is not None:
-        yield issue("bundle.dump-present", Severity.INFO, f"{len(store.good)} crash dump(s); the "
-                    f"newest is sequence {newest.sequence} (build {newest.build}, "
-                    f"{newest.version or 'no version'})", d.role, path=d.path,
-                    fix=ctx.command("dump", "extract", d.path))
