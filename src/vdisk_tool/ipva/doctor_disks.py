@@ -106,9 +106,11 @@ def check_cf(ctx: Context, d: DiskContext) -> Iterator[Issue]:
 
 
 def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issue]:
-    """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo."""
+    """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo; `vdisk fs check
+    --repair` fixes what it can (the same volume: the disk's default partition)."""
     for f in check_volume(vol, path=d.path).findings:
-        yield adopt(f, d)
+        yield adopt(f, d, ctx.command("fs", "check", d.path, "--repair") if f.fixable
+                    else ctx.command("fs", "check", d.path))
 
 
 @disk_check("flash")
