@@ -8,18 +8,13 @@ scan costs O(data), not O(capacity).
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import Finding, FormatError, RefusedError, Severity
 from ..formats import dump_store as ds
-from ..image.base import BlockDevice, RunKind
-
-SCAN_CHUNK_BYTES = 1 << 20
-# A scan does not believe in slots smaller than this (a stray magic would make them tiny).
-MIN_SCAN_SLOT_SECTORS = 8
-_STORED = (RunKind.DATA, RunKind.PARENT)
+from ..image.base import BlockDevice
+from .dump_scan import MIN_SCAN_SLOT_SECTORS as MIN_SCAN_SLOT_SECTORS
+from .dump_scan import SCAN_CHUNK_BYTES, scan_records, stored_spans
 
 
 class RecordStatus(str, enum.Enum):
@@ -198,23 +193,6 @@ def read_payload(dev: BlockDevice, rec: DumpRecord, salvage: bool = False) -> by
 
 
 # -- reading the whole store ---------------------------------------------------------------------
-def stored_spans(dev: BlockDevice, start: int = 0) -> Iterator[tuple[int, int]]:
-    """Merged (offset, end) of the device's runs that hold bytes, from `start` on."""
-    lo = hi = -1
-    for run in dev.runs():
-        if run.kind not in _STORED or run.end <= start:
-            continue
-        a = max(run.offset, start)
-        if a <= hi:
-            hi = max(hi, run.end)
-            continue
-        if lo >= 0:
-            yield lo, hi
-        lo, hi = a, run.end
-    if lo >= 0:
-        yield lo, hi
-
-
 def read_store(dev: BlockDevice) -> DumpStore:
     """Read the store: trust a sound header, scan the slots when it is damaged."""
     _check_device(dev)
@@ -257,49 +235,6 @@ def _read_slots(dev: BlockDevice, slot_sectors: int, count: int) -> list[DumpRec
                     found.append(rec)
             i += 1
     return found
-
-
-def scan_records(dev: BlockDevice) -> tuple[int, list[int]]:
-    """Find record headers without the store header: (slot_sectors, header offsets).
-
-    Every sector-aligned record magic whose header CRC holds is a record; the slot size is
-    the default when it fits their positions, else the largest common step between them
-    (when that step is at least MIN_SCAN_SLOT_SECTORS).
-    Headers with a bad CRC count only where they sit on a slot boundary of that size.
-    """
-    first = ds.slot_offset(0, 0)
-    sound: list[int] = []
-    suspect: list[int] = []
-    for off in _magic_hits(dev, first):
-        raw = dev.read_at(off, ds.HEADER_BYTES)
-        (sound if ds.parse_record_header(raw).crc_ok else suspect).append(off)
-    step = 0
-    for off in sound:
-        step = math.gcd(step, (off - first) // ds.SECTOR_BYTES)
-    slot_sectors = ds.DEFAULT_SLOT_SECTORS
-    if step and step % ds.DEFAULT_SLOT_SECTORS and step >= MIN_SCAN_SLOT_SECTORS:
-        slot_sectors = min(step, ds.MAX_SLOT_SECTORS)
-    on_grid = [o for o in suspect if ((o - first) // ds.SECTOR_BYTES) % slot_sectors == 0]
-    return slot_sectors, sorted(set(sound) | set(on_grid))
-
-
-def _magic_hits(dev: BlockDevice, start: int) -> Iterator[int]:
-    """Sector-aligned offsets >= start where the record magic begins (stored runs only)."""
-    magic = ds.RECORD_MAGIC
-    for lo, hi in stored_spans(dev, start):
-        pos = lo - lo % ds.SECTOR_BYTES
-        while pos < hi:
-            n = min(SCAN_CHUNK_BYTES, hi - pos, dev.size_bytes - pos)
-            n -= n % ds.SECTOR_BYTES
-            if n <= 0:
-                break
-            data = dev.read_at(pos, n)
-            k = data.find(magic)
-            while k >= 0:
-                if k % ds.SECTOR_BYTES == 0 and pos + k + ds.HEADER_BYTES <= dev.size_bytes:
-                    yield pos + k
-                k = data.find(magic, k + 1)
-            pos += n
 
 
 def _record_findings(records: list[DumpRecord], next_slot: int | None,
