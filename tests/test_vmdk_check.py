@@ -162,3 +162,23 @@ def test_unreadable_is_exit_3(tmp_path, runner):
     res = vdisk(runner, "check", str(p))
     assert res.exit_code == 3
     assert res.stderr.count("vdisk: error:") == 1
+
+
+def test_damaged_directory_entries_are_repaired(tmp_path, runner):
+    """A GD entry pointing into the header and an RGD entry zeroed: each table still sits
+    where the layout puts it and equals its copy, so the entry is restored."""
+    qemu_img = need_tool("qemu-img")
+    p = _sparse(tmp_path)
+    ref = tmp_path / "ref.vmdk"
+    ref.write_bytes(p.read_bytes())
+    e = SparseExtent(str(p))
+    gd_off, rgd_off = e.geo.gd_offset_sectors, e.geo.rgd_offset_sectors
+    e.close()
+    _poke(p, gd_off * 512, struct.pack("<I", 5))
+    _poke(p, rgd_off * 512 + 4, struct.pack("<I", 0))
+    code, codes, doc = _codes(runner, p)
+    assert code == 1 and codes == {"vmdk.gd-entry"}, doc
+    assert len([f for f in doc["findings"] if f["fixable"]]) == 2
+    assert vdisk(runner, "check", "--repair", str(p)).exit_code == 0
+    assert _codes(runner, p)[0] == 0
+    assert run(qemu_img, "compare", str(ref), str(p), check=False).returncode == 0

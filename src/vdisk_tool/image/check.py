@@ -5,6 +5,7 @@ opened at all raises (exit 3 in the CLI).
 """
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from array import array
@@ -32,10 +33,21 @@ class TableFix:
 
 
 @dataclass
+class EntryFix:
+    """A repair action: write one u32 directory entry."""
+
+    path: str
+    offset: int
+    value: int
+    what: str
+
+
+@dataclass
 class CheckReport:
     path: str
     findings: list[Finding] = field(default_factory=list)
     fixes: list[TableFix] = field(default_factory=list)
+    entry_fixes: list[EntryFix] = field(default_factory=list)
     clear_unclean: list[str] = field(default_factory=list)
     extent_sizes: dict[int, int] = field(default_factory=dict)   # extent index -> sectors
     grains_checked: int = 0
@@ -118,7 +130,7 @@ def _check_flat(idx: int, ext, r: CheckReport) -> None:
               f"descriptor needs {need}", path=ext.path)
 
 
-def _gte_valid(entry: int, geo, file_bytes: int, meta: list[tuple[int, int]]) -> str | None:
+def _gte_valid(entry: int, geo, file_bytes: int, meta: _Spans) -> str | None:
     """None when a grain pointer is acceptable, else why not."""
     if entry == 0 or (entry == 1):
         return None
@@ -131,10 +143,27 @@ def _gte_valid(entry: int, geo, file_bytes: int, meta: list[tuple[int, int]]) ->
         return "points past the end of the file"
     if entry < geo.overhead_sectors and not geo.compressed:
         return "points into the metadata area"
-    for lo, hi in meta:
-        if lo <= entry < hi:
-            return "points into the grain directory or a grain table"
+    if meta.hit(entry):
+        return "points into the grain directory or a grain table"
     return None
+
+
+class _Spans:
+    """Sorted, merged metadata spans (sectors) with a bisect lookup."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        merged: list[list[int]] = []
+        for lo, hi in sorted(spans):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.starts = [m[0] for m in merged]
+        self.spans = [(m[0], m[1]) for m in merged]
+
+    def hit(self, sector: int) -> bool:
+        i = bisect.bisect_right(self.starts, sector) - 1
+        return i >= 0 and sector < self.spans[i][1]
 
 
 def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
@@ -162,6 +191,10 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
               f"({geo.overhead_sectors * SECTOR} bytes)", fb, path=p)
     gd = ext.gd
     rgd = _safe(lambda: ext.read_rgd(), r, "vmdk.rgd-unreadable", p)
+    layout = _regular_layout(ext, rgd)
+    if layout is not None and rgd is not None:
+        for gdi in range(geo.gd_entries):
+            _fix_directory_entry(ext, gdi, rgd, layout, r)
     gt_sectors = vs.sectors_for_bytes(geo.gt_bytes)
     meta = [(geo.gd_offset_sectors, geo.gd_offset_sectors + vs.sectors_for_bytes(geo.gd_bytes))]
     if rgd is not None:
@@ -171,6 +204,7 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
         for v in table or ():
             if v:
                 meta.append((v, v + gt_sectors))
+    spans = _Spans(meta)
     owners: dict[int, int] = {}
     grain_owner: dict[int, int] = {}
     used: list[tuple[int, int]] = []
@@ -184,7 +218,7 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
             primary = None
         elif gd[gdi]:
             owners[gd[gdi]] = gdi
-        chosen = _reconcile(ext, gdi, primary, backup, rgd, meta, r)
+        chosen = _reconcile(ext, gdi, primary, backup, rgd, spans, r)
         if chosen is None:
             continue
         if not any(chosen):
@@ -205,7 +239,7 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
                     r.add("vmdk.zero-grain-without-flag", W, f"grain {grain} is marked zeroed (GTE 1) "
                           "but the header lacks the zeroed-grain flag", path=p)
                 continue
-            why = _gte_valid(entry, geo, fb, meta)
+            why = _gte_valid(entry, geo, fb, spans)
             if why:
                 r.add("vmdk.grain-pointer", E, f"grain {grain} (sector {entry}) {why}",
                       entry * SECTOR, path=p)
@@ -231,6 +265,51 @@ def _safe(fn, r: CheckReport, code: str, p: str):
     except VdiskError as exc:
         r.add(code, E, exc.message, exc.offset, path=p)
         return None
+
+
+def _regular_layout(ext: SparseExtent, rgd: array | None) -> tuple[int, int] | None:
+    """(first GT sector, first redundant GT sector) when the tables sit right after their
+    directories, one after the other, as VMware and qemu lay them out; None otherwise."""
+    if rgd is None:
+        return None
+    geo = ext.geo
+    gd_sectors = vs.sectors_for_bytes(geo.gd_bytes)
+    gt_sectors = vs.sectors_for_bytes(geo.gt_bytes)
+    first, rfirst = geo.gd_offset_sectors + gd_sectors, geo.rgd_offset_sectors + gd_sectors
+    n = geo.gd_entries
+    end, rend = first + gt_sectors * n, rfirst + gt_sectors * n
+    inside = end <= geo.overhead_sectors and rend <= geo.overhead_sectors
+    apart = rend <= geo.gd_offset_sectors or rfirst >= geo.gd_offset_sectors + gd_sectors
+    agree = sum(1 for i in range(n) if ext.gd[i] == first + gt_sectors * i)
+    ragree = sum(1 for i in range(n) if rgd[i] == rfirst + gt_sectors * i)
+    return (first, rfirst) if inside and apart and agree + ragree >= n else None
+
+
+def _fix_directory_entry(ext: SparseExtent, gdi: int, rgd: array, layout: tuple[int, int],
+                         r: CheckReport) -> None:
+    """A directory entry that is not where the regular layout puts its table is repaired
+    when the table at the expected place equals the other directory's table (not a guess:
+    the two copies agree). The in-memory directory is corrected for the rest of the check."""
+    geo, p = ext.geo, ext.path
+    gt_sectors = vs.sectors_for_bytes(geo.gt_bytes)
+    fb = ext.file_bytes
+    pairs = (("grain directory", ext.gd, rgd, layout[0], layout[1], geo.gd_offset_sectors),
+             ("redundant grain directory", rgd, ext.gd, layout[1], layout[0], geo.rgd_offset_sectors))
+    for which, entries, others, first, other_first, dir_sector in pairs:
+        expected = first + gt_sectors * gdi
+        if entries[gdi] == expected or others[gdi] != other_first + gt_sectors * gdi:
+            continue
+        if (expected + gt_sectors) * SECTOR > fb or (others[gdi] + gt_sectors) * SECTOR > fb:
+            continue
+        candidate = ext.read_gt_at(expected)
+        if candidate != ext.read_gt_at(others[gdi]):
+            continue
+        r.entry_fixes.append(EntryFix(p, dir_sector * SECTOR + 4 * gdi, expected,
+                                      f"{which} entry {gdi}"))
+        r.add("vmdk.gd-entry", E, f"{which} entry {gdi} is {entries[gdi]}; its table is at sector "
+              f"{expected}, where it agrees with the other directory's table",
+              dir_sector * SECTOR + 4 * gdi, fixable=True, path=p)
+        entries[gdi] = expected
 
 
 def _load_gt(ext: SparseExtent, sector: int, fb: int, r: CheckReport, p: str, what: str,

@@ -35,6 +35,8 @@ def plan_repair(report: CheckReport) -> RepairPlan:
     actions = ["roll back the interrupted operation (undo journal)"] if report.roll_back else []
     actions += [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
                f"{os.path.basename(f.path)}" for f in report.fixes]
+    actions += [f"set {f.what} to sector {f.value} (0x{f.offset:x}) in {os.path.basename(f.path)}"
+                for f in report.entry_fixes]
     actions += [f"set extent {i + 1} to {n} sectors to match its flat file"
                 for i, n in sorted(report.extent_sizes.items())]
     errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
@@ -71,6 +73,12 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
                                   path=plan.path)
             data = os.pread(dev.fd, fix.length, fix.src_offset)
             os.pwrite(dev.fd, data, fix.dst_offset)
+        for efix in report.entry_fixes:
+            dev = by_name.get(os.path.basename(efix.path))
+            if dev is None:
+                raise RepairError(f"extent {os.path.basename(efix.path)} not found in the copy",
+                                  path=plan.path)
+            os.pwrite(dev.fd, struct.pack("<I", efix.value), efix.offset)
         if report.clear_unclean and not errors_left:
             for p in report.clear_unclean:
                 dev = by_name.get(os.path.basename(p))
