@@ -150,7 +150,7 @@ LongNameEntry = Struct(
 assert LongNameEntry.sizeof() == DIR_ENTRY_BYTES
 
 
-def lfn_checksum(short_name: bytes) -> int:
+def lfn_checksum(short_name: bytes | bytearray) -> int:
     """The checksum of an 11-byte 8.3 name that every long-name entry repeats (fatgen103 §7)."""
     total = 0
     for b in short_name:
@@ -159,9 +159,9 @@ def lfn_checksum(short_name: bytes) -> int:
     return total
 
 
-def lfn_chars(entry: bytes) -> bytes:
+def lfn_chars(entry: bytes | bytearray | memoryview) -> bytes:
     """The 26 UTF-16LE bytes one long-name entry carries, in order."""
-    return entry[1:11] + entry[14:26] + entry[28:32]
+    return bytes(entry[1:11]) + bytes(entry[14:26]) + bytes(entry[28:32])
 
 
 def build_lfn_entries(long_name: str, short_name: bytes) -> list[bytes]:

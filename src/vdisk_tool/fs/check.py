@@ -259,11 +259,12 @@ def _lfn_bad(d: Directory, e: DirEntryInfo) -> bool:
 
 def _lost(w: _Walk) -> None:
     vol, fat = w.vol, w.vol.fat
-    lost = [c for c in range(2, vol.layout.max_cluster + 1)
-            if not w.used[c] and fat.get(c) != 0 and not fat.is_bad(fat.get(c))]
-    if not lost:
+    bad, used = ff.BAD_CLUSTER[vol.fat_type], w.used
+    found = [(c, v) for c, v in fat.entries() if not used[c] and v != bad]
+    if not found:
         return
-    targets = {fat.get(c) for c in lost}
+    lost = [c for c, _v in found]
+    targets = {v for _c, v in found}
     heads = sum(1 for c in lost if c not in targets)
     w.add("fat.lost-clusters", f"{len(lost)} cluster(s) in {max(heads, 1)} chain(s) belong to "
           "no file", _fat_entry_offset(vol, lost[0]), None,
@@ -310,9 +311,10 @@ def check_volume(target: FatVolume | BlockDevice, partition: int | None = None,
         try:
             vol = open_volume(target, partition, path)
         except FormatError as exc:
-            vol = recover_boot_sector(target, partition, path, exc, fix, findings, actions)
-            if vol is None:
+            recovered = recover_boot_sector(target, partition, path, exc, fix, findings, actions)
+            if recovered is None:
                 return CheckResult(findings, actions, 0)
+            vol = recovered
     findings += check_backup_boot(vol, fix, actions)
     copy, differ = check_fat_copies(vol)
     if differ:
@@ -337,4 +339,6 @@ def check_volume(target: FatVolume | BlockDevice, partition: int | None = None,
     findings += check_fsinfo(work, fix, actions)
     if fix:
         work.dev.flush()
+        if vol is target:
+            vol.forget()        # the repair went through another view of the device
     return CheckResult(findings, actions, copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from construct import ConstructError
 
@@ -14,7 +15,10 @@ VALID_SECTOR_BYTES = (512, 1024, 2048, 4096)
 
 @dataclass(frozen=True)
 class FatLayout:
-    """The geometry of one FAT volume, all offsets in bytes from the volume's first byte."""
+    """The geometry of one FAT volume, all offsets in bytes from the volume's first byte.
+
+    The derived sizes and offsets are computed once per layout (cached properties) since
+    the cluster arithmetic of every read and write uses them."""
 
     fat_type: int
     bytes_per_sector: int
@@ -35,36 +39,36 @@ class FatLayout:
     label: str
     oem_name: str
 
-    @property
+    @cached_property
     def cluster_bytes(self) -> int:
         return self.bytes_per_sector * self.sectors_per_cluster
 
-    @property
+    @cached_property
     def fat_offset(self) -> int:
         return self.reserved_sectors * self.bytes_per_sector
 
-    @property
+    @cached_property
     def fat_bytes(self) -> int:
         return self.fat_sectors * self.bytes_per_sector
 
-    @property
+    @cached_property
     def root_dir_offset(self) -> int:
         return self.fat_offset + self.fat_count * self.fat_bytes
 
-    @property
+    @cached_property
     def root_dir_bytes(self) -> int:
         return self.root_entries * ff.DIR_ENTRY_BYTES
 
-    @property
+    @cached_property
     def data_offset(self) -> int:
         rs = -(-self.root_dir_bytes // self.bytes_per_sector) * self.bytes_per_sector
         return self.root_dir_offset + rs
 
-    @property
+    @cached_property
     def volume_bytes(self) -> int:
         return self.total_sectors * self.bytes_per_sector
 
-    @property
+    @cached_property
     def max_cluster(self) -> int:
         """Highest valid data cluster number."""
         return self.cluster_count + 1

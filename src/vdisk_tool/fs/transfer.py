@@ -101,8 +101,7 @@ def copy_tree(src: FatVolume, dst: FatVolume, path: str = "/",
             if k.is_dir:
                 dst.mkdir(k.path, raw_entry=k.raw_entry)
             else:
-                with src.open_file(k.path) as f:
-                    dst.write_file(k.path, f, raw_entry=k.raw_entry)
+                dst.write_file(k.path, src.iter_file(k), raw_entry=k.raw_entry)
                 total += k.size_bytes
                 if progress:
                     progress(total, 0)

@@ -23,7 +23,13 @@ READ_RUN_BYTES = 1 << 20
 
 class Directory:
     """The bytes of one directory (the fixed FAT12/16 root or a cluster chain) in memory,
-    with the device offset of every slot so that single entries can be rewritten."""
+    with the device offset of every slot so that single entries can be rewritten.
+
+    A volume keeps one Directory per directory it has read (see FatVolume.directory), so
+    every change made through it is seen by later lookups. Lookups by name go through an
+    index built on first use: `write_slot` drops it (it may change any name), while the
+    writer's own insertions and deletions keep it up to date (`put_slot`, `index_add`,
+    `index_remove`)."""
 
     def __init__(self, vol: FatVolume, first_cluster: int) -> None:
         self.vol = vol
@@ -42,6 +48,10 @@ class Directory:
         self.data = bytearray()
         for off, n in self.extents:
             self.data += vol.dev.read_at(off, n)
+        self._names: dict[str, int] | None = None          # casefolded name -> slot
+        self._meta: dict[int, tuple[str | None, tuple[int, ...]]] = {}
+        self._taken: set[bytes] = set()                      # 8.3 names in use
+        self._duplicates = False
 
     @property
     def fixed(self) -> bool:
@@ -62,29 +72,85 @@ class Directory:
     def raw(self, i: int) -> bytes:
         return bytes(self.data[i * E:(i + 1) * E])
 
-    def write_slot(self, i: int, entry: bytes) -> None:
+    def put_slot(self, i: int, entry: bytes | bytearray) -> None:
+        """Write one slot, leaving the name index to the caller."""
         self.data[i * E:(i + 1) * E] = entry
-        self.vol.dev.write_at(self.slot_offset(i), entry)
+        self.vol.dev.write_at(self.slot_offset(i), bytes(entry))
+
+    def write_slot(self, i: int, entry: bytes | bytearray) -> None:
+        self.put_slot(i, entry)
+        self._names = None
 
     def items(self) -> Iterator[RawItem]:
         return scan(self.data)
 
+    def entry_at(self, slot: int, parent_path: str = "/", long_name: str | None = None,
+                 lfn_slots: tuple[int, ...] = ()) -> DirEntryInfo:
+        return decode_entry(memoryview(self.data)[slot * E:(slot + 1) * E],
+                            self.vol.layout.fat_type, long_name, "", self.slot_offset(slot),
+                            slot, lfn_slots, self.first_cluster, parent_path)
+
     def entries(self, parent_path: str = "/") -> Iterator[DirEntryInfo]:
         """Every live 8.3 entry (dot entries and labels included), long names attached."""
         for item in self.items():
-            if item.kind != "entry":
-                continue
-            raw = self.raw(item.slot)
-            info = decode_entry(raw, self.vol.layout.fat_type, item.long_name, "",
-                                self.slot_offset(item.slot), item.slot, item.lfn_slots,
-                                self.first_cluster)
-            path = posixpath.join(parent_path, info.name)
-            yield _with_path(info, path)
+            if item.kind == "entry":
+                yield self.entry_at(item.slot, parent_path, item.long_name, item.lfn_slots)
 
+    # -- the name index ---------------------------------------------------------------------
+    def _index(self) -> dict[str, int]:
+        if self._names is None:
+            self._names, self._meta, self._taken = {}, {}, set()
+            self._duplicates = False
+            for item in self.items():
+                if item.kind == "entry":
+                    self.index_add(item.slot, item.long_name, item.lfn_slots)
+        return self._names
 
-def _with_path(info: DirEntryInfo, path: str) -> DirEntryInfo:
-    from dataclasses import replace
-    return replace(info, path=path)
+    def index_add(self, slot: int, long_name: str | None, lfn_slots: tuple[int, ...]) -> None:
+        """Record the entry now stored at `slot` (when the index exists)."""
+        names = self._names if self._names is not None else self._index()
+        at = slot * E
+        raw = bytes(self.data[at:at + 11])
+        self._taken.add(raw)
+        attr = self.data[at + 11]
+        if raw[:1] == b"." or attr & ff.ATTR_VOLUME_ID and not attr & ff.ATTR_DIRECTORY:
+            return
+        self._meta[slot] = (long_name, lfn_slots)
+        short = ff.format_short_name(raw)
+        shown = long_name or ff.format_short_name(raw, self.data[at + 12])
+        for key in {shown.casefold(), short.casefold()}:
+            if names.setdefault(key, slot) != slot:
+                self._duplicates = True
+
+    def index_remove(self, info: DirEntryInfo) -> None:
+        """Forget an entry that was just deleted."""
+        if self._names is None:
+            return
+        if self._duplicates:
+            self._names = None
+            return
+        self._taken.discard(info.raw_name)
+        self._meta.pop(info.slot, None)
+        for key in (info.name.casefold(), info.short_name.casefold()):
+            if self._names.get(key) == info.slot:
+                del self._names[key]
+
+    def find(self, name: str, parent_path: str = "/") -> DirEntryInfo | None:
+        """The file or directory called `name` (long or 8.3 name, any case)."""
+        slot = self._index().get(name.casefold())
+        if slot is None:
+            return None
+        return self.indexed_entry(slot, parent_path)
+
+    def indexed_entry(self, slot: int, parent_path: str = "/") -> DirEntryInfo:
+        """The entry at `slot`, with the long name the index recorded for it."""
+        self._index()
+        long_name, lfn_slots = self._meta[slot]
+        return self.entry_at(slot, parent_path, long_name, lfn_slots)
+
+    def taken_short_names(self) -> set[bytes]:
+        self._index()
+        return self._taken
 
 
 @dataclass(frozen=True)
@@ -128,6 +194,7 @@ class FatVolume(VolumeWriter):
         self.partition = partition
         self.fat = FatTable(dev, layout, fat_copy, path)
         self._fsinfo_free: int | None = None
+        self._dirs: dict[int, Directory] = {}
         super().__init__()
 
     # -- low level ----------------------------------------------------------------------
@@ -147,17 +214,39 @@ class FatVolume(VolumeWriter):
     def cluster_runs(self, clusters: list[int] | tuple[int, ...]) -> list[tuple[int, int]]:
         """(offset, length) device ranges of a cluster list, contiguous ones merged."""
         cb = self.layout.cluster_bytes
+        base = self.layout.data_offset - 2 * cb
         runs: list[tuple[int, int]] = []
+        start = length = 0
         for c in clusters:
-            off = self.layout.cluster_offset(c)
-            if runs and runs[-1][0] + runs[-1][1] == off and runs[-1][1] < READ_RUN_BYTES:
-                runs[-1] = (runs[-1][0], runs[-1][1] + cb)
+            off = base + c * cb
+            if length and start + length == off and length < READ_RUN_BYTES:
+                length += cb
             else:
-                runs.append((off, cb))
+                if length:
+                    runs.append((start, length))
+                start, length = off, cb
+        if length:
+            runs.append((start, length))
         return runs
 
     def directory(self, first_cluster: int) -> Directory:
-        return Directory(self, first_cluster)
+        """The directory starting at `first_cluster` (0 = the root), read once per volume."""
+        if first_cluster == 0 and self.layout.fat_type == 32:
+            first_cluster = self.layout.root_cluster
+        d = self._dirs.get(first_cluster)
+        if d is None:
+            d = self._dirs[first_cluster] = Directory(self, first_cluster)
+        return d
+
+    def forget(self, first_cluster: int | None = None) -> None:
+        """Drop what was read of a directory (all of them, and the FAT, with None), e.g.
+        after its clusters were freed or the device was changed by other means."""
+        if first_cluster is None:
+            self._dirs.clear()
+            if not self.fat.dirty:
+                self.fat = FatTable(self.dev, self.layout, self.fat.source_copy, self.path)
+        else:
+            self._dirs.pop(first_cluster, None)
 
     # -- lookup -------------------------------------------------------------------------
     def root_info(self) -> DirEntryInfo:
@@ -168,12 +257,7 @@ class FatVolume(VolumeWriter):
 
     def lookup(self, directory: Directory, name: str, parent_path: str = "/"
                ) -> DirEntryInfo | None:
-        for info in directory.entries(parent_path):
-            if info.is_label or info.raw_name[:1] == b".":
-                continue
-            if names_match(info, name):
-                return info
-        return None
+        return directory.find(name, parent_path)
 
     def stat(self, path: str) -> DirEntryInfo:
         """The entry at `path` ('/' is the root)."""
@@ -202,6 +286,10 @@ class FatVolume(VolumeWriter):
         info = self.stat(path)
         if not info.is_dir:
             raise FormatError(f"{info.path} is not a directory", path=self.path)
+        return self.children(info)
+
+    def children(self, info: DirEntryInfo) -> list[DirEntryInfo]:
+        """Files and subdirectories of the directory `info` (no dot entries, no label)."""
         return [e for e in self.directory(info.first_cluster).entries(info.path)
                 if not e.is_label and e.raw_name[:1] != b"."]
 
@@ -214,7 +302,7 @@ class FatVolume(VolumeWriter):
             if d.first_cluster in seen:
                 continue
             seen.add(d.first_cluster)
-            kids = self.listdir(d.path)
+            kids = self.children(d)
             yield d, kids
             stack.extend(reversed([k for k in kids if k.is_dir and k.first_cluster >= 2]))
 

@@ -3,8 +3,8 @@ label; keep both FAT copies and the FAT32 FSInfo sector right (specs/fat.md "Wri
 from __future__ import annotations
 
 import datetime as _dt
-import posixpath
-from typing import IO, TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from ..errors import FormatError, UnsupportedError
 from ..formats import fat as ff
@@ -18,22 +18,45 @@ from .dirent import (
 )
 
 if TYPE_CHECKING:
-    from .volume import Directory, FatVolume
+    from ..image.base import BlockDevice
+    from .layout import FatLayout
+    from .table import FatTable
+    from .volume import Directory
 
 E = ff.DIR_ENTRY_BYTES
-WRITE_CHUNK_BYTES = 1 << 20
+WRITE_CHUNK_BYTES = 4 << 20
 MAX_FILE_BYTES = 0xFFFFFFFF
-Source = bytes | bytearray | memoryview | IO[bytes]
+#: File content: bytes, a binary file object, or an iterable of byte strings.
+Source = bytes | bytearray | memoryview | IO[bytes] | Iterable[bytes]
 
 
 class VolumeWriter:
-    """Mutating operations of FatVolume (a mixin: it uses the volume's lookup methods)."""
+    """Mutating operations of FatVolume (a mixin: it uses the volume's lookup methods,
+    declared here for the type checker)."""
+
+    if TYPE_CHECKING:
+        dev: BlockDevice
+        layout: FatLayout
+        path: str | None
+        fat: FatTable
+
+        @property
+        def writable(self) -> bool: ...
+        @property
+        def root_first_cluster(self) -> int: ...
+        def stat(self, path: str) -> DirEntryInfo: ...
+        def exists(self, path: str) -> bool: ...
+        def listdir(self, path: str = "/") -> list[DirEntryInfo]: ...
+        def directory(self, first_cluster: int) -> Directory: ...
+        def forget(self, first_cluster: int | None = None) -> None: ...
+        def lookup(self, directory: Directory, name: str, parent_path: str = "/"
+                   ) -> DirEntryInfo | None: ...
 
     def __init__(self) -> None:
         self._mutated = False
 
     # -- plumbing -----------------------------------------------------------------------
-    def _begin(self: FatVolume) -> None:
+    def _begin(self) -> None:
         if not self.writable:
             raise UnsupportedError("volume is open read-only", path=self.path)
         if not self._mutated and self.layout.fat_type == 32:
@@ -42,7 +65,7 @@ class VolumeWriter:
                 self.fat.next_free_hint = fs.next_free
         self._mutated = True
 
-    def _read_fsinfo(self: FatVolume):  # type: ignore[no-untyped-def]
+    def _read_fsinfo(self) -> Any:
         lay = self.layout
         if lay.fat_type != 32 or not 0 < lay.fsinfo_sector < lay.reserved_sectors:
             return None
@@ -51,7 +74,7 @@ class VolumeWriter:
             return None
         return fs
 
-    def flush(self: FatVolume) -> None:
+    def flush(self) -> None:
         """Write changed FAT sectors to every copy, then the FSInfo free count and hint."""
         self.fat.flush()
         if self._mutated and self.layout.fat_type == 32:
@@ -71,18 +94,18 @@ class VolumeWriter:
                 self.dev.write_at(off + 488, free.to_bytes(4, "little") + hint.to_bytes(4, "little"))
         self.dev.flush()
 
-    def close(self: FatVolume) -> None:
+    def close(self) -> None:
         if self._mutated:
             self.flush()
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self: FatVolume, exc_type, *exc) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
             self.close()
 
-    def _parent_and_name(self: FatVolume, path: str) -> tuple[DirEntryInfo, str]:
+    def _parent_and_name(self, path: str) -> tuple[DirEntryInfo, str]:
         from .volume import normalize_path
         parts = normalize_path(path)
         if not parts:
@@ -93,26 +116,18 @@ class VolumeWriter:
         return parent, validate_long_name(parts[-1])
 
     # -- directory slots ------------------------------------------------------------------
-    def _free_run(self: FatVolume, d: Directory, need: int) -> int:
-        """Index of `need` consecutive free slots, growing a cluster directory if needed."""
-        run_start, run_len = 0, 0
-        for i in range(d.slots):
-            first = d.data[i * E]
-            if first == 0:
-                if d.slots - i >= need:
-                    return i
-                run_start, run_len = i, d.slots - i
-                break
-            if first == ff.DELETED_MARK:
-                if run_len == 0:
-                    run_start = i
-                run_len += 1
-                if run_len == need:
-                    return run_start
-            else:
-                run_len = 0
-        else:
-            run_start, run_len = d.slots, 0
+    def _free_run(self, d: Directory, need: int) -> int:
+        """Index of `need` consecutive free slots, growing a cluster directory if needed:
+        the first run of deleted slots long enough, else the end marker when the room after
+        it suffices."""
+        firsts = bytes(d.data[0::E])          # the first byte of every slot
+        end = firsts.find(0)
+        deleted = firsts.find(bytes([ff.DELETED_MARK]) * need, 0, end if end >= 0 else len(firsts))
+        if deleted >= 0:
+            return deleted
+        run_start = end if end >= 0 else d.slots
+        if d.slots - run_start >= need:
+            return run_start
         if d.fixed:
             raise FormatError("the root directory is full", path=self.path)
         cb = self.layout.cluster_bytes
@@ -126,11 +141,10 @@ class VolumeWriter:
             d.data += bytes(cb)
         return run_start
 
-    def _insert(self: FatVolume, d: Directory, name: str, template: bytes) -> None:
+    def _insert(self, d: Directory, name: str, template: bytes) -> int:
         """Place an entry for `name` made from the 32-byte `template` (name bytes replaced),
-        with long-name entries when the name is not a plain 8.3 name."""
-        taken = {bytes(d.data[i * E:i * E + 11]) for i in range(d.slots)
-                 if d.data[i * E] not in (0, ff.DELETED_MARK)}
+        with long-name entries when the name is not a plain 8.3 name; returns its slot."""
+        taken = d.taken_short_names()
         plain = plain_short_name(name)
         lfns: list[bytes] = []
         if plain is not None and plain[0] not in taken:
@@ -143,50 +157,77 @@ class VolumeWriter:
         entry[12] = nt
         idx = self._free_run(d, len(lfns) + 1)
         at_end = d.data[idx * E] == 0
-        for k, raw in enumerate(lfns + [bytes(entry)]):
-            d.write_slot(idx + k, raw)
-        nxt = idx + len(lfns) + 1
-        if at_end and nxt < d.slots and d.data[nxt * E] != 0:
-            d.write_slot(nxt, bytes(E))
+        for k, raw in enumerate([*lfns, bytes(entry)]):
+            d.put_slot(idx + k, raw)
+        slot = idx + len(lfns)
+        if at_end and slot + 1 < d.slots and d.data[(slot + 1) * E] != 0:
+            d.put_slot(slot + 1, bytes(E))
+        d.index_add(slot, name if lfns else None, tuple(range(idx, slot)))
+        return slot
 
-    def _erase(self: FatVolume, d: Directory, info: DirEntryInfo) -> None:
-        for slot in info.lfn_slots + (info.slot,):
+    def _erase(self, d: Directory, info: DirEntryInfo) -> None:
+        for slot in (*info.lfn_slots, info.slot):
             raw = bytearray(d.raw(slot))
             raw[0] = ff.DELETED_MARK
-            d.write_slot(slot, bytes(raw))
+            d.put_slot(slot, raw)
+        d.index_remove(info)
 
     # -- content ---------------------------------------------------------------------------
-    def _write_content(self: FatVolume, source: Source) -> tuple[int, int]:
+    def _pieces(self, source: Source, chunk_bytes: int) -> Iterator[bytes | memoryview]:
+        """The content in pieces of `chunk_bytes` (a multiple of the cluster size), the
+        last one shorter."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            view = memoryview(source).cast("B")
+            for i in range(0, len(view), chunk_bytes):
+                yield view[i:i + chunk_bytes]
+            return
+        if hasattr(source, "read"):
+            reader: IO[bytes] = source  # type: ignore[assignment]
+            yield from iter(lambda: reader.read(chunk_bytes), b"")
+            return
+        cb = self.layout.cluster_bytes
+        buf = bytearray()
+        for piece in source:
+            if not buf and len(piece) % cb == 0:
+                yield piece                # whole clusters: no copy
+                continue
+            buf += piece
+            if len(buf) >= chunk_bytes:
+                n = len(buf) // cb * cb
+                yield bytes(buf[:n])
+                del buf[:n]
+        if buf:
+            yield bytes(buf)
+
+    def _write_content(self, source: Source) -> tuple[int, int]:
         """Write data into newly allocated clusters; returns (first cluster, size)."""
         cb = self.layout.cluster_bytes
         chunk_bytes = max(cb, WRITE_CHUNK_BYTES // cb * cb)
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            view = memoryview(source)
-            pieces = (view[i:i + chunk_bytes] for i in range(0, len(view), chunk_bytes))
-        else:
-            pieces = iter(lambda: source.read(chunk_bytes), b"")  # type: ignore[union-attr]
+        base = self.layout.data_offset - 2 * cb
         first, last, size = 0, None, 0
-        for piece in pieces:
+        for piece in self._pieces(source, chunk_bytes):
             if not piece:
                 continue
             size += len(piece)
             if size > MAX_FILE_BYTES:
                 raise FormatError("file larger than FAT's 4 GiB - 1 limit", path=self.path)
-            count = -(-len(piece) // cb)
-            got = self.fat.allocate(count, after=last)
-            first = first or got[0]
-            last = got[-1]
-            pos = 0
-            for off, n in self.cluster_runs(got):
-                part = bytes(piece[pos:pos + n])
-                if len(part) < n:
-                    part += bytes(n - len(part))
-                self.dev.write_at(off, part)
-                pos += n
+            runs = self.fat.allocate_runs(-(-len(piece) // cb), after=last)
+            first = first or runs[0][0]
+            last = runs[-1][0] + runs[-1][1] - 1
+            if len(runs) == 1 and len(piece) == runs[0][1] * cb:
+                self.dev.write_at(base + runs[0][0] * cb, bytes(piece))   # bytes: no copy
+                continue
+            view, pos = memoryview(piece), 0
+            for c, n in runs:
+                part = bytes(view[pos:pos + n * cb])
+                if len(part) < n * cb:
+                    part += bytes(n * cb - len(part))
+                self.dev.write_at(base + c * cb, part)
+                pos += n * cb
         return first, size
 
     # -- public operations ---------------------------------------------------------------
-    def write_file(self: FatVolume, path: str, source: Source,
+    def write_file(self, path: str, source: Source,
                    mtime: _dt.datetime | None = None, attributes: int = ff.ATTR_ARCHIVE,
                    created: _dt.datetime | None = None, accessed: _dt.date | None = None,
                    raw_entry: bytes | None = None) -> DirEntryInfo:
@@ -211,17 +252,22 @@ class VolumeWriter:
                 entry[22:26] = stamp.time.to_bytes(2, "little") + stamp.date.to_bytes(2, "little")
                 entry[18:20] = stamp.date.to_bytes(2, "little")
                 entry[11] |= ff.ATTR_ARCHIVE
-            d.write_slot(old.slot, bytes(entry))
+            d.put_slot(old.slot, entry)
+            slot = old.slot
         else:
             if raw_entry is not None:
                 template = with_cluster_and_size(raw_entry, first, size)
             else:
                 template = build_entry(b" " * 11, attributes, first, size, when, created, accessed)
-            self._insert(d, name, template)
+            slot = self._insert(d, name, template)
         self.fat.flush()
-        return self.stat(posixpath.join(parent.path, name))
+        return self._entry(d, slot, parent.path)
 
-    def mkdir(self: FatVolume, path: str, parents: bool = False, exist_ok: bool = False,
+    def _entry(self, d: Directory, slot: int, parent_path: str) -> DirEntryInfo:
+        """The entry just written at `slot` of `d`, as a lookup would return it."""
+        return d.indexed_entry(slot, parent_path)
+
+    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False,
               mtime: _dt.datetime | None = None, raw_entry: bytes | None = None) -> DirEntryInfo:
         """Create a directory with its '.' and '..' entries."""
         self._begin()
@@ -254,11 +300,12 @@ class VolumeWriter:
         dotdot[0:11], dotdot[12] = b"..         ", 0
         body[0:E], body[E:2 * E] = dot, dotdot
         self.dev.write_at(self.layout.cluster_offset(cluster), bytes(body))
-        self._insert(d, name, template)
+        self.forget(cluster)
+        slot = self._insert(d, name, template)
         self.fat.flush()
-        return self.stat(posixpath.join(parent.path, name))
+        return self._entry(d, slot, parent.path)
 
-    def remove(self: FatVolume, path: str, recursive: bool = False) -> None:
+    def remove(self, path: str, recursive: bool = False) -> None:
         """Delete a file, or a directory (empty unless recursive)."""
         self._begin()
         info = self.stat(path)
@@ -271,12 +318,13 @@ class VolumeWriter:
             for k in kids:
                 self.remove(k.path, recursive=True)
             info = self.stat(path)
+            self.forget(info.first_cluster)
         if info.first_cluster >= 2:
             self.fat.free_chain(info.first_cluster)
         self._erase(self.directory(info.parent_cluster), info)
         self.fat.flush()
 
-    def rename(self: FatVolume, src: str, dst: str) -> DirEntryInfo:
+    def rename(self, src: str, dst: str) -> DirEntryInfo:
         """Rename or move a file or directory (dst names the new path, not a folder to
         move into)."""
         self._begin()
@@ -298,9 +346,9 @@ class VolumeWriter:
                     else parent.first_cluster
                 sub.write_slot(1, with_cluster_and_size(sub.raw(1), new_parent, 0))
         self.fat.flush()
-        return self.stat(posixpath.join(parent.path, name))
+        return self.stat(f"{parent.path.rstrip('/')}/{name}")
 
-    def set_label(self: FatVolume, label: str) -> None:
+    def set_label(self, label: str) -> None:
         """Set (or with '' remove) the volume label in the root directory and the BPB."""
         self._begin()
         raw = encode_label(label)
@@ -323,10 +371,10 @@ class VolumeWriter:
             else:
                 self._erase(d, current)
         elif label:
-            entry = build_entry(raw, ff.ATTR_VOLUME_ID, 0, 0, _dt.datetime.now())
+            label_entry = build_entry(raw, ff.ATTR_VOLUME_ID, 0, 0, _dt.datetime.now())
             idx = self._free_run(d, 1)
             at_end = d.data[idx * E] == 0
-            d.write_slot(idx, entry)
+            d.write_slot(idx, label_entry)
             if at_end and idx + 1 < d.slots and d.data[(idx + 1) * E] != 0:
                 d.write_slot(idx + 1, bytes(E))
         self.fat.flush()

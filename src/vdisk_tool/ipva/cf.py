@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import RefusedError, RepairError
@@ -149,17 +149,30 @@ def _remove_stale_extents(old_files: list[str], new_files: list[str]) -> None:
 
 def verify_copy(old: FatVolume, new: FatVolume) -> None:
     """Every file and folder of `old` exists in `new` with the same bytes, attributes,
-    timestamps and names; raise RepairError on the first difference."""
-    for _d, kids in old.walk("/"):
-        for k in kids:
+    timestamps and names; raise RepairError on the first difference. The two trees are
+    walked side by side, each name looked up in the matching folder of `new`."""
+    pending = [(old.root_info(), new.root_info())]
+    seen: set[int] = set()
+    while pending:
+        od, nd = pending.pop()
+        if od.first_cluster in seen:
+            continue
+        seen.add(od.first_cluster)
+        folder = new.directory(nd.first_cluster)
+        for k in old.children(od):
             try:
-                n = new.stat(k.path)
+                n = new.lookup(folder, k.name, nd.path)
             except Exception as exc:  # noqa: BLE001 - any failure is a failed copy
                 raise RepairError(f"{k.path} is missing from the new CF ({exc})") from None
+            if n is None:
+                raise RepairError(f"{k.path} is missing from the new CF (no such file or "
+                                  "directory)")
             if (n.name, n.attributes, n.modified, n.created, n.is_dir) != (
                     k.name, k.attributes, k.modified, k.created, k.is_dir):
                 raise RepairError(f"{k.path}: names, attributes or timestamps differ in the new CF")
             if k.is_dir:
+                if k.first_cluster >= 2:
+                    pending.append((k, n))
                 continue
             if n.size_bytes != k.size_bytes:
                 raise RepairError(f"{k.path}: size differs in the new CF")
@@ -168,7 +181,7 @@ def verify_copy(old: FatVolume, new: FatVolume) -> None:
                 raise RepairError(f"{k.path}: content differs in the new CF")
 
 
-def _same_stream(a, b) -> bool:
+def _same_stream(a: Iterable[bytes], b: Iterable[bytes]) -> bool:
     abuf = bbuf = b""
     ia, ib = iter(a), iter(b)
     while True:
