@@ -20,15 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samplelib import lcg_bytes, raw_to_vmdk_fixed_cid  # noqa: E402
 
 from vdisk_tool.fs.dirent import build_entry
 from vdisk_tool.fs.format import format_volume
 from vdisk_tool.fs.volume import open_volume
 from vdisk_tool.image.base import FileDevice
-from vdisk_tool.image.create import create_image
 from vdisk_tool.ipva.firmware import build_firmware
 
 MiB = 1 << 20
@@ -37,19 +38,9 @@ WHEN = dt.datetime(2023, 11, 14, 22, 13, 20)
 KEEP_CLUSTERS = 24
 
 
-def section(seed: int, size: int) -> bytes:
-    """Deterministic bytes that do not look like zeros (a small LCG)."""
-    out = bytearray(size)
-    x = seed
-    for i in range(size):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        out[i] = (x >> 16) & 0xFF
-    return bytes(out)
-
-
 def sample_firmware() -> bytes:
-    parts = [("LOADER", section(1, 6000)), ("KERNEL", section(2, 40000)),
-             ("PBX", section(3, 30000)), ("WEBUI", section(4, 9000))]
+    parts = [("LOADER", lcg_bytes(1, 6000)), ("KERNEL", lcg_bytes(2, 40000)),
+             ("PBX", lcg_bytes(3, 30000)), ("WEBUI", lcg_bytes(4, 9000))]
     return build_firmware(parts, build=90468, version="9.00 hotfix4", timestamp=TIME0)
 
 
@@ -71,18 +62,6 @@ def boot_raw(raw: str, firmware: bytes, crashed: bool) -> None:
         dev.flush()
 
 
-def to_vmdk(raw: str, out: str, cid: int) -> None:
-    if os.path.exists(out):
-        os.unlink(out)
-    with FileDevice(raw) as src:
-        create_image(out, src.size_bytes, "monolithicSparse", "ide", source=src)
-    with open(out, "r+b") as f:            # fixed CID: same length, in the embedded descriptor
-        head = f.read(21 * 512)
-        fixed = re.sub(rb"CID=[0-9a-f]{8}", b"CID=%08x" % cid, head, count=1)
-        f.seek(0)
-        f.write(fixed)
-
-
 def main(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     firmware = sample_firmware()
@@ -92,7 +71,7 @@ def main(out_dir: str) -> None:
             raw = os.path.join(tmp, name + ".raw")
             boot_raw(raw, firmware, crashed)
             out = os.path.join(out_dir, name)
-            to_vmdk(raw, out, cid)
+            raw_to_vmdk_fixed_cid(raw, out, cid)
             with open(out, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             print(f"{out}  {os.path.getsize(out)} bytes  sha256 {digest}")

@@ -11,13 +11,13 @@ The CIDs are fixed so that every run writes the same bytes (sha256 in README.md)
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samplelib import raw_to_vmdk_fixed_cid  # noqa: E402
+
 from vdisk_tool.formats import dump_store as ds
-from vdisk_tool.image.base import FileDevice
-from vdisk_tool.image.create import create_image
 
 MiB = 1 << 20
 SEGMENT = 64 * 1024
@@ -61,18 +61,6 @@ def dump_content(raw: str) -> None:
         f.write(ds.build_store_header(slot_sectors=slot, slot_count=count, next_slot=3))
 
 
-def to_vmdk(raw: str, out: str, cid: int) -> None:
-    if os.path.exists(out):
-        os.unlink(out)
-    with FileDevice(raw) as src:
-        create_image(out, src.size_bytes, "monolithicSparse", "ide", source=src)
-    with open(out, "r+b") as f:            # fixed CID: same length, in the embedded descriptor
-        head = f.read(21 * 512)
-        fixed = re.sub(rb"CID=[0-9a-f]{8}", b"CID=%08x" % cid, head, count=1)
-        f.seek(0)
-        f.write(fixed)
-
-
 def main(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +69,7 @@ def main(out_dir: str) -> None:
             raw = os.path.join(tmp, name + ".raw")
             open(raw, "wb").close()
             fill(raw)
-            to_vmdk(raw, os.path.join(out_dir, name), cid)
+            raw_to_vmdk_fixed_cid(raw, os.path.join(out_dir, name), cid)
             print(os.path.join(out_dir, name))
 
 

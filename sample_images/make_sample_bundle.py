@@ -25,6 +25,9 @@ import shutil
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samplelib import lcg_bytes  # noqa: E402
+
 from vdisk_tool.fs.volume import open_volume
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.image.edit import edit_image
@@ -39,20 +42,11 @@ TIME0 = 1700000000
 VARIANTS = ("crashed-update", "missing-perfctr", "e1000-nic", "torn-dump", "generated-mac")
 
 
-def _lcg(seed: int, size: int) -> bytes:
-    out = bytearray(size)
-    x = seed
-    for i in range(size):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        out[i] = (x >> 16) & 0xFF
-    return bytes(out)
-
-
 def sample_firmware() -> bytes:
     """2.5 MiB; each section starts with 16 KiB of code-like bytes, the rest is zero."""
     sizes = [("LOADER", 256 * 1024), ("KERNEL", 1024 * 1024), ("PBX", 1024 * 1024),
              ("WEBUI", 256 * 1024 - 4096)]
-    parts = [(name, _lcg(i + 1, 16384) + bytes(n - 16384)) for i, (name, n) in enumerate(sizes)]
+    parts = [(name, lcg_bytes(i + 1, 16384) + bytes(n - 16384)) for i, (name, n) in enumerate(sizes)]
     return build_firmware(parts, build=90468, version="9.00 hotfix4", timestamp=TIME0)
 
 
@@ -121,7 +115,8 @@ def make_variant(name: str, healthy: str, dest: str) -> None:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description="Write the sample bundle or a broken variant of it.")
-    ap.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipva"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("out", nargs="?", default=os.path.join(here, "ipva"))
     ap.add_argument("--variant", nargs=2, metavar=("NAME", "DEST"))
     args = ap.parse_args(argv)
     if args.variant:
