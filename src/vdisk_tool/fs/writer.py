@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .volume import Directory
 
 E = ff.DIR_ENTRY_BYTES
-WRITE_CHUNK_BYTES = 4 << 20
+WRITE_CHUNK_BYTES = 512 << 10
 MAX_FILE_BYTES = 0xFFFFFFFF
 #: File content: bytes, a binary file object, or an iterable of byte strings.
 Source = bytes | bytearray | memoryview | IO[bytes] | Iterable[bytes]
