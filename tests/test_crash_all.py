@@ -16,8 +16,8 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import fwbuilder
 import pytest
@@ -136,8 +136,10 @@ def _fat_result(name: str, want: Callable[[Path, int], bool]) -> Callable[[Path]
 # -- inputs -------------------------------------------------------------------------------------
 
 def _fat_disk(folder: Path, name: str = "d.vmdk", mib: int = 8, label: str = "TESTVOL",
-              files: dict[str, bytes] = FILES, edit: Callable[[Path], None] | None = None) -> None:
-    """A monolithicSparse VMDK: MBR, FAT16 at LBA 2048 (sfdisk + mkfs.fat), `files` by mtools."""
+              files: dict[str, bytes] = FILES, edit: Callable[[Path], None] | None = None,
+              subformat: str = "monolithicSparse") -> None:
+    """A VMDK (monolithicSparse unless told): MBR, FAT16 at LBA 2048 (sfdisk + mkfs.fat),
+    `files` copied by mtools, converted by qemu-img."""
     for tool in ("sfdisk", "mkfs.fat", "mcopy", "qemu-img"):
         need_tool(tool)
     build = folder.parent / f"build-{name}"
@@ -150,7 +152,8 @@ def _fat_disk(folder: Path, name: str = "d.vmdk", mib: int = 8, label: str = "TE
     mtools_fill(raw, 2048 * 512, files, build)
     if edit:
         edit(raw)
-    run("qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", str(raw), str(folder / name))
+    run("qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+        str(raw), str(folder / name))
     shutil.rmtree(build)
 
 
@@ -175,11 +178,22 @@ def _root_entry(raw: Path, short: bytes) -> int:
 
 # -- fs -----------------------------------------------------------------------------------------
 
-def test_fs_put(tmp_path: Path) -> None:
+FLAT_ORDER = ("bug: with a relative image path edit_image() renames the descriptor before the "
+              "-flat extent (Disk.files holds the descriptor as given, edit_image compares it "
+              "with abspath), so a kill between the two renames leaves the old data under a "
+              "new descriptor (new CID)")
+
+
+@pytest.mark.parametrize("subformat", [
+    "monolithicSparse",
+    pytest.param("monolithicFlat", marks=pytest.mark.xfail(strict=True, reason=FLAT_ORDER)),
+    "streamOptimized"])
+def test_fs_put(tmp_path: Path, subformat: str) -> None:
+    """Also on a descriptor + flat pair (two files replaced) and a re-encoded stream image."""
     data = random.Random(5).randbytes(40_000)
 
     def make(folder: Path) -> None:
-        _fat_disk(folder)
+        _fat_disk(folder, subformat=subformat)
         (folder / "new.bin").write_bytes(data)
 
     def want(raw: Path, off: int) -> bool:
@@ -188,7 +202,7 @@ def test_fs_put(tmp_path: Path) -> None:
 
     res = crash_test(make, ["fs", "put", "d.vmdk", "new.bin", "/Sub Directory/A new File.bin"],
                      _fat_result("d.vmdk", want), tmp_path, points=POINTS)
-    _finish("fs put", res)
+    _finish("fs put" + ("" if subformat == "monolithicSparse" else f" ({subformat})"), res)
 
 
 def test_fs_rm(tmp_path: Path) -> None:

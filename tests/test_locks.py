@@ -166,8 +166,9 @@ CMDS: dict[str, Cmd] = {
 LOCKS = ("disk", "esxi", "vmx")
 
 # Cases that fail today; each is a bug in the command, described in the reason.
-NO_FORCE = {"create": "bug: `vdisk create` has no --force, so a stale lock of the target cannot be overridden",
-            "convert": "bug: `vdisk convert` has no --force, so a stale lock of the target cannot be overridden",
+STALE = "has no --force, so a stale lock of the target cannot be overridden"
+NO_FORCE = {"create": f"bug: `vdisk create` {STALE}",
+            "convert": f"bug: `vdisk convert` {STALE}",
             "bundle create": "bug: `vdisk bundle create` has no --force"}
 VMX_IGNORED = ("bug: a disk command ignores the lock of the vmx that attaches the disk "
                "(ipva.vmx.lck): image.safe.check_unlocked() only looks for <disk>.lck and .lck-*")
