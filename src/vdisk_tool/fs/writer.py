@@ -186,18 +186,22 @@ class VolumeWriter:
             yield from iter(lambda: reader.read(chunk_bytes), b"")
             return
         cb = self.layout.cluster_bytes
-        buf = bytearray()
+        parts: list[bytes] = []
+        have = 0
         for piece in source:
-            if not buf and len(piece) % cb == 0:
+            if not parts and len(piece) % cb == 0:
                 yield piece                # whole clusters: no copy
                 continue
-            buf += piece
-            if len(buf) >= chunk_bytes:
-                n = len(buf) // cb * cb
-                yield bytes(buf[:n])
-                del buf[:n]
-        if buf:
-            yield bytes(buf)
+            parts.append(piece)
+            have += len(piece)
+            if have >= chunk_bytes:
+                joined = b"".join(parts)
+                n = have // cb * cb
+                yield joined if n == have else joined[:n]
+                parts = [joined[n:]] if n < have else []
+                have -= n
+        if parts:
+            yield b"".join(parts)
 
     def _write_content(self, source: Source) -> tuple[int, int]:
         """Write data into newly allocated clusters; returns (first cluster, size)."""
@@ -214,17 +218,22 @@ class VolumeWriter:
             runs = self.fat.allocate_runs(-(-len(piece) // cb), after=last)
             first = first or runs[0][0]
             last = runs[-1][0] + runs[-1][1] - 1
-            if len(runs) == 1 and len(piece) == runs[0][1] * cb:
-                self.dev.write_at(base + runs[0][0] * cb, bytes(piece))   # bytes: no copy
+            if len(runs) == 1:
+                self._write_padded(base + runs[0][0] * cb, piece, runs[0][1] * cb)
                 continue
             view, pos = memoryview(piece), 0
             for c, n in runs:
-                part = bytes(view[pos:pos + n * cb])
-                if len(part) < n * cb:
-                    part += bytes(n * cb - len(part))
-                self.dev.write_at(base + c * cb, part)
+                self._write_padded(base + c * cb, view[pos:pos + n * cb], n * cb)
                 pos += n * cb
         return first, size
+
+    def _write_padded(self, offset: int, data: bytes | memoryview, room: int) -> None:
+        """Write `data` at `offset` and zeros after it up to `room` bytes (the rest of its
+        last cluster)."""
+        if data:
+            self.dev.write_at(offset, data if isinstance(data, bytes) else bytes(data))
+        if len(data) < room:
+            self.dev.write_at(offset + len(data), bytes(room - len(data)))
 
     # -- public operations ---------------------------------------------------------------
     def write_file(self, path: str, source: Source,
