@@ -273,3 +273,24 @@ def generate_short_name(name: str, taken: set[bytes]) -> bytes:
         if raw not in taken:
             return raw
     raise FormatError(f"no free short name for {name!r}")
+
+
+LABEL_INVALID = set('"*+,./:;<=>?[\\]|')
+
+
+def encode_label(label: str) -> bytes:
+    """The 11 bytes of a volume label: upper case, at most 11 characters."""
+    text = label.upper()
+    bad = sorted({ch for ch in text if ch in LABEL_INVALID or ord(ch) < 0x20})
+    if bad:
+        raise FormatError(f"label {label!r} contains characters a label cannot hold: "
+                          + " ".join(repr(c) for c in bad))
+    try:
+        raw = text.encode("cp437")
+    except UnicodeEncodeError:
+        raise FormatError(f"label {label!r} has characters outside code page 437") from None
+    if len(raw) > 11:
+        raise FormatError(f"label {label!r} is longer than 11 characters")
+    if raw[:1] == b" ":
+        raise FormatError("a label cannot start with a space")
+    return raw.ljust(11, b" ")

@@ -11,6 +11,7 @@ from ..formats import fat as ff
 from .dirent import (
     DirEntryInfo,
     build_entry,
+    encode_label,
     generate_short_name,
     plain_short_name,
     validate_long_name,
@@ -19,9 +20,11 @@ from .dirent import (
 
 if TYPE_CHECKING:
     from ..image.base import BlockDevice
+    from .directory import Directory
     from .layout import FatLayout
     from .table import FatTable
-    from .volume import Directory
+
+__all__ = ["VolumeWriter", "encode_label"]
 
 E = ff.DIR_ENTRY_BYTES
 WRITE_CHUNK_BYTES = 512 << 10
@@ -387,24 +390,3 @@ class VolumeWriter:
             if at_end and idx + 1 < d.slots and d.data[(idx + 1) * E] != 0:
                 d.write_slot(idx + 1, bytes(E))
         self.fat.flush()
-
-
-LABEL_INVALID = set('"*+,./:;<=>?[\\]|')
-
-
-def encode_label(label: str) -> bytes:
-    """The 11 bytes of a volume label: upper case, at most 11 characters."""
-    text = label.upper()
-    bad = sorted({ch for ch in text if ch in LABEL_INVALID or ord(ch) < 0x20})
-    if bad:
-        raise FormatError(f"label {label!r} contains characters a label cannot hold: "
-                          + " ".join(repr(c) for c in bad))
-    try:
-        raw = text.encode("cp437")
-    except UnicodeEncodeError:
-        raise FormatError(f"label {label!r} has characters outside code page 437") from None
-    if len(raw) > 11:
-        raise FormatError(f"label {label!r} is longer than 11 characters")
-    if raw[:1] == b" ":
-        raise FormatError("a label cannot start with a space")
-    return raw.ljust(11, b" ")
