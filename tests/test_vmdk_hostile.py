@@ -382,3 +382,19 @@ def test_repair_refuses_to_guess(bases, tmp_path):
     res = CliRunner().invoke(app, ["check", "--repair", str(image)])
     assert res.exit_code == 1, res.output
     assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("redundant", [False, True], ids=["gd", "rgd"])
+def test_repair_restores_a_directory_entry(bases, tmp_path, redundant):
+    """One directory entry overwritten, its twin and both tables intact: `check --repair`
+    puts the entry back and the disk reads as before."""
+    image = vc.copy_image(bases.sparse64, tmp_path)
+    vc.patch_u32(image, vc.gd_entry_offset(image, 1, redundant=redundant), 0x00FFFFF0)
+    runner = CliRunner()
+    res = runner.invoke(app, ["check", "--json", str(image)])
+    assert res.exit_code == 1
+    assert "vmdk.gd-entry" in {f["code"] for f in json.loads(res.stdout)["findings"]}
+    res = runner.invoke(app, ["check", "--repair", str(image)])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["compare", str(bases.sparse64), str(image)]).exit_code == 0
+    assert runner.invoke(app, ["check", str(image)]).exit_code == 0
