@@ -178,15 +178,9 @@ def _root_entry(raw: Path, short: bytes) -> int:
 
 # -- fs -----------------------------------------------------------------------------------------
 
-FLAT_ORDER = ("bug: with a relative image path edit_image() renames the descriptor before the "
-              "-flat extent (Disk.files holds the descriptor as given, edit_image compares it "
-              "with abspath), so a kill between the two renames leaves the old data under a "
-              "new descriptor (new CID)")
-
-
 @pytest.mark.parametrize("subformat", [
     "monolithicSparse",
-    pytest.param("monolithicFlat", marks=pytest.mark.xfail(strict=True, reason=FLAT_ORDER)),
+    "monolithicFlat",
     "streamOptimized"])
 def test_fs_put(tmp_path: Path, subformat: str) -> None:
     """Also on a descriptor + flat pair (two files replaced) and a re-encoded stream image."""
@@ -545,9 +539,6 @@ def test_bundle_clone(tmp_path: Path) -> None:
 
 # -- leftovers --------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug: edit_image leaves .<disk>.vdisk-tmp-<pid>.d behind "
-                   "when killed and no later run on the disk removes or mentions it "
-                   "(clean_leftovers() is never called; only `bundle check` reports leftovers)")
 def test_leftovers_are_cleaned_or_reported_by_the_next_run(tmp_path: Path) -> None:
     """A run killed half-way leaves its temporary copy; the next run on the same disk must
     remove it or say it is there."""

@@ -166,29 +166,14 @@ CMDS: dict[str, Cmd] = {
 LOCKS = ("disk", "esxi", "vmx")
 
 # Cases that fail today; each is a bug in the command, described in the reason.
-STALE = "has no --force, so a stale lock of the target cannot be overridden"
-NO_FORCE = {"create": f"bug: `vdisk create` {STALE}",
-            "convert": f"bug: `vdisk convert` {STALE}",
-            "bundle create": "bug: `vdisk bundle create` has no --force"}
-VMX_IGNORED = ("bug: a disk command ignores the lock of the vmx that attaches the disk "
-               "(ipva.vmx.lck): image.safe.check_unlocked() only looks for <disk>.lck and .lck-*")
-SILENT_FORCE = ("bug: --force overrides the lock without a warning on stderr (the warnings "
-                "check_unlocked() returns are dropped)")
-BUNDLE_DISKS = ("bug: the vmx is edited although a disk of the appliance is locked (VM running): "
-                "Vmx.save() checks only ipva.vmx, not Bundle.lock_paths()")
+NO_FORCE = {"bundle create": "bug: `vdisk bundle create` has no --force"}
 CREATE_MSG = ("bug (minor): refused only because the folder is not empty; the error names the "
               "folder, not the lock")
 KNOWN: dict[tuple[str, str, str], str] = {}
-for _c in CMDS:
-    if not _c.startswith("bundle"):
-        KNOWN[(_c, "vmx", "refuse")] = KNOWN[(_c, "vmx", "force")] = VMX_IGNORED
-for _c in ("check --repair", "grow", "boot restore", "cf format", "cf grow"):
-    KNOWN[(_c, "disk", "force")] = KNOWN[(_c, "esxi", "force")] = SILENT_FORCE
+SILENT_FORCE = "bug: --force overrides the source's lock without a warning on stderr"
 for _l in LOCKS:
-    KNOWN[("bundle clone", _l, "force")] = SILENT_FORCE
     KNOWN[("bundle create", _l, "refuse")] = CREATE_MSG
-for _c in ("bundle check --fix", "bundle set-mac"):
-    KNOWN[(_c, "disk", "refuse")] = KNOWN[(_c, "disk", "force")] = BUNDLE_DISKS
+    KNOWN[("bundle clone", _l, "force")] = SILENT_FORCE
 
 
 def _xfail(cmd: str, lock: str, mode: str) -> str | None:

@@ -8,6 +8,7 @@ exit, so a harness can spread kill points over a command's whole run.
 from __future__ import annotations
 
 import atexit
+import builtins
 import os
 import signal
 
@@ -34,8 +35,37 @@ def install() -> None:
     for name in _WRAPPED:
         if hasattr(os, name):
             setattr(os, name, wrap(getattr(os, name)))
+    real_open = builtins.open
+
+    class _Counted:
+        """A file object whose writes, truncates and flushes are kill points too."""
+
+        def __init__(self, f):
+            self._f = f
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            self._f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def __iter__(self):
+            return iter(self._f)
+
+        write = property(lambda self: wrap(self._f.write))
+        writelines = property(lambda self: wrap(self._f.writelines))
+        truncate = property(lambda self: wrap(self._f.truncate))
+
+    def counted_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return _Counted(f) if any(c in mode for c in "wax+") else f
+
+    builtins.open = counted_open
     if count_file:
-        real_open = open
 
         def report() -> None:
             with real_open(count_file, "w") as f:

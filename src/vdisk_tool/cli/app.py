@@ -34,6 +34,8 @@ def root(
     """vdisk: VMDK, FAT and IPVA appliance disks, inspected and repaired on image files only."""
     if debug:
         common.DEBUG["on"] = True
+    common.show_library_warnings()
+    common.reset_warnings()
 
 
 # Command groups register themselves on `app` when imported. The `vdisk` entry point

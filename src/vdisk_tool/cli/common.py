@@ -112,7 +112,14 @@ def print_findings(findings: list[Finding], prefix: str = "") -> None:
         typer.echo(f"{prefix}{f.severity.value}: {f.code}{where}: {f.message}{fix}")
 
 
+_SHOWN: set[str] = set()
+
+
 def warn(message: str) -> None:
+    """One warning line on stderr (each distinct message once per run)."""
+    if message in _SHOWN:
+        return
+    _SHOWN.add(message)
     typer.echo(f"vdisk: warning: {message}", err=True)
 
 
@@ -169,3 +176,23 @@ def parse_size(text: str) -> int:
     if n <= 0:
         raise typer.BadParameter(f"size must be positive: {text!r}")
     return n
+
+
+def show_library_warnings() -> None:
+    """Library warnings (a lock overridden with --force, leftovers removed) become one
+    `vdisk: warning:` line on stderr each."""
+    import warnings as _warnings
+
+    from ..image.safe import LeftoverWarning, LockOverrideWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        warn(str(message))
+
+    _warnings.showwarning = show
+    for cat in (LockOverrideWarning, LeftoverWarning):
+        _warnings.simplefilter("always", cat)
+
+
+def reset_warnings() -> None:
+    """Forget the warnings shown (each command invocation starts afresh)."""
+    _SHOWN.clear()

@@ -175,6 +175,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            subformat: str = typer.Option("monolithicSparse", "--subformat", "-F", help=SUBFORMAT_HELP),
            adapter: str = typer.Option("ide", "--adapter", help="ide, lsilogic, buslogic or legacyESX."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
+           force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            json_out: bool = JSON) -> None:
     """Create an empty disk with geometry and descriptor as VMware writes them.
 
@@ -182,7 +183,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     """
     n = parse_size(size)
     n = -(-n // 512) * 512
-    files = create_image(file, n, subformat, adapter, hw_version=hw_version)
+    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
     else:
@@ -198,6 +199,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
                                           + " Default: the source's, else monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
             adapter: str = typer.Option(None, "--adapter", help="Default: the source's adapter."),
+            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
 
@@ -210,7 +212,8 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
         else:
             sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
         with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk, progress=cb)
+            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk,
+                         progress=cb, force=force)
 
 
 @app.command()

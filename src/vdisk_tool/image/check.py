@@ -15,6 +15,7 @@ from ..errors import Finding, ImageError, Severity, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
 from .disk import Disk, _resolve, open_image
+from .safe import TMP_MARK, leftover_temps
 from .sparse import SparseExtent
 
 SECTOR = vs.SECTOR_BYTES
@@ -80,6 +81,12 @@ def check_image(path: str, allow_outside: bool = False) -> CheckReport:
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)
     disk = open_image(path, allow_outside=allow_outside, follow_parent=False)
+    for f in disk.files:
+        folder, name = os.path.split(os.path.abspath(f))
+        for tmp in leftover_temps(folder):
+            if os.path.basename(tmp).startswith(f".{name}{TMP_MARK}"):
+                report.add("vmdk.leftover-temp", W, f"{os.path.basename(tmp)} was left by an "
+                           "interrupted run; the next change to this image removes it", path=tmp)
     try:
         _check_descriptor(disk, report)
         for idx, ext in enumerate(disk.extents):

@@ -17,7 +17,7 @@ from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
 from .base import SECTOR_BYTES, BlockDevice, RunKind
-from .safe import Replacement, check_unlocked, create_temp
+from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
 
 SUBFORMATS = ("monolithicSparse", "monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
@@ -97,6 +97,8 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             raise RefusedError("exists; refusing to overwrite it", path=t,
                                hint="remove it first or choose another name")
     check_unlocked(targets, force=force)
+    for t in targets:
+        clean_leftovers_for(t)
     cid = new_cid()
     rep = Replacement()
     try:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from .create import create_image, like, new_cid
 from .disk import Disk, open_image
 from .journal import JournalledDisk, recover
-from .safe import TMP_MARK, Replacement, check_unlocked, create_temp, sparse_copy
+from .safe import TMP_MARK, Replacement, check_unlocked, clean_leftovers_for, create_temp, sparse_copy
 
 FLAT_SUBFORMATS = ("raw", "monolithicFlat", "vmfs", "twoGbMaxExtentFlat")
 
@@ -35,35 +35,19 @@ def temp_dir_for(path: str) -> str:
     return os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}.d")
 
 
-def clean_leftovers(folder: str) -> list[str]:
-    """Remove what an interrupted run left (temporary files and folders); return their names."""
-    from .safe import leftover_temps
-    gone = []
-    for p in leftover_temps(folder):
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            try:
-                os.unlink(p)
-            except OSError:
-                continue
-        gone.append(p)
-    return gone
-
-
 @contextmanager
 def edit_image(path: str, *, force: bool = False, backup: str | None = None,
                dry_run: bool = False, allow_outside: bool = False, keep_cid: bool = False,
                warnings: Callable[[str], None] | None = None) -> Iterator[Disk]:
     """Yield a writable Disk over a copy of `path`; commit it on success (see module doc)."""
     with open_image(path, allow_outside=allow_outside) as probe:
-        files = probe.files
+        files = [os.path.abspath(f) for f in probe.files]
         sub = probe.subformat
         shape = like(probe)
         has_parent = probe.parent is not None
-    for w in check_unlocked(files, force=force):
-        if warnings:
-            warnings(w)
+    check_unlocked(files, force=force)   # with force: a LockOverrideWarning
+    for f in files:
+        clean_leftovers_for(f)
     if recover(path) and warnings:
         warnings("an interrupted edit of this image was rolled back first")
     if sub in FLAT_SUBFORMATS and not has_parent and _stored_bytes(files) >= journal_min_bytes():

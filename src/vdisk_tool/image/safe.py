@@ -16,20 +16,50 @@ from .base import host_data_ranges
 TMP_MARK = ".vdisk-tmp-"
 
 
+class LockOverrideWarning(UserWarning):
+    """A VMware lock was overridden with --force (the CLI prints it as a warning line)."""
+
+
+class LeftoverWarning(UserWarning):
+    """Files an interrupted vdisk run left behind were found (and removed)."""
+
+
+def _vmx_names(folder: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "*.vmx")))
+
+
+def _vmx_mentions(vmx: str, name: str) -> bool:
+    try:
+        with open(vmx, "rb") as f:
+            return name.encode("utf-8", "replace").lower() in f.read(1 << 20).lower()
+    except OSError:
+        return False
+
+
 def lock_paths(path: str) -> list[str]:
-    """VMware lock artefacts that belong to `path`: `<file>.lck` folders or files, and
-    ESXi's `.lck-*` files in the same folder."""
+    """VMware lock artefacts that belong to `path`: `<file>.lck` folders or files, ESXi's
+    `.lck-*` files in the same folder, the lock of a vmx in the folder that attaches the
+    disk, and for a vmx, the locks of the disks beside it (a running VM holds them all)."""
     found = []
     if os.path.lexists(path + ".lck"):
         found.append(path + ".lck")
     folder = os.path.dirname(os.path.abspath(path))
     found.extend(sorted(glob.glob(os.path.join(glob.escape(folder), ".lck-*"))))
-    return found
+    name = os.path.basename(path)
+    if name.lower().endswith(".vmx"):
+        found.extend(sorted(glob.glob(os.path.join(glob.escape(folder), "*.vmdk.lck"))))
+    else:
+        for vmx in _vmx_names(folder):
+            if os.path.lexists(vmx + ".lck") and _vmx_mentions(vmx, name):
+                found.append(vmx + ".lck")
+    return list(dict.fromkeys(found))
 
 
 def check_unlocked(paths: Iterable[str], force: bool = False) -> list[str]:
-    """Raise LockedError when any path is held by VMware; with force, return the warnings."""
-    warnings = []
+    """Raise LockedError when any path is held by VMware. With force, warn (a
+    LockOverrideWarning, which the CLI prints) and return the warnings."""
+    import warnings as _warnings
+    out = []
     for path in paths:
         locks = lock_paths(path)
         if locks:
@@ -37,8 +67,10 @@ def check_unlocked(paths: Iterable[str], force: bool = False) -> list[str]:
             if not force:
                 raise LockedError(msg, path=path,
                                   hint="power off the VM first, or pass --force if the lock is stale")
-            warnings.append(msg + "; continuing because of --force")
-    return warnings
+            msg += "; continuing because of --force"
+            out.append(msg)
+            _warnings.warn(msg, LockOverrideWarning, stacklevel=2)
+    return out
 
 
 def temp_path_for(target: str) -> str:
@@ -59,6 +91,44 @@ def create_temp(target: str) -> str:
 def leftover_temps(folder: str) -> list[str]:
     """Temporary files an interrupted vdisk run left behind (reported, then cleaned)."""
     return sorted(glob.glob(os.path.join(glob.escape(folder), f".*{TMP_MARK}*")))
+
+
+def _owner_alive(tmp: str) -> bool:
+    """True when the process whose pid the temporary name carries is still running."""
+    tail = tmp.rsplit(TMP_MARK, 1)[-1].split(".")[0]
+    if not tail.isdigit() or int(tail) == os.getpid():
+        return False
+    try:
+        os.kill(int(tail), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_leftovers_for(path: str) -> list[str]:
+    """Remove the temporary files and folders an interrupted run left beside `path`
+    (`.<name>.vdisk-tmp-<pid>...`, owner no longer running); warn and return them."""
+    import shutil
+    import warnings as _warnings
+    folder, name = os.path.split(os.path.abspath(path))
+    gone = []
+    for tmp in sorted(glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}{TMP_MARK}*"))):
+        if _owner_alive(tmp):
+            continue
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                continue
+        gone.append(tmp)
+    if gone:
+        _warnings.warn(f"removed {len(gone)} leftover(s) of an interrupted run: "
+                       + ", ".join(os.path.basename(g) for g in gone), LeftoverWarning, stacklevel=2)
+    return gone
 
 
 def fsync_path(path: str) -> None:
