@@ -76,8 +76,10 @@ def main() -> int:
             before = len(failures)
             t = time.monotonic()
             fuzz_seed(seeds[name], work, args.examples, args.cli_examples, rnd, failures)
-            print(f"{name:<14} {time.monotonic() - t:7.1f} s  "
-                  f"failures {len(failures) - before}", file=sys.stderr)
+            print(f"{name:<14} {time.monotonic() - t:7.1f} s  failures {len(failures) - before}"
+                  f"  peak RSS {tf.STATS['peak_rss_bytes'] >> 20} MiB", file=sys.stderr)
+            for f in failures[before:before + 3]:
+                print(f, file=sys.stderr)
     summary = {"random_seed": rnd, "seconds": round(time.monotonic() - t0, 1),
                "inputs": dict(sorted(tf.COUNTS.items())), "failures": len(failures),
                "tracebacks": tf.STATS["tracebacks"], "cli_runs": tf.STATS["cli_runs"],

@@ -409,19 +409,20 @@ def test_cli_read_only_commands_on_damaged_input(name, seeds, tmp_path_factory):
     assert not failures, "\n\n".join(failures)
 
 
-@pytest.mark.parametrize("name", ["sparse", "fat16-mbr", "boot", "dump"])
+@pytest.mark.parametrize("name", ["sparse", "delta", "fat16-mbr", "fat32-mbr", "boot"])
 def test_cli_on_every_structural_recipe(name, seeds, tmp_path_factory):
     """Each named structural damage (loops, shared tables, huge capacities) once through
     the first command of its kind, so none depends on the draw."""
     seed = seeds[name]
     work = tmp_path_factory.mktemp(f"recipes-{name}")
     failures = []
-    seen = set()
+    seen: Counter[str] = Counter()
     for label, ops in seed.recipes:
-        if label in seen:
+        kind = "-".join(label.split("-")[:2])      # e.g. loop-self, dir-loop, huge-capacity
+        if seen[kind] >= 2:
             continue
-        seen.add(label)
-        failures += check_cli(seed, fz.Damage(seed.name, ops), len(seen), work)
+        seen[kind] += 1
+        failures += check_cli(seed, fz.Damage(seed.name, ops), sum(seen.values()), work)
     assert not failures, "\n\n".join(failures[:3])
 
 
