@@ -455,10 +455,6 @@ def test_seeds_are_valid(seeds, tmp_path):
 
 
 # -- bugs found by fuzzing (kept as strict xfails until fixed) -----------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: image/check.py _check_stream loops forever when a zero end-of-stream marker sector "
-    "holds a non-zero byte after its first 16 bytes: _next_nonzero_sector returns the same "
-    "position, so `vdisk check` hangs"))
 def test_stream_eos_marker_with_nonzero_tail_does_not_hang(seeds, tmp_path):
     seed = seeds["stream-qemu"]
     overhead = fz.vc.read_header(seed.folder / seed.main)["overhead"]

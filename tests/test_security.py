@@ -315,14 +315,8 @@ TARGET_WRITERS = {
 }
 
 
-FS_GET_FOLLOWS = pytest.mark.xfail(strict=True, reason=(
-    "bug: `vdisk fs get IMG /FILE DEST` opens DEST with open(DEST, 'wb') (fs/transfer.py "
-    "extract), so a symlink at DEST is followed and its target overwritten or created"))
-
-
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-file", "dangling"])
-@pytest.mark.parametrize("writer", [w if w != "fs-get" else pytest.param(w, marks=FS_GET_FOLLOWS)
-                                    for w in TARGET_WRITERS])
+@pytest.mark.parametrize("writer", list(TARGET_WRITERS))
 def test_symlink_at_target_not_followed(tmp_path, victim, writer, dangling):
     _fat_image(tmp_path)
     link = tmp_path / "out.vmdk"

@@ -34,14 +34,7 @@ CASES = {c.name: c for c in vc.HOSTILE}
 # Engine bugs found by this corpus: keep the test, mark it, remove the mark when fixed.
 # (case, test) -> the bug; "cli" is test_cli_refuses_or_reports,
 # "read" is test_reads_raise_vdisk_errors.
-NO_HINT = ("a child whose descriptor has a parentCID but no parentFileNameHint opens as a "
-           "standalone disk: the parent's data reads as zeros, without a warning")
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("extent-listed-twice", "cli"): "check finds nothing wrong with two extent lines that name "
-                                    "the same file (a write to one half overwrites the other)",
-    ("parent-hint-missing", "cli"): NO_HINT,
-    ("parent-hint-missing", "read"): NO_HINT,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 # Why an "open" case must be refused: a pattern the one error line must match (so that the

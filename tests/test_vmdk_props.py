@@ -300,8 +300,6 @@ def test_descriptor_set_changes_one_line(drawn, data):
     assert [e.filename for e in reparsed.extents] == [e.filename for e in d.extents]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a descriptor that is not UTF-8 (e.g. "
-                   'encoding="windows-1252") is re-encoded as UTF-8 on write, changing its bytes')
 def test_descriptor_latin1_bytes_survive():
     raw = ('# Disk DescriptorFile\nversion=1\nencoding="windows-1252"\nCID=fffffffe\n'
            'parentCID=ffffffff\ncreateType="monolithicSparse"\n'

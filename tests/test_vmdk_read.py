@@ -257,10 +257,6 @@ def test_three_link_chain_over_split_parent(tools, tmp_path):
         assert disk.read_at(2100 * MIB, 4096) == bytes(4096)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: runs() of a snapshot child reports every grain the "
-                   "child lacks as PARENT without asking the parent, so iter_chunks/compare/"
-                   "convert "
-                   "read the whole virtual size through the chain")
 def test_child_walk_reads_only_stored_data(tools, tmp_path):
     """Walking a child must cost what the chain stores, not its virtual size (qemu-img
     compare/convert take 0.1 s on a 2 GiB child holding a few grains)."""
@@ -276,8 +272,6 @@ def test_child_walk_reads_only_stored_data(tools, tmp_path):
                 assert walked <= 64 * MIB, "walked far more than the chain stores"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a descriptor saved with a UTF-8 byte-order mark "
-                   "(as Windows Notepad does) is opened as a tiny raw disk")
 def test_descriptor_with_bom_is_not_a_raw_disk(tools, tmp_path):
     """Editing a descriptor in Notepad prepends EF BB BF. vdisk may read it as the VMDK it is
     or refuse it with an error, but must not present 300 bytes of text as the disk."""

@@ -51,6 +51,8 @@ class Descriptor:
 
     lines: list[str]
     newline: str = "\n"
+    encoding: str = "utf-8"   # how the bytes were decoded; writing uses the same
+    bom: bool = False
     keys: dict[str, int] = field(default_factory=dict)
     extents: list[ExtentLine] = field(default_factory=list)
 
@@ -136,7 +138,8 @@ class Descriptor:
         return self.newline.join(self.lines) + self.newline
 
     def to_bytes(self) -> bytes:
-        return self.render().encode("utf-8")
+        data = self.render().encode(self.encoding, errors="replace")
+        return b"\xef\xbb\xbf" + data if self.bom else data
 
 
 def unquote(value: str) -> str:
@@ -159,7 +162,7 @@ def parse_cid(value: str | None) -> int | None:
 
 def looks_like_descriptor(data: bytes) -> bool:
     """qemu's probe: skipping comments and blank lines, the first line is `version=N`."""
-    for raw in data[:4096].split(b"\n"):
+    for raw in data[:4096].removeprefix(b"\xef\xbb\xbf").split(b"\n"):
         line = raw.strip(b"\r").strip()
         if not line or line.startswith(b"#"):
             continue
@@ -172,13 +175,15 @@ def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise FormatError(f"descriptor larger than {MAX_DESCRIPTOR_BYTES} bytes", path=path)
     data = data.split(b"\0", 1)[0]
+    bom = data.startswith(b"\xef\xbb\xbf")
+    if bom:
+        data = data[3:]
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        try:
-            text = data.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-            raise FormatError(f"descriptor is not text: {exc}", path=path) from None
+        text, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        # windows-1252 and other 8-bit descriptors: latin-1 maps every byte to itself, so
+        # writing back with it keeps each untouched byte as it was
+        text, encoding = data.decode("latin-1"), "latin-1"
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.replace("\r\n", "\n").split("\n")
     if lines and lines[-1] == "":
@@ -186,6 +191,8 @@ def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
     if len(lines) > MAX_LINES:
         raise FormatError(f"descriptor has {len(lines)} lines, more than {MAX_LINES}", path=path)
     desc = parse_descriptor_lines(lines, newline, path)
+    desc.encoding = encoding
+    desc.bom = bom
     if desc.get("version") is None:
         raise FormatError("descriptor has no version= line", path=path)
     return desc

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import FormatError
+from ..errors import FormatError, RefusedError
 from .dirent import DirEntryInfo
 from .volume import FatVolume
 
@@ -26,6 +26,18 @@ def safe_host_name(name: str) -> str:
     if clean.strip(" .") == "":
         clean = "_" + clean.replace(".", "_") if clean else "_"
     return clean
+
+
+def _create(path: str) -> BinaryIO:
+    """Open a host file for writing without following a symbolic link at `path`."""
+    if os.path.islink(path):
+        raise RefusedError("refusing to write through a symbolic link", path=path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise RefusedError(f"cannot create: {exc.strerror}", path=path) from None
+    return os.fdopen(fd, "wb")
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ def extract(vol: FatVolume, path: str, dest: str,
             renamed.append((info.path, name))
         top = os.path.join(dest, name)
     if not info.is_dir:
-        with open(top, "wb") as f:
+        with _create(top) as f:
             total = _copy_out(vol, info, f)
         return Extracted(1, 0, total, tuple(renamed))
     root = os.path.realpath(top)
@@ -83,7 +95,7 @@ def extract(vol: FatVolume, path: str, dest: str,
             if k.is_dir:
                 os.makedirs(target, exist_ok=True)
                 continue
-            with open(target, "wb") as f:
+            with _create(target) as f:
                 total += _copy_out(vol, k, f)
             files += 1
             if progress:

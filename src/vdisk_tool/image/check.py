@@ -16,7 +16,7 @@ from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
 from .disk import Disk, _resolve, open_image
 from .safe import TMP_MARK, leftover_temps
-from .sparse import SparseExtent
+from .sparse import SparseExtent, zero_entries
 
 SECTOR = vs.SECTOR_BYTES
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -92,7 +92,7 @@ def check_image(path: str, allow_outside: bool = False) -> CheckReport:
         for idx, ext in enumerate(disk.extents):
             if isinstance(ext.device, SparseExtent):
                 _check_sparse(ext.device, report)
-            elif ext.path and ext.kind in ("FLAT", "VMFS"):
+            elif ext.path and ext.line is not None and ext.kind in ("FLAT", "VMFS"):
                 _check_flat(idx, ext, report)
         _check_chain(disk, report, allow_outside)
     finally:
@@ -117,6 +117,15 @@ def _check_descriptor(disk: Disk, r: CheckReport) -> None:
         r.add("vmdk.descriptor-createtype", W, f"unusual createType {ctype!r}", path=p)
     for w in disk.warnings:
         r.add("vmdk.descriptor-extent-size", E, w, path=p)
+    seen: dict[str, int] = {}
+    for i, ext in enumerate(disk.extents):
+        if ext.path is None:
+            continue
+        real = os.path.realpath(ext.path)
+        if real in seen:
+            r.add("vmdk.extent-shared", E, f"extent lines {seen[real] + 1} and {i + 1} name the same "
+                  f"file {os.path.basename(ext.path)!r}: a write to one overwrites the other", path=p)
+        seen.setdefault(real, i)
     adapter = desc.get("ddb.adapterType")
     if adapter is not None and adapter not in ("ide", "lsilogic", "buslogic", "legacyESX", "pvscsi"):
         r.add("vmdk.descriptor-adapter", W, f"unknown ddb.adapterType {adapter!r}", path=p)
@@ -208,14 +217,20 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
         meta.append((geo.rgd_offset_sectors,
                      geo.rgd_offset_sectors + vs.sectors_for_bytes(geo.gd_bytes)))
     for table in (gd, rgd):
-        for v in table or ():
-            if v:
-                meta.append((v, v + gt_sectors))
+        for _i, v in _nonzero(table):
+            meta.append((v, v + gt_sectors))
     spans = _Spans(meta)
     owners: dict[int, int] = {}
     grain_owner: dict[int, int] = {}
     used: list[tuple[int, int]] = []
-    for gdi in range(geo.gd_entries):
+    gdi = -1
+    while gdi + 1 < geo.gd_entries:
+        gdi += 1
+        if gd[gdi] == 0 and (rgd is None or rgd[gdi] == 0):
+            skip = min(zero_entries(gd, gdi), zero_entries(rgd, gdi) if rgd is not None else 1 << 62)
+            if skip > 1:
+                gdi += skip - 1
+                continue
         primary = _load_gt(ext, gd[gdi], fb, r, p, f"grain table {gdi}", gdi)
         backup = _load_gt(ext, rgd[gdi], fb, r, p, f"redundant grain table {gdi}", gdi) \
             if rgd is not None else None
@@ -266,6 +281,22 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
         _check_stream(ext, r)
 
 
+def _nonzero(table: array | None):
+    """(index, value) of the non-zero entries, skipping all-zero blocks without a Python step
+    per entry."""
+    i = 0
+    n = len(table) if table is not None else 0
+    while i < n:
+        z = zero_entries(table, i)  # type: ignore[arg-type]
+        if z:
+            i += z
+            continue
+        for k in range(i, min(i + 4096, n)):
+            if table[k]:  # type: ignore[index]
+                yield k, table[k]  # type: ignore[index]
+        i += 4096
+
+
 def _safe(fn, r: CheckReport, code: str, p: str):
     try:
         return fn()
@@ -287,6 +318,8 @@ def _regular_layout(ext: SparseExtent, rgd: array | None) -> tuple[int, int] | N
     end, rend = first + gt_sectors * n, rfirst + gt_sectors * n
     inside = end <= geo.overhead_sectors and rend <= geo.overhead_sectors
     apart = rend <= geo.gd_offset_sectors or rfirst >= geo.gd_offset_sectors + gd_sectors
+    if not (inside and apart):
+        return None
     agree = sum(1 for i in range(n) if ext.gd[i] == first + gt_sectors * i)
     ragree = sum(1 for i in range(n) if rgd[i] == rfirst + gt_sectors * i)
     return (first, rfirst) if inside and apart and agree + ragree >= n else None
@@ -424,6 +457,10 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
             if nxt >= fb:
                 saw_eos = True
                 break
+            if nxt == pos:   # looks like an end-of-stream marker, but its padding is not zero
+                r.add("vmdk.stream-marker", W, "a marker of type 0 with non-zero padding", pos,
+                      path=p)
+                nxt = pos + SECTOR
             pos = nxt
             continue
         if mtype in (vs.MARKER_GT, vs.MARKER_GD, vs.MARKER_FOOTER):

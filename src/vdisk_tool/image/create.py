@@ -154,6 +154,7 @@ def _descriptor(template: vd.Descriptor | None, cid: int, subformat: str,
                                    parent_cid=vd.NO_PARENT_CID if parent_cid is None else parent_cid,
                                    parent_hint=parent_hint)
     desc = vd.parse_descriptor_lines(list(template.lines), template.newline)
+    desc.encoding, desc.bom = template.encoding, template.bom
     desc.set("CID", f"{cid:08x}", quoted=False)
     desc.set("createType", subformat)
     desc.replace_extents(lines)

@@ -56,7 +56,9 @@ class Extent:
 
     @property
     def kind(self) -> str:
-        return self.line.extent_type if self.line else "SPARSE"
+        if self.line:
+            return self.line.extent_type
+        return "SPARSE" if isinstance(self.device, SparseExtent) else "FLAT"
 
 
 @dataclass
@@ -123,6 +125,15 @@ class Disk:
             i += 1
 
     def runs(self) -> Iterator[Run]:
+        """Runs of this link; stretches that read through to the parent are resolved there:
+        PARENT where the parent (or its parents) stores data, else zero/unallocated."""
+        own = self._own_runs()
+        if self.parent is None:
+            yield from own
+            return
+        yield from _resolve_parent(own, self.parent.runs(), self.parent.size_bytes)
+
+    def _own_runs(self) -> Iterator[Run]:
         for ext in self.extents:
             for run in ext.device.runs():
                 yield Run(run.offset + ext.start_bytes, run.length_bytes, run.kind, run.file,
@@ -167,6 +178,33 @@ class Disk:
         return [e.device for e in self.extents if isinstance(e.device, SparseExtent)]
 
 
+def _resolve_parent(own: Iterator[Run], parent_runs: Iterator[Run], parent_bytes: int
+                    ) -> Iterator[Run]:
+    """Replace the child's PARENT runs by what the parent holds there (one merged walk)."""
+    pending: Run | None = next(parent_runs, None)
+    for run in own:
+        if run.kind != RunKind.PARENT:
+            yield run
+            continue
+        pos, end = run.offset, run.end
+        while pos < end:
+            while pending is not None and pending.end <= pos:
+                pending = next(parent_runs, None)
+            if pending is None or pos >= parent_bytes:
+                yield Run(pos, end - pos, RunKind.UNALLOCATED)
+                break
+            if pending.offset > pos:
+                stop = min(end, pending.offset)
+                yield Run(pos, stop - pos, RunKind.UNALLOCATED)
+                pos = stop
+                continue
+            stop = min(end, pending.end)
+            kind = RunKind.PARENT if pending.kind in (RunKind.DATA, RunKind.PARENT) else pending.kind
+            fo = None if pending.file_offset is None else pending.file_offset + (pos - pending.offset)
+            yield Run(pos, stop - pos, kind, pending.file, fo)
+            pos = stop
+
+
 def sniff(path: str) -> str:
     """'sparse', 'cowd', 'sesparse', 'descriptor' or 'raw' from the first bytes."""
     try:
@@ -184,7 +222,7 @@ def sniff(path: str) -> str:
         return "cowd"
     if head[:8] == vs.SESPARSE_MAGIC:
         return "sesparse"
-    if vd.looks_like_descriptor(head):
+    if vd.looks_like_descriptor(head.removeprefix(b"\xef\xbb\xbf")):
         return "descriptor"
     if len(head) >= 80 and head[73:77] == b"\n \r\n" and head[4:8] in (
             b"\x01\0\0\0", b"\x02\0\0\0", b"\x03\0\0\0"):
@@ -336,8 +374,12 @@ def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[
         return
     hint = desc.get("parentFileNameHint")
     pcid = desc.parent_cid
-    if not hint or pcid in (None, vd.NO_PARENT_CID):
+    if pcid in (None, vd.NO_PARENT_CID):
         return
+    if not hint:
+        disk.close()
+        raise ImageError(f"parentCID {pcid:08x} names a parent but there is no "
+                         "parentFileNameHint: the parent cannot be found", path=disk.path)
     base = parent_dir or os.path.dirname(os.path.abspath(disk.descriptor_path or disk.path))
     try:
         ppath = _resolve(base, hint, allow_outside, "parent", disk.path)

@@ -124,6 +124,21 @@ def validate_geometry(hdr: Any, path: str, file_bytes: int) -> SparseGeometry:
         zero_grain_flag=bool(hdr.flags & vs.FLAG_ZEROED_GRAIN_GTE))
 
 
+_ZERO_ENTRIES = bytes(4 * 4096)
+
+
+def zero_entries(table: array, start: int) -> int:
+    """How many entries from `start` on are 0, counted in blocks of 4096 (0 if the block
+    at `start` is not all zero)."""
+    n = 0
+    while start + n < len(table):
+        block = table[start + n:start + n + 4096]
+        if block.tobytes() != _ZERO_ENTRIES[:4 * len(block)]:
+            break
+        n += len(block)
+    return n
+
+
 class SparseExtent:
     """One KDMV file as a device of capacity_sectors × 512 bytes.
 
@@ -298,9 +313,18 @@ class SparseExtent:
         gb = self.geo.grain_bytes
         cov = self.geo.gt_coverage_sectors * SECTOR
         unalloc = RunKind.PARENT if self.parent is not None else RunKind.UNALLOCATED
-        for gdi in range(self.geo.gd_entries):
+        gdi = 0
+        while gdi < self.geo.gd_entries:
             base = gdi * cov
+            stretch = zero_entries(self._gd, gdi)
+            if stretch:
+                # a stretch of absent grain tables: one run, without a Python step per entry
+                end = min((gdi + stretch) * cov, self.size_bytes)
+                yield Run(base, end - base, unalloc)
+                gdi += stretch
+                continue
             gt = self.gt(gdi)
+            gdi += 1
             if gt is None or not any(gt):
                 yield Run(base, min(cov, self.size_bytes - base), unalloc)
                 continue
