@@ -263,7 +263,7 @@ class _Mem:
         self.data, self.size_bytes = data, len(data)
 
     def read_at(self, offset: int, length: int) -> bytes:
-        assert 0 <= offset and offset + length <= self.size_bytes
+        assert offset >= 0 and offset + length <= self.size_bytes
         return self.data[offset:offset + length]
 
     def runs(self):

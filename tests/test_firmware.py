@@ -37,7 +37,7 @@ class BytesSource:
         self.reads: list[tuple[int, int]] = []
 
     def read_at(self, offset: int, length: int) -> bytes:
-        assert 0 <= offset and offset + length <= self.size_bytes
+        assert offset >= 0 and offset + length <= self.size_bytes
         self.reads.append((offset, length))
         return self.data[offset:offset + length]
 

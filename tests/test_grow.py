@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool, run, vdisk
 
 SUBFORMATS = ["monolithicSparse", "monolithicFlat", "vmfs", "twoGbMaxExtentSparse",

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool, run
 from crashharness import crash_test, run_vdisk
+
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.image.journal import journal_path
 

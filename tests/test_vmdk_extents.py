@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import vdisk
+
 from vdisk_tool.errors import ImageError, VdiskError
 from vdisk_tool.image.disk import open_image
 

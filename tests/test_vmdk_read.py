@@ -317,6 +317,8 @@ def test_independent_stream_layouts(stream_src, tmp_path, writer):
 def test_vmdkstream_layout(stream_src, tmp_path):
     """Debian's python3-vmdkstream writes VMware's layout (v3, GD_AT_END, footer, EOS)."""
     if not vc.vmdkstream_available():
+        if os.environ.get("VDISK_REQUIRE_TOOLS") == "1":
+            pytest.fail("python3-vmdkstream is required (VDISK_REQUIRE_TOOLS=1) but not installed")
         pytest.skip("python3-vmdkstream is not installed for /usr/bin/python3")
     out = vc.write_stream_vmdkstream(stream_src, tmp_path / "vs.vmdk")
     assert vc.read_header(out)["gd_offset"] == vc.GD_AT_END

@@ -15,17 +15,19 @@ import os
 import secrets
 import shutil
 import tarfile
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import RefusedError, UnsupportedError
+from ..errors import LockedError, RefusedError, UnsupportedError
 from ..formats import dump_store as ds
 from ..fs.format import format_volume
 from ..image import safe
 from ..image.base import FileDevice
 from ..image.create import create_image, like
 from ..image.disk import open_image
+from ..image.safe import LockOverrideWarning
 from .boot import DEFAULT_BOOT_BYTES, create_boot_disk
 from .bundle import (
     PERFCTR_KEY,
@@ -77,6 +79,11 @@ class CreatePlan:
 
 
 def _empty_destination(folder: str) -> None:
+    if os.path.isdir(folder):
+        locks = sorted(n for n in os.listdir(folder) if n.endswith(".lck") or n.startswith(".lck-"))
+        if locks:
+            raise LockedError(f"{locks[0]} exists in the destination: a VM there is running",
+                              path=folder, hint="choose a new folder for the bundle")
     if os.path.lexists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
         raise RefusedError("exists and is not an empty folder; refusing to overwrite it",
                            path=folder, hint="choose a new folder for the bundle")
@@ -208,6 +215,9 @@ def plan_clone(src: str, dst: str, *, mac: str | None = None, reset_flash: bool 
     if locks and not force:
         raise RefusedError(f"{os.path.basename(locks[0])} exists: the source VM is running",
                            path=locks[0], hint="power it off first (or --force for a stale lock)")
+    if locks:
+        warnings.warn(f"{os.path.basename(locks[0])} exists (the source VM may be running); "
+                      "continuing because of --force", LockOverrideWarning, stacklevel=2)
     _empty_destination(dst)
     disks = []
     for slot_name in IDE_ROLES:
