@@ -176,7 +176,7 @@ def _zero_grain(data: bytes) -> bool:
 
 
 def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES
-                ) -> Iterator[tuple[int, memoryview]]:
+                ) -> Iterator[tuple[int, bytes]]:
     """(offset relative to start, bytes) of every non-zero, piece-aligned piece of the
     source window [start, start+length). Zero and unallocated runs cost nothing."""
     end = start + length
@@ -202,21 +202,21 @@ def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int =
 
 
 def _read_pieces(source: BlockDevice, start: int, lo: int, hi: int, piece_bytes: int
-                 ) -> Iterator[tuple[int, memoryview]]:
+                 ) -> Iterator[tuple[int, bytes]]:
     chunk = max(piece_bytes, (1 << 20) // piece_bytes * piece_bytes)
     zero = _ZEROS[:piece_bytes] if piece_bytes <= len(_ZEROS) else bytes(piece_bytes)
     pos = lo
     while pos < hi:
         n = min(chunk, hi - pos)
-        data = memoryview(source.read_at(pos, n))
+        data = source.read_at(pos, n)
         for k in range(0, n, piece_bytes):
-            piece = data[k:k + piece_bytes]
+            piece = data[k:k + piece_bytes]   # bytes: compared with memcmp (a memoryview is slow)
             if piece != zero[:len(piece)]:
                 yield pos + k - start, piece
         pos += n
 
 
-def _coalesce(pieces: Iterator[tuple[int, memoryview]], limit: int = 1 << 20
+def _coalesce(pieces: Iterator[tuple[int, bytes]], limit: int = 1 << 20
               ) -> Iterator[tuple[int, bytes]]:
     """Join adjacent pieces into writes of up to `limit` bytes."""
     buf: list = []
@@ -292,7 +292,7 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     try:
         total = capacity_sectors * SECTOR_BYTES
         for off, piece in data_pieces(source, source_start, total):
-            ext.write_at(off, bytes(piece))
+            ext.write_at(off, piece)
             if progress:
                 progress(off + len(piece), total)
         ext.flush()
@@ -326,7 +326,7 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
             comp_level = 6
             for off, piece in data_pieces(source, 0, total):
                 grain = off // GRAIN_BYTES
-                grain_data = bytes(piece).ljust(GRAIN_BYTES, b"\0")
+                grain_data = piece.ljust(GRAIN_BYTES, b"\0")
                 blob = zlib.compress(grain_data, comp_level)
                 block = struct.pack("<QI", grain * GRAIN_SECTORS, len(blob)) + blob
                 block += bytes(-len(block) % SECTOR_BYTES)

@@ -111,6 +111,9 @@ class Disk:
         if not self.writable:
             raise UnsupportedError("image is open read-only", path=self.path)
         check_range(self, offset, len(data))
+        if len(self.extents) == 1 and self.extents[0].access == "RW":
+            self.extents[0].device.write_at(offset, data)
+            return
         view = memoryview(data)
         pos = offset
         i = self._locate(pos)

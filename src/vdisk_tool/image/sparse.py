@@ -125,6 +125,7 @@ def validate_geometry(hdr: Any, path: str, file_bytes: int) -> SparseGeometry:
 
 
 _ZERO_ENTRIES = bytes(4 * 4096)
+_ZERO_GRAIN = bytes(vs.DEFAULT_GRAIN_SECTORS * SECTOR)
 
 
 def zero_entries(table: array, start: int) -> int:
@@ -358,7 +359,8 @@ class SparseExtent:
                 os.pwrite(self._fd, piece, entry * SECTOR + within)
             else:
                 reads_zero = entry == vs.ZERO_GRAIN_GTE or self.parent is None
-                if not reads_zero or piece.tobytes().count(0) != n:
+                zero = _ZERO_GRAIN[:n] if n <= len(_ZERO_GRAIN) else bytes(n)
+                if not reads_zero or piece.tobytes() != zero:
                     self._allocate(grain, entry, within, piece)
             view = view[n:]
             pos += n
