@@ -267,6 +267,10 @@ class SparseExtent:
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
         gb = self.geo.grain_bytes
+        fast = self._contiguous(offset, length)
+        if fast is not None:
+            # the whole request is one stretch of the file: one read, no copy
+            return self._pread_exact(length, fast, f"grain {offset // gb}")
         out = bytearray(length)
         view = memoryview(out)
         pos, end = offset, offset + length
@@ -300,6 +304,21 @@ class SparseExtent:
                 view[pos - offset:pos - offset + n] = self.read_grain(grain, entry)[within:within + n]
             pos += n
         return bytes(out)
+
+    def _contiguous(self, offset: int, length: int) -> int | None:
+        """The file offset when [offset, offset+length) is stored contiguously, uncompressed."""
+        if self.geo.compressed or length == 0 or offset + length > self.size_bytes:
+            return None
+        gb, gs = self.geo.grain_bytes, self.geo.grain_sectors
+        grain, within = divmod(offset, gb)
+        entry = self.gte(grain)
+        if entry <= vs.ZERO_GRAIN_GTE:
+            return None
+        last = (offset + length - 1) // gb
+        for k in range(1, last - grain + 1):
+            if self.gte(grain + k) != entry + k * gs:
+                return None
+        return entry * SECTOR + within
 
     def _readinto(self, buf: memoryview, offset: int, what: str) -> None:
         n = len(buf)
