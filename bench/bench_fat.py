@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -75,6 +76,25 @@ def main() -> None:
               f"{t_put / t_mcopy:>8.2f}")
         print(f"{'file after write (MiB)':28}{allocated(vmdk) / 2**20:>22.1f}"
               f"{allocated(raw) / 2**20:>24.1f}")
+
+        # the same work through the command line (new processes, as a user runs it)
+        cli = [sys.executable, "-m", "vdisk_tool"]
+        vmdk2 = os.path.join(work, "cf2.vmdk")
+        create_image(vmdk2, size, "monolithicSparse")
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "fs", "format", vmdk2, "--label", "IPVACF", "--yes"], check=True,
+                       capture_output=True)
+        t_fmt_cli = time.perf_counter() - t0
+        srcdir = os.path.join(work, "srcdir")
+        os.makedirs(srcdir)
+        for p in srcs:
+            os.link(p, os.path.join(srcdir, os.path.basename(p)))
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "fs", "put", vmdk2, srcdir, "/data"], check=True, capture_output=True)
+        t_put_cli = time.perf_counter() - t0
+        print(f"{'CLI: fs format (s)':28}{t_fmt_cli:>22.3f}{t_mkfs:>24.3f}{t_fmt_cli / t_mkfs:>8.2f}")
+        print(f"{f'CLI: fs put {args.data_mib} MiB (s)':28}{t_put_cli:>22.3f}{t_mcopy:>24.3f}"
+              f"{t_put_cli / t_mcopy:>8.2f}")
 
 
 if __name__ == "__main__":
