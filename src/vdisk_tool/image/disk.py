@@ -233,6 +233,23 @@ def sniff(path: str) -> str:
     return "raw"
 
 
+def read_descriptor(path: str) -> vd.Descriptor | None:
+    """The descriptor a .vmdk file carries (a text file, or embedded in a sparse extent);
+    None when it has none. Raises VdiskError/OSError when it cannot be read."""
+    kind = sniff(path)
+    if kind == "descriptor":
+        with open(path, "rb") as f:
+            return vd.parse_descriptor(f.read(vd.MAX_DESCRIPTOR_BYTES + 1), path)
+    if kind == "sparse":
+        ext = SparseExtent(path)
+        try:
+            raw = ext.read_embedded_descriptor()
+        finally:
+            ext.close()
+        return vd.parse_descriptor(raw, path) if raw and raw.strip(b"\0") else None
+    return None
+
+
 def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: str) -> str:
     """An extent or parent file name, kept inside the image's folder unless allowed."""
     norm = name.replace("\\", "/")

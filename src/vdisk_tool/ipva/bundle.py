@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from ..errors import FormatError, RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..image import safe
-from ..image.disk import sniff
-from ..image.sparse import SparseExtent
+from ..image.disk import read_descriptor as disk_descriptor
 from .vmx import IDE_ROLES, DiskSlot, Vmx, find_vmx, vmx_bool
 
 ROLE_SLOTS = {role: slot for slot, role in IDE_ROLES.items()}
@@ -161,20 +160,9 @@ def read_descriptor(path: str) -> vd.Descriptor | None:
     """The descriptor a .vmdk carries (a text file or embedded in a sparse extent); None
     when it has none or cannot be read."""
     try:
-        kind = sniff(path)
-        if kind == "descriptor":
-            with open(path, "rb") as f:
-                return vd.parse_descriptor(f.read(vd.MAX_DESCRIPTOR_BYTES + 1), path)
-        if kind == "sparse":
-            ext = SparseExtent(path)
-            try:
-                raw = ext.read_embedded_descriptor()
-            finally:
-                ext.close()
-            return vd.parse_descriptor(raw, path) if raw and raw.strip(b"\0") else None
+        return disk_descriptor(path)
     except (VdiskError, OSError):
         return None
-    return None
 
 
 @dataclass(frozen=True)

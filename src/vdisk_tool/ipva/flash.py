@@ -20,9 +20,8 @@ from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedErr
 from ..formats import vmdk_descriptor as vd
 from ..image.base import BlockDevice, FileDevice, RunKind
 from ..image.create import create_image, new_cid, write_sparse_extent
-from ..image.disk import Disk, open_image, sniff
+from ..image.disk import Disk, open_image, read_descriptor, sniff
 from ..image.safe import Replacement, check_unlocked, create_temp, fsync_path
-from ..image.sparse import SparseExtent
 
 MiB = 1 << 20
 FLASH_REGION_BYTES = 64 * MiB
@@ -217,20 +216,7 @@ class ResetPlan:
                 "children": list(self.children), "warnings": list(self.warnings)}
 
 
-def _descriptor_of(path: str) -> vd.Descriptor | None:
-    """The descriptor a .vmdk file carries (text or embedded), None when it has none."""
-    kind = sniff(path)
-    if kind == "descriptor":
-        with open(path, "rb") as f:
-            return vd.parse_descriptor(f.read(vd.MAX_DESCRIPTOR_BYTES + 1), path)
-    if kind == "sparse":
-        ext = SparseExtent(path)
-        try:
-            raw = ext.read_embedded_descriptor()
-        finally:
-            ext.close()
-        return vd.parse_descriptor(raw, path) if raw and raw.strip(b"\0") else None
-    return None
+_descriptor_of = read_descriptor
 
 
 def find_children(disk_path: str, own_files: list[str]) -> list[str]:
