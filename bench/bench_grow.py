@@ -88,7 +88,8 @@ def main() -> int:
         sh("mcopy", "-s", "-m", "-n", "-i", f"{raw}@@1M", "::/*", out)
         big = os.path.join(work, "cf8.raw")
         partitioned_raw(big, 8 << 30, 32)
-        sh("mcopy", "-s", "-m", "-i", f"{big}@@1M", *[os.path.join(out, n) for n in sorted(os.listdir(out))], "::/")
+        back = [os.path.join(out, n) for n in sorted(os.listdir(out))]
+        sh("mcopy", "-s", "-m", "-i", f"{big}@@1M", *back, "::/")
         t_tools = time.perf_counter() - t0
         print(f"cf grow 1 GiB -> 8 GiB with 200 MiB of files: vdisk {t_vdisk:.2f}s "
               f"(checks the volume, copies, compares every file, fsyncs), "

@@ -17,6 +17,8 @@ def route(argv: list[str]) -> tuple[str, ...] | None:
         if arg.startswith("-"):
             if arg in ("-h", "--help"):
                 return None
+            if arg == "--version":
+                return ()
             continue
         module = ROUTES.get(arg)
         return (module,) if module else None

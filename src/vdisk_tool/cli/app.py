@@ -45,7 +45,7 @@ GROUP_MODULES = ("vmdk", "dump", "flash", "firmware", "bundle", "fs", "cf")
 
 def load_groups(only: tuple[str, ...] | None = None) -> None:
     import importlib
-    for name in only or GROUP_MODULES:
+    for name in GROUP_MODULES if only is None else only:
         importlib.import_module(f".{name}", __package__)
 
 
