@@ -251,7 +251,7 @@ def sparse_fields(folder: Path, name: str, base: int = 0, label: str = "") -> li
     """Header fields, GD/RGD entries and the first GTEs of a sparse extent file."""
     path = folder / name
     h = vc.read_header(path, base)
-    widths = dict(zip(vc.HEADER_FIELDS, (4, 4, 4, 8, 8, 8, 8, 4, 8, 8, 8, 1, 4, 2)))
+    widths = dict(zip(vc.HEADER_FIELDS, (4, 4, 4, 8, 8, 8, 8, 4, 8, 8, 8, 1, 4, 2), strict=False))
     out = [Field(name, base + vc.HEADER_OFFSETS[k], w, f"{label}hdr.{k}") for k, w in widths.items()]
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -356,7 +356,8 @@ def _dir_entries(data: bytes, off: int, count: int) -> list[tuple[int, bytes]]:
     return out
 
 
-def fat_fields(name: str, data: bytes, g: FatGeometry) -> tuple[list[Field], list[tuple[str, tuple[Op, ...]]]]:
+def fat_fields(name: str, data: bytes, g: FatGeometry
+               ) -> tuple[list[Field], list[tuple[str, tuple[Op, ...]]]]:
     """BPB fields, FAT entries, directory entries (root and one level down) and recipes:
     chain loops, cross links, directory loops, huge sizes."""
     b = g.base
@@ -375,7 +376,7 @@ def fat_fields(name: str, data: bytes, g: FatGeometry) -> tuple[list[Field], lis
     root_off = g.root_offset if g.root_offset is not None else g.cluster_offset(g.root_cluster)
     count = g.root_entries or (g.bps * g.spc // 32)
     entries = _dir_entries(data, root_off, count)
-    for off, e in list(entries):
+    for _off, e in list(entries):
         if e[11] & 0x10 and e[0] != ord("."):
             c = _u(e, 26, 2) | (_u(e, 20, 2) << 16)
             entries += _dir_entries(data, g.cluster_offset(c), g.bps * g.spc // 32)
@@ -515,8 +516,10 @@ def build_seeds(folder: Path) -> dict[str, Seed]:
     s = _sparse_seed("stream-vmware", d, "disk.vmdk")
     size = s.files["disk.vmdk"]
     s.fields += sparse_fields(d, "disk.vmdk", base=size - 1024, label="footer.")
-    s.fields += [Field("disk.vmdk", 128 * 512, 8, "grain0.lba"), Field("disk.vmdk", 128 * 512 + 8, 4, "grain0.size"),
-                 Field("disk.vmdk", size - 512, 12, "eos.marker"), Field("disk.vmdk", size - 1536, 12, "footer.marker")]
+    s.fields += [Field("disk.vmdk", 128 * 512, 8, "grain0.lba"),
+                 Field("disk.vmdk", 128 * 512 + 8, 4, "grain0.size"),
+                 Field("disk.vmdk", size - 512, 12, "eos.marker"),
+                 Field("disk.vmdk", size - 1536, 12, "footer.marker")]
     seeds["stream-vmware"] = s
 
     d = folder / "stream-qemu"

@@ -57,7 +57,7 @@ class FwImage:
         entries = self.entries
         if entries is None:
             entries = [(name, off, ln, c) for (name, _), (off, ln, c) in zip(self.sections,
-                                                                             self.layout)]
+                                                                             self.layout, strict=False)]
         count = len(entries) if self.section_count is None else self.section_count
         head = bytearray(HEADER)
         head[0:8] = self.magic

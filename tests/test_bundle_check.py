@@ -34,7 +34,7 @@ def build_disks(folder: str) -> dict[str, str]:
     valid IPVA.BIN (sfdisk + mkfs.fat + mcopy), a FAT16 CF, a blank flash and a dump store
     with one record, each converted to a monolithicSparse VMDK by qemu-img."""
     os.makedirs(folder, exist_ok=True)
-    out = {role: os.path.join(folder, name) for role, name in zip(ROLES, DISKS)}
+    out = {role: os.path.join(folder, name) for role, name in zip(ROLES, DISKS, strict=False)}
     fw = fwbuilder.standard().to_bytes()
     _to_vmdk(fwbuilder.make_raw_boot(os.path.join(folder, "boot.raw"), fw), out["boot"])
     cf = os.path.join(folder, "cf.raw")
@@ -63,7 +63,7 @@ def make_bundle(folder, vmx_text: str = WORKSTATION_VMX, names=None, disks=None)
     """A bundle folder: the vmx and copies of the four disks (under `names`)."""
     os.makedirs(folder, exist_ok=True)
     disks = disks or _DISKS["set"]
-    for role, name in zip(ROLES, names or list(DISKS)):
+    for role, name in zip(ROLES, names or list(DISKS), strict=False):
         shutil.copy(disks[role], os.path.join(folder, name))
     with open(os.path.join(folder, "ipva.vmx"), "wb") as f:
         f.write(vmx_text.encode())

@@ -111,4 +111,5 @@ def test_set_mac_dry_run_random_and_refusals(tmp_path, runner):
     v = Vmx.read(vmx)
     assert v.get("ethernet0.addressType") == "static"
     assert in_static_range(parse_mac(v.get("ethernet0.address")))
-    assert v.get("uuid.bios").replace(" ", "")[-6:] == v.get("ethernet0.address").replace(":", "")[-6:].lower()
+    mac_tail = v.get("ethernet0.address").replace(":", "")[-6:].lower()
+    assert v.get("uuid.bios").replace(" ", "")[-6:] == mac_tail

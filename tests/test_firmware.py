@@ -11,6 +11,7 @@ import struct
 import zlib
 
 import pytest
+from conftest import vdisk
 from fwbuilder import FwImage, crc32, standard
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +121,7 @@ def test_healthy_image():
     rep = verify(data)
     assert rep.ok and rep.findings == ()
     assert [s.name for s in rep.sections] == ["LOADER", "KERNEL", "PBX", "WEBUI"]
-    for s, (off, ln, c) in zip(rep.sections, img.layout):
+    for s, (off, ln, c) in zip(rep.sections, img.layout, strict=False):
         assert (s.offset, s.size_bytes, s.expected_crc32, s.found_crc32) == (off, ln, c, c)
         assert s.found_crc32 == crc32(data[off:off + ln])
     assert rep.found_image_crc32 == crc32(data[512:])
@@ -229,7 +230,7 @@ def test_each_section_crc(index: int):
 
 def _entries(img: FwImage) -> list[tuple[str, int, int, int]]:
     img.body()
-    return [(n, o, ln, c) for (n, _), (o, ln, c) in zip(img.sections, img.layout)]
+    return [(n, o, ln, c) for (n, _), (o, ln, c) in zip(img.sections, img.layout, strict=False)]
 
 
 @pytest.mark.parametrize("change", ["in-header", "past-end", "huge"])
@@ -333,8 +334,6 @@ def test_pack_refuses_bad_tables(sections):
 
 
 # -- CLI ------------------------------------------------------------------------------------
-
-from conftest import vdisk
 
 
 def test_cli_verify_healthy(runner, tmp_path):

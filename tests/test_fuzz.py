@@ -83,7 +83,7 @@ def _walk_volume(disk, path: Path) -> None:
                 budget -= len(piece)
                 if budget <= 0:
                     return
-    vol.label
+    _ = vol.label   # the label property reads and decodes the root directory
 
 
 def lib_fat(path: Path) -> None:
@@ -323,7 +323,8 @@ def check_cli(seed: fz.Seed, dmg: fz.Damage, which: int, work: Path) -> list[str
     out.mkdir()
     cmds = cli_commands(seed, path, seed.folder / seed.main, out)
     args = cmds[which % len(cmds)]
-    COUNTS[f"cli:{args[0] if args[0] not in ('fs', 'dump', 'flash', 'firmware', 'bundle') else ' '.join(args[:2])}"] += 1
+    grouped = args[0] in ("fs", "dump", "flash", "firmware", "bundle")
+    COUNTS[f"cli:{' '.join(args[:2]) if grouped else args[0]}"] += 1
     before = folder_digest(work / "in")
     r = run_cli(args, work)
     bad = cli_problems(r)

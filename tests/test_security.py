@@ -399,7 +399,7 @@ def test_temporaries_beside_the_target_with_o_excl(tmp_path, args):
     target_dir = d if args[0] in ("create", "convert") else img.parent
     writes = _writes(opens, tmp_path / "audit.jsonl")
     assert writes, "no write seen by the audit hook"
-    for path, mode, flags in writes:
+    for path, _mode, _flags in writes:
         folder = os.path.dirname(path)
         # beside the target, or in a work folder beside it (made by mkdir, which is exclusive)
         beside = folder == str(target_dir) or (
