@@ -97,3 +97,10 @@ def test_grow_terabyte_is_metadata_only(tmp_path: Path, runner) -> None:
     assert vdisk(runner, "grow", str(disk), "--size", "1T").exit_code == 0
     assert disk.stat().st_blocks * 512 < 4 << 20
     assert vdisk(runner, "check", str(disk)).exit_code == 0
+
+
+def test_bad_size_is_a_usage_error(tmp_path: Path, runner) -> None:
+    res = vdisk(runner, "create", str(tmp_path / "x.vmdk"), "--size", "abc")
+    assert res.exit_code == 2
+    assert "not a size" in res.output
+    assert not (tmp_path / "x.vmdk").exists()

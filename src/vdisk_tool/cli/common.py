@@ -30,6 +30,7 @@ EXIT_CODES = {
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
+_USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
 DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
 
 
@@ -59,6 +60,8 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except _USAGE_ERRORS:
+            raise   # a bad option value: the parser reports it with exit 2
         except KeyboardInterrupt:
             typer.echo("vdisk: interrupted", err=True)
             raise typer.Exit(130) from None
