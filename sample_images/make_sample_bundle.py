@@ -114,6 +114,8 @@ def make_variant(name: str, healthy: str, dest: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # reproducible bytes: fixed times, and CIDs/uuid from a generator seeded with this moment
+    os.environ["SOURCE_DATE_EPOCH"] = str(TIME0)
     ap = argparse.ArgumentParser(description="Write the sample bundle or a broken variant of it.")
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("out", nargs="?", default=os.path.join(here, "ipva"))

@@ -169,18 +169,12 @@ def test_gte_beyond_capacity(tmp_path, runner):
     assert "grain 16" in found["vmdk.gte-beyond-capacity"][0]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: image/check.py stops at the first grain-table "
-                   "entry past the capacity, so an allocated entry after it is not reported "
-                   "(and its grain is counted as leaked)")
 def test_gte_beyond_capacity_not_first(tmp_path, runner):
     p = _beyond_capacity(tmp_path, 20)
     _, found = _check(runner, p)
     assert "vmdk.gte-beyond-capacity" in found
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vmdk.rgd-unreadable is dead code: open_image "
-                   "refuses every rgdOffset whose directory does not fit in the file "
-                   "(sparse.py), with the same bound read_rgd checks, so check never sees it")
 def test_rgd_unreadable(tmp_path, runner):
     p = _sparse(tmp_path, size="1M", writes=())
     _poke(p, 0x30, struct.pack("<Q", p.stat().st_size // 512))   # the sector after the file
@@ -370,9 +364,6 @@ def test_interrupted_grow(tmp_path, runner):
                check=False).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a grow killed right after creating its journal "
-                   "leaves it empty; roll_back_journal cannot parse it and keeps it, yet "
-                   "`check --repair` exits 0 saying 'repaired' while vmdk.interrupted-grow stays")
 def test_interrupted_grow_with_torn_journal(tmp_path, runner):
     p = _flat(tmp_path, "g.vmdk")
     (tmp_path / ".g.vmdk.vdisk-journal").write_bytes(b"")   # killed before its first write

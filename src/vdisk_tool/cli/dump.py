@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time as _time
 from datetime import datetime, timezone
 
 import typer
 
+from .. import clock
 from ..errors import RefusedError
 from ..formats.dump_store import MAX_SLOT_SECTORS
 from ..image.disk import open_image
@@ -230,7 +230,7 @@ def write(disk: str = DISK,
     else:
         with open(text, "rb") as f:
             payload = f.read(limit)
-    stamp = int(_time.time()) if when is None else when
+    stamp = clock.unix_time() if when is None else when
     with open_image(disk) as dev:
         store = dp.read_store(dev)
     if not store.header_ok:

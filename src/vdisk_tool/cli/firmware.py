@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 
 import typer
 
+from .. import clock
 from ..errors import RefusedError
 from ..formats import ipva_firmware as fw
 from ..image.base import FileDevice
@@ -175,7 +175,7 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
     if os.path.lexists(output) and not force:
         raise RefusedError(f"{output} exists; refusing to overwrite it", path=output,
                            hint="pass --force to replace it")
-    ts = int(time.time()) if timestamp is None else timestamp
+    ts = clock.unix_time() if timestamp is None else timestamp
     rep = Replacement()
     tmp = create_temp(output)
     rep.add(tmp, os.path.abspath(output))

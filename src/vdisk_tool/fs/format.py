@@ -2,10 +2,10 @@
 would choose, writing only sectors that must hold non-zero bytes (specs/fat.md "Format")."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import clock
 from ..errors import FormatError
 from ..formats import fat as ff
 from ..formats import mbr as fm
@@ -198,7 +198,7 @@ def format_volume(dev: BlockDevice, fat_type: int | None = None, label: str = ""
     if not dev.writable:
         raise FormatError("device is read-only")
     raw_label = encode_label(label) if label else b"NO NAME    "
-    volume_id = int(time.time() * 1000) & 0xFFFFFFFF if volume_id is None else volume_id
+    volume_id = clock.unix_time_ms() & 0xFFFFFFFF if volume_id is None else volume_id
     disk_sectors = dev.size_bytes // SECTOR
     part: Partition | None = None
     if partition:
@@ -241,12 +241,11 @@ def format_volume(dev: BlockDevice, fat_type: int | None = None, label: str = ""
     for k in range(2):
         vdev.write_at((plan.reserved_sectors + k * plan.fat_sectors) * SECTOR, fat_head)
     if label:
-        import datetime as _dt
 
         from .dirent import build_entry
         root_off = (plan.reserved_sectors + 2 * plan.fat_sectors) * SECTOR
         vdev.write_at(root_off, build_entry(raw_label, ff.ATTR_VOLUME_ID, 0, 0,
-                                            _dt.datetime.now()))
+                                            clock.now()))
     vdev.flush()
     if progress:
         progress(meta_end, meta_end)

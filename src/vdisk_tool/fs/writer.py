@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, Self
 
+from .. import clock
 from ..errors import FormatError, UnsupportedError
 from ..formats import fat as ff
 from .dirent import (
@@ -254,7 +255,7 @@ class VolumeWriter:
         if old is not None and old.first_cluster >= 2:
             self.fat.free_chain(old.first_cluster)
         first, size = self._write_content(source)
-        when = mtime or _dt.datetime.now()
+        when = mtime or clock.now()
         if old is not None:
             entry = bytearray(with_cluster_and_size(old.raw_entry, first, size))
             if raw_entry is not None:
@@ -297,7 +298,7 @@ class VolumeWriter:
             if old.is_dir and (exist_ok or parents):
                 return old
             raise FormatError(f"{old.path} already exists", path=self.path)
-        when = mtime or _dt.datetime.now()
+        when = mtime or clock.now()
         cluster = self.fat.allocate(1)[0]
         if raw_entry is not None:
             template = with_cluster_and_size(raw_entry, cluster, 0)
@@ -383,7 +384,7 @@ class VolumeWriter:
             else:
                 self._erase(d, current)
         elif label:
-            label_entry = build_entry(raw, ff.ATTR_VOLUME_ID, 0, 0, _dt.datetime.now())
+            label_entry = build_entry(raw, ff.ATTR_VOLUME_ID, 0, 0, clock.now())
             idx = self._free_run(d, 1)
             at_end = d.data[idx * E] == 0
             d.write_slot(idx, label_entry)

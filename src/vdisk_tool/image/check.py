@@ -249,9 +249,12 @@ def _check_sparse(ext: SparseExtent, r: CheckReport) -> None:
         for i, entry in enumerate(chosen):
             grain = base_grain + i
             if grain * geo.grain_sectors >= geo.capacity_sectors:
-                if entry > 1:
-                    r.add("vmdk.gte-beyond-capacity", INFO, f"grain {grain} lies beyond the capacity but "
-                          "is allocated", path=p)
+                extra = [base_grain + k for k in range(i, len(chosen)) if chosen[k] > 1]
+                if extra:
+                    r.add("vmdk.gte-beyond-capacity", INFO, f"grain {extra[0]} lies beyond the capacity "
+                          f"but is allocated ({len(extra)} such entries)", path=p)
+                    used.extend((chosen[g - base_grain], chosen[g - base_grain] + geo.grain_sectors)
+                                for g in extra if _gte_valid(chosen[g - base_grain], geo, fb, spans) is None)
                 break
             if entry == 0:
                 continue

@@ -7,12 +7,12 @@ never leaves a half-written image under the real name.
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
 
+from .. import clock
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
@@ -33,7 +33,7 @@ Progress = Callable[[int, int], None]
 
 def new_cid() -> int:
     while True:
-        cid = secrets.randbits(32)
+        cid = clock.randbits(32)
         if cid not in (0xFFFFFFFF, 0xFFFFFFFE):
             return cid
 

@@ -52,6 +52,14 @@ def roll_back_journal(path: str) -> bool:
     try:
         with open(jp) as f:
             record = json.load(f)
+    except ValueError:
+        # the journal never got complete: it is fsynced before the first truncate, so
+        # nothing was changed yet
+        os.unlink(jp)
+        return True
+    except OSError:
+        return False
+    try:
         # The descriptor is renamed into place last: once it is the new one the grow is
         # complete and only the journal is left to remove.
         if _sha256(path) == record.get("descriptor_sha256"):
@@ -61,7 +69,7 @@ def roll_back_journal(path: str) -> bool:
         for tmp in record.get("temps", []):
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    except (OSError, ValueError):
+    except OSError:
         return False
     os.unlink(jp)
     return True

@@ -109,9 +109,9 @@ def validate_geometry(hdr: Any, path: str, file_bytes: int) -> SparseGeometry:
     if gd_entries and (gd_off == 0 or gd_off + gd_sectors > file_sectors):
         raise bad("gdOffset", 0x38, f"grain directory at sector {gd_off} ({gd_sectors} sectors) "
                                     f"lies outside the file ({file_sectors} sectors)")
+    # a redundant directory outside the file does not stop reading (the primary serves);
+    # `vdisk check` reports it when it tries to read it (vmdk.rgd-unreadable)
     rgd_off = hdr.rgd_offset_sectors if hdr.flags & vs.FLAG_REDUNDANT_GRAIN_TABLE else 0
-    if rgd_off and (rgd_off + gd_sectors > file_sectors):
-        raise bad("rgdOffset", 0x30, f"redundant grain directory at sector {rgd_off} lies outside the file")
     if hdr.descriptor_offset_sectors and (
             hdr.descriptor_sectors > vs.MAX_EMBEDDED_DESCRIPTOR_SECTORS):
         raise bad("descriptorSize", 0x24, f"{hdr.descriptor_sectors} sectors, more than "

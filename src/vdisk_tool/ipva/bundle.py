@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass
 
+from .. import clock
 from ..errors import FormatError, RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..image import safe
@@ -91,7 +91,7 @@ def validate_static_mac(text: str) -> int:
 
 
 def random_static_mac() -> int:
-    return STATIC_MAC_LOW + secrets.randbelow(STATIC_MAC_HIGH - STATIC_MAC_LOW + 1)
+    return STATIC_MAC_LOW + clock.randbelow(STATIC_MAC_HIGH - STATIC_MAC_LOW + 1)
 
 
 def parse_uuid_bios(text: str) -> bytes:

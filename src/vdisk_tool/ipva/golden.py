@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import tarfile
 import warnings
@@ -20,6 +19,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import clock
 from ..errors import LockedError, RefusedError, UnsupportedError
 from ..formats import dump_store as ds
 from ..fs.format import format_volume
@@ -125,7 +125,7 @@ def build_vmx_text(plan: CreatePlan) -> str:
 
 def new_uuid(mac: int) -> bytes:
     """A random uuid.bios whose last three bytes are the MAC's (as set-mac keeps them)."""
-    return secrets.token_bytes(13) + mac.to_bytes(6, "big")[3:]
+    return clock.token_bytes(13) + mac.to_bytes(6, "big")[3:]
 
 
 def apply_create(plan: CreatePlan, progress: Progress | None = None) -> list[str]:
