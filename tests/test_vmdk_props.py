@@ -131,8 +131,8 @@ def test_validate_geometry_bounds_everything(f, file_bytes):
     if geo.gd_entries:
         assert geo.gd_offset_sectors >= 1
         assert (geo.gd_offset_sectors + gd_sectors) * 512 <= file_bytes
-        if geo.rgd_offset_sectors:
-            assert (geo.rgd_offset_sectors + gd_sectors) * 512 <= file_bytes
+        # the redundant directory may lie outside the file (the primary serves reads);
+        # it is bounded when read: see test_rgd_outside_the_file_is_bounded_when_read
     # memory for the directory is bounded by the file, not by the header
     assert geo.gd_bytes <= max(file_bytes, 0) or geo.gd_entries == 0
 
@@ -158,7 +158,7 @@ def test_validate_accepts_qemu_layouts(capacity_sectors, grain):
 @pytest.mark.parametrize("field, value", [
     ("version", 0), ("version", 4), ("grain_size", 0), ("grain_size", 7), ("grain_size", 96),
     ("grain_size", 1 << 40), ("gtes_per_gt", 0), ("gtes_per_gt", 3), ("gtes_per_gt", 1 << 20),
-    ("capacity", 1 << 63), ("gd_offset", 1 << 40), ("rgd_offset", 1 << 40),
+    ("capacity", 1 << 63), ("gd_offset", 1 << 40),
     ("flags", 0x40003), ("compress_algorithm", 5),
 ])
 def test_validate_rejects(field, value):
@@ -383,3 +383,23 @@ def test_esxi_descriptor_known_values():
 ])
 def test_ide_geometry_known_values(capacity, chs):
     assert vd.ide_geometry(capacity) == chs
+
+
+def test_rgd_outside_the_file_is_bounded_when_read(tmp_path):
+    """An rgdOffset past the end opens (the primary directory serves); reading the redundant
+    directory raises instead of allocating or reading past the file."""
+    from vdisk_tool.errors import VdiskError
+    from vdisk_tool.image.sparse import SparseExtent
+    f = {"magic": b"KDMV", "version": 1, "flags": 3, "capacity": 16384, "grain_size": 128,
+         "descriptor_offset": 1, "descriptor_size": 20, "gtes_per_gt": 512, "rgd_offset": 1 << 40,
+         "gd_offset": 26, "overhead": 128, "unclean_shutdown": 0, "eol_chars": b"\n \r\n",
+         "compress_algorithm": 0}
+    p = tmp_path / "x.vmdk"
+    p.write_bytes(vc.pack_header(**f).ljust(128 * 512, b"\0"))
+    ext = SparseExtent(str(p))
+    try:
+        assert ext.read_at(0, 512) == bytes(512)
+        with pytest.raises(VdiskError):
+            ext.read_rgd()
+    finally:
+        ext.close()
