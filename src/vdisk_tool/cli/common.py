@@ -13,21 +13,13 @@ from typing import Any, TypeVar
 
 import typer
 
-from ..errors import Finding, LockedError, RefusedError, RepairError, VdiskError
+from ..errors import Finding, RepairError, VdiskError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
 EXIT_REPAIR_FAILED = 4
-
-EXIT_CODES = {
-    "ok": EXIT_OK,
-    "findings": EXIT_FINDINGS,
-    "usage": EXIT_USAGE,
-    "error": EXIT_ERROR,
-    "repair-failed": EXIT_REPAIR_FAILED,
-}
 
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
@@ -36,11 +28,7 @@ DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
 
 def exit_code_for(exc: BaseException) -> int:
     """The one table from exception to exit code."""
-    if isinstance(exc, RepairError):
-        return EXIT_REPAIR_FAILED
-    if isinstance(exc, (VdiskError, OSError, MemoryError, RecursionError)):
-        return EXIT_ERROR
-    return EXIT_ERROR
+    return EXIT_REPAIR_FAILED if isinstance(exc, RepairError) else EXIT_ERROR
 
 
 def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> typer.Exit:
@@ -153,10 +141,6 @@ def confirm(message: str, yes: bool) -> None:
                    "pass --yes to confirm when not running on a terminal")
     if not typer.confirm(f"{message}. Continue?", default=False):
         raise fail("cancelled", EXIT_USAGE)
-
-
-def refuse(exc: RefusedError | LockedError) -> typer.Exit:
-    return fail(str(exc), EXIT_ERROR, exc.hint)
 
 
 def findings_exit(findings: list[Finding]) -> int:

@@ -69,8 +69,8 @@ BiosParameterBlock = Struct(
 )
 assert BiosParameterBlock.sizeof() == 36
 
-#: The extended BPB of FAT12/16 (offset 36).
-ExtendedBpb16 = Struct(
+#: The fields that end both extended BPBs (drive number to file-system type).
+_BootRecordTail = (
     "drive_number" / Int8ul * "BS_DrvNum",
     "reserved1" / Int8ul * "BS_Reserved1",
     "boot_signature" / Int8ul * "BS_BootSig",
@@ -78,6 +78,9 @@ ExtendedBpb16 = Struct(
     "volume_label" / Bytes(11) * "BS_VolLab",
     "fs_type" / Bytes(8) * "BS_FilSysType",
 )
+
+#: The extended BPB of FAT12/16 (offset 36).
+ExtendedBpb16 = Struct(*_BootRecordTail)
 
 #: The extended BPB of FAT32 (offset 36).
 ExtendedBpb32 = Struct(
@@ -88,12 +91,7 @@ ExtendedBpb32 = Struct(
     "fsinfo_sector" / Int16ul * "BPB_FSInfo",
     "backup_boot_sector" / Int16ul * "BPB_BkBootSec",
     "reserved" / Bytes(12) * "BPB_Reserved",
-    "drive_number" / Int8ul * "BS_DrvNum",
-    "reserved1" / Int8ul * "BS_Reserved1",
-    "boot_signature" / Int8ul * "BS_BootSig",
-    "volume_id" / Int32ul * "BS_VolID",
-    "volume_label" / Bytes(11) * "BS_VolLab",
-    "fs_type" / Bytes(8) * "BS_FilSysType",
+    *_BootRecordTail,
 )
 
 BootSector16 = Struct(

@@ -86,10 +86,8 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
             disk = _open_copy(opened, path, has_parent, allow_outside)
             try:
                 yield disk
-                if disk.descriptor is not None and not keep_cid:
-                    # content changed: a new CID, as VMware does on the first write
-                    disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
-                    store_descriptor(disk, disk.descriptor)
+                if not keep_cid:
+                    _renew_cid(disk)
                 disk.flush()
             finally:
                 disk.close()
@@ -103,6 +101,13 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _renew_cid(disk: Disk) -> None:
+    """The content changed: give the disk a new CID, as VMware does on the first write."""
+    if disk.descriptor is not None:
+        disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
+        store_descriptor(disk, disk.descriptor)
+
+
 def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: bool,
                    keep_cid: bool, allow_outside: bool) -> Iterator[Disk]:
     """The journalled path for big flat images (see image/journal.py)."""
@@ -114,9 +119,8 @@ def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: boo
         yield jd  # type: ignore[misc]
         if not dry_run:
             jd.flush()
-            if disk.descriptor is not None and not keep_cid:
-                disk.descriptor.set("CID", f"{new_cid():08x}", quoted=False)
-                store_descriptor(disk, disk.descriptor)
+            if not keep_cid:
+                _renew_cid(disk)
             jd.commit()
     finally:
         jd.close()
