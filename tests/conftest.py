@@ -55,3 +55,20 @@ def runner() -> CliRunner:
 def vdisk(runner: CliRunner, *args: str):
     """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
     return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def break_grain_table_and_flag(path) -> None:
+    """Damage a sparse VMDK the way `check --repair` can fix: grain 16 of the primary grain
+    table points past the end of the file (its redundant copy stays sound), and the
+    uncleanShutdown flag is set."""
+    import struct
+
+    from vdisk_tool.image.sparse import SparseExtent
+    e = SparseExtent(str(path))
+    gt0 = e.gd[0]
+    e.close()
+    with open(path, "r+b") as f:
+        f.seek(gt0 * 512 + 16 * 4)
+        f.write(struct.pack("<I", 0x7FFFFFF0))
+        f.seek(72)
+        f.write(b"\x01")

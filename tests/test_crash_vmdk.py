@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need_tool
+from conftest import break_grain_table_and_flag, need_tool
 from crashharness import crash_test
 
 from vdisk_tool.image.check import check_image
 from vdisk_tool.image.disk import open_image
-from vdisk_tool.image.sparse import SparseExtent
 
 PATTERN = [(1 << 20, 0xAB, 65536), (3 << 20, 0x5C, 200000), (40 << 20, 0x11, 4096)]
 
@@ -68,15 +66,7 @@ def test_grow_is_crash_safe(tmp_path: Path, subformat: str) -> None:
 def test_repair_is_crash_safe(tmp_path: Path) -> None:
     def make(folder: Path) -> None:
         _make("monolithicSparse")(folder)
-        p = folder / "d.vmdk"
-        e = SparseExtent(str(p))
-        gt0 = e.gd[0]
-        e.close()
-        with open(p, "r+b") as f:
-            f.seek(gt0 * 512 + 16 * 4)
-            f.write(struct.pack("<I", 0x7FFFFFF0))
-            f.seek(72)
-            f.write(b"\x01")
+        break_grain_table_and_flag(folder / "d.vmdk")
 
     res = crash_test(make, ["check", "d.vmdk", "--repair"],
                      lambda f: _content_ok(f / "d.vmdk", 64 << 20), tmp_path, points=20)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import fwbuilder
 import pytest
-from conftest import need_tool, run, vdisk
+from conftest import break_grain_table_and_flag, need_tool, run, vdisk
 from test_crash_all import FW, _dump_disk, _fat_disk, _flash_disk, _root_entry
 
 MIB = 1 << 20
@@ -46,18 +45,10 @@ def _seed_fat_bad(folder: Path) -> None:
 
 def _seed_vmdk_bad(folder: Path) -> None:
     """A sparse VMDK with a grain table entry beyond the file and the unclean flag set."""
-    from vdisk_tool.image.sparse import SparseExtent
     p = folder / "d.vmdk"
     run(need_tool("qemu-img"), "create", "-q", "-f", "vmdk", str(p), "16M")
     run(need_tool("qemu-io"), "-f", "vmdk", "-c", "write -P 0xab 1M 64k", str(p))
-    e = SparseExtent(str(p))
-    gt0 = e.gd[0]
-    e.close()
-    with open(p, "r+b") as f:
-        f.seek(gt0 * 512 + 16 * 4)
-        f.write(struct.pack("<I", 0x7FFFFFF0))
-        f.seek(72)
-        f.write(b"\x01")
+    break_grain_table_and_flag(p)
 
 
 def _seed_boot(folder: Path) -> None:
