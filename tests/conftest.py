@@ -17,12 +17,19 @@ from vdisk_tool.cli.app import app
 REQUIRE = os.environ.get("VDISK_REQUIRE_TOOLS") == "1"
 
 
+def need(available: bool, what: str) -> None:
+    """An independent tool the test drives: missing, it fails under VDISK_REQUIRE_TOOLS=1
+    (as in CI) and skips elsewhere."""
+    if not available:
+        if REQUIRE:
+            pytest.fail(f"{what} is required (VDISK_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip(f"{what} not installed")
+
+
 def need_tool(name: str) -> str:
     path = shutil.which(name)
-    if path is None:
-        if REQUIRE:
-            pytest.fail(f"{name} is required (VDISK_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip(f"{name} not installed")
+    need(path is not None, name)
+    assert path is not None
     return path
 
 

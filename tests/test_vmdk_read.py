@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import vmdkcorpus as vc
-from conftest import need_tool
+from conftest import need, need_tool
 
 from vdisk_tool.errors import VdiskError
 from vdisk_tool.image.base import iter_chunks
@@ -316,10 +316,7 @@ def test_independent_stream_layouts(stream_src, tmp_path, writer):
 
 def test_vmdkstream_layout(stream_src, tmp_path):
     """Debian's python3-vmdkstream writes VMware's layout (v3, GD_AT_END, footer, EOS)."""
-    if not vc.vmdkstream_available():
-        if os.environ.get("VDISK_REQUIRE_TOOLS") == "1":
-            pytest.fail("python3-vmdkstream is required (VDISK_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip("python3-vmdkstream is not installed for /usr/bin/python3")
+    need(vc.vmdkstream_available(), "python3-vmdkstream (for /usr/bin/python3)")
     out = vc.write_stream_vmdkstream(stream_src, tmp_path / "vs.vmdk")
     assert vc.read_header(out)["gd_offset"] == vc.GD_AT_END
     expect_written(assert_reads_like_raw(out, stream_src), STREAM_SRC)
