@@ -331,3 +331,33 @@ def _mac_or_none(text: str | None) -> str | None:
 def _q(text: str) -> str:
     """A vmx value: quotes and control characters cannot break out of the line."""
     return "".join(c for c in text if c >= " " and c not in '"|')
+
+
+def describe_package(path: str) -> dict[str, object]:
+    """What `vdisk info PACKAGE` shows: members, slots, capacities, NICs, settings and the
+    manifest's declared digests (nothing is hashed here: `bundle check` does that)."""
+    with open_package(path) as pkg:
+        env = pkg.envelope
+        digests: list[dict[str, object]] = []
+        if pkg.manifest is not None:
+            m = pkg.manifest
+            with open(m.path, "rb") as f:
+                f.seek(m.offset)
+                raw = f.read(min(m.length_bytes, ovf.MAX_MANIFEST_BYTES + 1))
+            entries, _bad = ovf.parse_manifest(raw)
+            digests = [{"name": e.name, "algorithm": e.algorithm, "digest": e.digest}
+                       for e in entries]
+        cpu = _quantity(env, ovf.RT_CPU)
+        return {
+            "package": path, "kind": pkg.kind, "ovf": pkg.ovf_name, "ovf_version": env.version,
+            "name": env.name, "system_type": env.system_type, "os_type": env.os_type,
+            "memsize_mb": memsize_text(env),
+            "numvcpus": None if cpu is None else cpu.get("VirtualQuantity"),
+            "members": [m.to_dict() for m in pkg.members],
+            "disks": [d.to_dict() for d in pkg.disks()],
+            "nics": [{"model": n.model, "subtype": n.subtype, "mac": n.mac,
+                      "network": n.network} for n in pkg.nics()],
+            "extra_config": dict(env.extra_config), "config": dict(env.config),
+            "manifest": None if pkg.manifest is None else pkg.manifest.name,
+            "digests": digests, "findings": [f.to_dict() for f in pkg.findings],
+        }
