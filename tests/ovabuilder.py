@@ -228,6 +228,13 @@ def standard_spec(**changes: object) -> OvaSpec:
     return replace(OvaSpec(disks=default_disks()), **changes)  # type: ignore[arg-type]
 
 
+def FLASH_RAW_MARKER_FILE(folder: Path) -> Path:  # noqa: N802 - reads as a constant
+    """A file that is not a VMDK at all, to stand where a disk should be."""
+    p = folder / "not-a-vmdk.bin"
+    p.write_bytes(b"this is not a virtual disk\n" * 100)
+    return p
+
+
 def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     """A tar member that is not a regular file (link, device, FIFO)."""
     info = tarfile.TarInfo(name)
@@ -235,3 +242,14 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
         info.devmajor, info.devminor = 1, 3
     return info
+
+
+def edit_ovf(pkg: Package, old: str, new: str, algorithm: str = "SHA256") -> Package:
+    """The package with its descriptor edited (once) and the manifest recomputed, so that
+    only the edit is wrong."""
+    name, desc = pkg.members[0]
+    assert isinstance(desc, bytes) and desc.count(old.encode()) >= 1, old
+    members = [(name, desc.replace(old.encode(), new.encode(), 1))] + pkg.members[1:]
+    files = {n: c for n, c in members if not n.endswith(".mf")}
+    return Package([(n, manifest(files, algorithm) if n.endswith(".mf") else c)
+                    for n, c in members])

@@ -74,10 +74,12 @@ def test_vmware_layout_package_is_healthy(tmp_path, runner, streams):
 
 
 def test_slots_come_from_the_ovf_not_from_names(tmp_path, runner, streams, raws):
-    """Shuffled file names, DiskSection in reverse, hardware items reversed, OVF 1.x, a SHA1
-    manifest and a second NIC: every disk is still found at its slot."""
+    """Shuffled file names, DiskSection and disk items in another order than the slots (and
+    all hardware items reversed), OVF 1.x, a SHA1 manifest and a second NIC listed first:
+    every disk is still found at its slot, ethernet0 is still the first NIC."""
     names = {"boot": "xxx_3.vmdk", "cf": "xxx.vmdk", "flash": "xxx_1.vmdk", "dump": "xxx_2.vmdk"}
-    disks = tuple(reversed(ob.default_disks(names)))
+    by_role = {d.role: d for d in ob.default_disks(names)}
+    disks = tuple(by_role[r] for r in ("cf", "dump", "boot", "flash"))
     pkg = ova(tmp_path, streams, disks=disks, reorder=True, version=1, manifest="SHA1",
               nics=(ob.NicSpec("PCNet32", "00:50:56:01:02:03"),
                     ob.NicSpec("E1000", "00:50:56:01:02:04", "Second")))
@@ -212,3 +214,26 @@ def test_disk_without_its_controller_is_unplaced(tmp_path, runner, streams):
     assert rc == 1 and {"vmx.slot-missing", "ova.disk-unplaced"} <= set(found)
     assert vdisk(runner, "bundle", "deploy", str(pkg), str(tmp_path / "vm")).exit_code == 3
     assert not (tmp_path / "vm").exists()
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+def test_a_disk_inside_another_file_reads_as_qemu_reads_it(tmp_path, raws, subformat):
+    """image.disk.open_window: a VMDK written by qemu-img, stored at an odd offset of a larger
+    file, reads byte for byte as the raw image it was made from."""
+    from vdisk_tool.image.check import CheckReport, check_disk
+    from vdisk_tool.image.disk import open_window
+
+    vmdk = tmp_path / "cf.vmdk"
+    run(need_tool("qemu-img"), "convert", "-f", "raw", "-O", "vmdk", "-o",
+        f"subformat={subformat}", str(raws["cf"]), str(vmdk))
+    blob = tmp_path / "host.bin"
+    data = vmdk.read_bytes()
+    blob.write_bytes(b"\x5a" * 7680 + data + b"\xa5" * 4096)
+    raw = raws["cf"].read_bytes()
+    with open_window(str(blob), 7680, len(data), "host.bin#cf.vmdk") as disk:
+        assert disk.size_bytes == len(raw)
+        for off in range(0, len(raw), 4 << 20):       # allocated and free grains mixed
+            assert disk.read_at(off, 4 << 20) == raw[off:off + (4 << 20)]
+        assert disk.read_at(1048576 + 4096, 65536) == raw[1048576 + 4096:1048576 + 69632]
+    report = check_disk(open_window(str(blob), 7680, len(data), "w"), CheckReport("w"))
+    assert report.clean, report.findings
