@@ -70,6 +70,13 @@ class Package:
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
 
+    def manifest_entries(self) -> tuple[list[ovf.ManifestEntry], list[tuple[int, str]]]:
+        """The manifest's entries and its malformed lines (none without a manifest)."""
+        if self.manifest is None:
+            return [], []
+        return ovf.parse_manifest(_read_member(self.manifest, ovf.MAX_MANIFEST_BYTES,
+                                               "manifest", self.path))
+
     def label(self, name: str) -> str:
         return f"{self.path}#{name}"
 
@@ -338,15 +345,8 @@ def describe_package(path: str) -> dict[str, object]:
     manifest's declared digests (nothing is hashed here: `bundle check` does that)."""
     with open_package(path) as pkg:
         env = pkg.envelope
-        digests: list[dict[str, object]] = []
-        if pkg.manifest is not None:
-            m = pkg.manifest
-            with open(m.path, "rb") as f:
-                f.seek(m.offset)
-                raw = f.read(min(m.length_bytes, ovf.MAX_MANIFEST_BYTES + 1))
-            entries, _bad = ovf.parse_manifest(raw)
-            digests = [{"name": e.name, "algorithm": e.algorithm, "digest": e.digest}
-                       for e in entries]
+        digests = [{"name": e.name, "algorithm": e.algorithm, "digest": e.digest}
+                   for e in pkg.manifest_entries()[0]]
         cpu = _quantity(env, ovf.RT_CPU)
         return {
             "package": path, "kind": pkg.kind, "ovf": pkg.ovf_name, "ovf_version": env.version,

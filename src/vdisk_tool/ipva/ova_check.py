@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from ..errors import Severity, VdiskError
-from ..formats.ovf import parse_manifest
 from ..image.check import CheckReport, check_disk
 from . import doctor
 from .boot_verify import ResolvedTarget, TargetKind, VerifyResult, verify_boot_device
@@ -114,11 +113,8 @@ def _manifest(pkg: Package) -> Iterator[Issue]:
                     "cannot be checked for damage", "package", path=pkg.path)
         return
     mf = pkg.manifest
-    with open(mf.path, "rb") as f:
-        f.seek(mf.offset)
-        raw = f.read(min(mf.length_bytes, (1 << 20) + 1))
     try:
-        entries, bad = parse_manifest(raw)
+        entries, bad = pkg.manifest_entries()
     except VdiskError as exc:
         yield issue("ova.manifest-malformed", E, exc.message, "package", path=pkg.label(mf.name))
         return

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, RefusedError, Severity
-from ..formats.ovf import parse_manifest
 from ..image.check import check_image
 from ..image.create import create_image
 from ..image.disk import Disk, open_image
@@ -150,12 +149,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
 
 def _check_digests(pkg: Package, names: list[str]) -> None:
     """Every manifest line for the descriptor and the disks deploy uses must match."""
-    if pkg.manifest is None:
-        return
-    mf = pkg.manifest
-    with open(mf.path, "rb") as f:
-        f.seek(mf.offset)
-        entries, _bad = parse_manifest(f.read(min(mf.length_bytes, (1 << 20) + 1)))
+    entries, _bad = pkg.manifest_entries()
     wanted = set(names) | {pkg.ovf_name}
     for e in entries:
         if e.name not in wanted:
