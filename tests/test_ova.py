@@ -90,6 +90,7 @@ def test_slots_come_from_the_ovf_not_from_names(tmp_path, runner, streams, raws)
     res = vdisk(runner, "fs", "ls", f"{pkg}#cf", "/")
     assert res.exit_code == 0 and "CONFIG.TXT" in res.stdout
     assert vdisk(runner, "dump", "list", f"{pkg}#ide1:1").exit_code == 0
+    assert "CONFIG.TXT" in vdisk(runner, "fs", "ls", f"{pkg}#xxx.vmdk", "/").stdout
     out = tmp_path / "flash.img"
     assert vdisk(runner, "flash", "backup", f"{pkg}#flash", "-o", str(out)).exit_code == 0
     raw = raws["flash"].read_bytes()[:64 << 20]
