@@ -13,6 +13,8 @@ from ..image.base import FileDevice
 from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
+from ..ipva.ova import is_package
+from ..ipva.ova_check import verify_package
 from .app import app
 from .common import (
     EXIT_FINDINGS,
@@ -63,8 +65,8 @@ def _print_steps(rep: FirmwareReport) -> None:
 
 @app.command()
 @handle_errors
-def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder "
-                                                  "or its .vmx."),
+def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder, "
+                                                  "its .vmx, or an .ova/.ovf/.zip package."),
            json_out: bool = JSON,
            verbose: bool = typer.Option(False, "--verbose", "-v",
                                         help="List every check, also when all pass."),
@@ -76,7 +78,8 @@ def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an app
     Example: vdisk verify hd-boot.vmdk
     """
     with progress("verifying", not json_out) as cb:
-        res = bootmod.verify_target(target, cb, allow_outside=allow_outside)
+        res = (verify_package(target, cb) if is_package(target)
+               else bootmod.verify_target(target, cb, allow_outside=allow_outside))
     if json_out:
         emit_json(res.to_dict())
         raise typer.Exit(EXIT_OK if res.ok else EXIT_FINDINGS)

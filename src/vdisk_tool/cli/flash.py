@@ -9,6 +9,7 @@ from ..errors import RefusedError
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
+from ..ipva.locate import open_named
 from .app import app
 from .common import confirm, emit_json, findings_exit, handle_errors, print_findings, progress, warn
 
@@ -47,7 +48,7 @@ def info(disk: str = DISK,
         mem = fl.read_memsize(vmx)
         if mem is None:
             warn(f"{vmx} has no memsize; the directory size is not shown")
-    with open_image(disk) as dev:
+    with open_named(disk) as dev:
         res = fl.read_flash_info(dev, mem)
     if json_out:
         emit_json(res)
@@ -74,7 +75,7 @@ def backup(disk: str = DISK,
     """
     if os.path.lexists(output) and not overwrite:
         raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
-    with open_image(disk) as dev, progress("backup") as cb:
+    with open_named(disk) as dev, progress("backup") as cb:
         n = fl.write_backup(dev, output, cb)
     typer.echo(f"wrote {output}: {n} segment(s) in use")
 

@@ -15,8 +15,8 @@ from ..fs.format import format_volume
 from ..fs.repair import repair_volume
 from ..fs.transfer import extract
 from ..fs.volume import FatVolume, open_volume
-from ..image.disk import open_image
 from ..image.edit import edit_image
+from ..ipva.locate import open_named
 from .app import app
 from .common import (
     EXIT_FINDINGS,
@@ -45,7 +45,7 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 @contextmanager
 def _read(image: str, partition: int | None) -> Iterator[FatVolume]:
-    with open_image(image) as disk:
+    with open_named(image) as disk:
         yield open_volume(disk, partition, image)
 
 
@@ -266,7 +266,7 @@ def check(image: str = IMAGE, json_out: bool = JSON,
     Example: vdisk fs check hd-cf.vmdk --repair --backup hd-cf.old.vmdk
     """
     if not repair:
-        with open_image(image) as disk:
+        with open_named(image) as disk:
             res = check_volume(disk, partition, image)
         if json_out:
             emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1})
