@@ -6,7 +6,9 @@ Importing this module registers the checks (`doctor` does so); each one reads a 
 """
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ..errors import FormatError, Severity
 from ..fs.check import check_volume
@@ -24,6 +26,8 @@ from .doctor_model import (
     issue,
 )
 from .flash import find_children
+from .fwversion import firmware_id
+from .vmx_rules import at_path, check_vsphere5_firmware, settings_of
 
 FLASH_CAPACITY_BYTES = 100 << 20
 MSG_FIRMWARE = "checksum wrong! Loading failed for image=IPVA    BIN"
@@ -79,10 +83,15 @@ def check_boot(ctx: Context, d: DiskContext) -> Iterator[Issue]:
     from .boot_verify import verify_target
 
     fix = ctx.command("boot", "restore", d.path, "--firmware", "ipva.bin")
-    for f in verify_target(d.path).findings:
+    res = verify_target(d.path)
+    for f in res.findings:
         bad = f.severity == Severity.ERROR
         loader = bad and (f.code.startswith("fw.") or f.code.startswith("boot.chain"))
         yield adopt(f, d, fix if bad else None, MSG_FIRMWARE if loader else None)
+    ctx.firmware = firmware_id(res.firmware)
+    for i in at_path(check_vsphere5_firmware(settings_of(ctx.vmx), ctx.firmware),
+                     ctx.bundle.vmx_path):
+        yield replace(i, fix=i.fix.replace("BOOT_DISK", shlex.quote(d.path)) if i.fix else None)
 
 
 @disk_check("cf")
