@@ -19,7 +19,10 @@ from dataclasses import replace
 from ..errors import FormatError, Severity, VdiskError
 from ..image import safe
 from ..image.disk import open_image
-from . import doctor_disks  # noqa: F401  (registers the disk checks)
+from . import (
+    doctor_disks,  # noqa: F401  (registers the disk checks)
+    doctor_log,  # noqa: F401  (registers the vmware.log check)
+)
 from .bundle import (
     MEMSIZE_MIN_MB,
     NIC,
