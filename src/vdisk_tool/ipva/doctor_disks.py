@@ -26,7 +26,9 @@ from .doctor_model import (
     issue,
 )
 from .flash import find_children
-from .fwversion import firmware_id
+from .fwversion import V9HF1, firmware_id, older_than
+from .upgrade import BACKUP_NAME, judge
+from .upgrade import CODE as UPGRADE_CODE
 from .vmx_rules import at_path, check_vsphere5_firmware, settings_of
 
 FLASH_CAPACITY_BYTES = 100 << 20
@@ -124,7 +126,8 @@ def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issu
 
 @disk_check("flash")
 def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """Flash in use against the directory the memsize allows."""
+    """Flash in use against the directory the memsize allows; with a firmware older than
+    V9HF1 (the boot disk is checked first), against the directory an upgrade would allow."""
     from .flash import read_flash_info
 
     info = read_flash_info(d.disk, ctx.memsize_mb())
@@ -132,10 +135,20 @@ def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
         f"; memsize {info.memsize_mb} MB allows a directory of {info.directory_segments}"
     yield issue("bundle.flash-usage", Severity.INFO, f"{info.segments_in_use} of "
                 f"{info.segments_total} flash segments in use{limit}", d.role, path=d.path)
+    trap = None
+    if ctx.firmware is not None and older_than(ctx.firmware, V9HF1) is not False:
+        trap = judge(ctx.firmware, None, info.segments_in_use, ctx.memsize_mb(),
+                     ctx.bundle.vmx_path, d.path)
     for f in info.findings:
+        if trap is not None and f.code == "flash.directory-overflow":
+            continue           # the installed firmware does not size the directory by RAM yet
         fix = f'set memsize = "{MEMSIZE_FULL_FLASH_MB}"' if f.code == "flash.directory-overflow" \
             else None
         yield adopt(f, d, fix)
+    if trap is not None and trap.risk:
+        yield issue(UPGRADE_CODE, Severity.WARNING, trap.reason, d.role, path=d.path,
+                    fix=ctx.command("flash", "backup", d.path, "-o", BACKUP_NAME)
+                    + " and save the configuration before the upgrade")
 
 
 @disk_check("dump")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from ..errors import Severity
 from .doctor_model import Context, Issue, issue, vmx_check
 from .golden import DISK_NAMES, DUMP_BYTES, FLASH_BYTES
+from .upgrade import BACKUP_NAME
 from .vmlog import CpuHalt, IdeDestroyed, scan_logs
 from .vmx import IDE_ROLES
 
@@ -83,7 +84,7 @@ def recreate_step(ctx: Context, slot: str, file_name: str | None) -> str:
         make = (f"restore {name} from its backup, or make a blank one and restore the PBX objects "
                 "from a file `vdisk flash backup` wrote: "
                 + ctx.command("create", path, "--size", f"{FLASH_BYTES >> 20}M") + " && "
-                + ctx.command("flash", "restore", path, "flash.img"))
+                + ctx.command("flash", "restore", path, BACKUP_NAME))
     else:
         make = ("make a fresh store: " + ctx.command("create", path, "--size", f"{DUMP_BYTES >> 20}M")
                 + " && " + ctx.command("dump", "init", path))
