@@ -289,8 +289,7 @@ def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *,
         emit_json({"plan": plan.to_dict(), "dry_run": False, "flash_check": chk.to_dict(),
                    "refused": True, "result": None})
     raise fail(f"refusing to install {firmware}: the upgrade would lose PBX objects",
-               EXIT_ERROR, "back the flash up (vdisk flash backup), save the configuration, "
-               "then pass --yes to go on")
+               EXIT_ERROR, "save the configuration and back the flash up, then pass --yes to go on")
 
 
 @boot_grp.command("create")
