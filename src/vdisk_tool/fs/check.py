@@ -75,7 +75,7 @@ def _follow(w: _Walk, first: int, what: str, path: str, limit: int | None) -> tu
         c = nxt
     prev = clusters[-1] if clusters else None
     if end in ("free", "bad"):
-        w.add(f"fat.chain-{end}-cluster",
+        w.add("fat.chain-free-cluster" if end == "free" else "fat.chain-bad-cluster",
               f"{what} {path}: the chain runs into cluster {c}, which the FAT marks {end}",
               _fat_entry_offset(vol, prev if prev else c), path,
               action=f"end the chain of {path} at cluster {prev}" if prev else
