@@ -80,6 +80,20 @@ def chain_free(v: SpecVolume) -> None:
     v.fat_set(chain[1], 0)
 
 
+def chain_loop(v: SpecVolume) -> None:
+    chain = v.chain(v.start_cluster(v.find(b"KEEP    BIN")))
+    v.fat_set(chain[2], chain[1])
+
+
+def lfn_field(v: SpecVolume) -> None:
+    v.write(v.lfn_first_part("A long") + 0x1A, b"\x34\x12")        # LDIR_FstClusLO
+
+
+def label_invalid(v: SpecVolume) -> None:
+    v.write(v.label_slot(), b"BAD*LABEL  ")
+    _boot_label(v, b"BAD*LABEL  ")
+
+
 def lost_chain(v: SpecVolume) -> None:
     cs = v.free_clusters(v.clusters // 2, 3)
     for k, c in enumerate(cs):
@@ -125,7 +139,11 @@ DAMAGES: dict[str, Damage] = {
     "label-root-only": Damage(label_root_only, frozenset({"fat.label-mismatch"})),
     "chain-free": Damage(chain_free, frozenset({"fat.chain-free-cluster", "fat.chain-too-short",
                                                 "fat.lost-clusters"})),
+    "chain-loop": Damage(chain_loop, frozenset({"fat.chain-loop", "fat.chain-too-short",
+                                                "fat.lost-clusters"})),
     "lost-chain": Damage(lost_chain, frozenset({"fat.lost-clusters"})),
+    "lfn-field": Damage(lfn_field, frozenset({"fat.lfn-field"})),
+    "label-invalid": Damage(label_invalid, frozenset({"fat.label-invalid"})),
     "dots-overwritten": Damage(dots_overwritten, frozenset({"fat.dot-entries"})),
     "dots-full-dir": Damage(dots_full, frozenset({"fat.dot-entries"})),
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import Finding, FormatError, Severity
 from ..formats import fat as ff
 from ..image.base import BlockDevice
-from .check_dirs import check_dots, check_duplicates
+from .check_dirs import check_dots, check_duplicates, check_lfn_fields
 from .check_lost import check_lost
 from .dirent import DirEntryInfo, with_cluster_and_size
 from .volume import Directory, FatVolume, open_volume
@@ -86,6 +86,10 @@ def _follow(w: _Walk, first: int, what: str, path: str, limit: int | None) -> tu
               _fat_entry_offset(vol, prev) if prev else None, path,
               action=f"end the chain of {path} at cluster {prev}" if prev else
               f"clear the first cluster of {path}")
+    elif end == "cross" and c in clusters:
+        w.add("fat.chain-loop", f"{what} {path}: the chain loops back to its own cluster {c}",
+              _fat_entry_offset(vol, prev) if prev else None, path,
+              action=f"end the chain of {path} at cluster {prev}")
     elif end == "cross":
         w.add("fat.cross-linked", f"{what} {path}: cluster {c} already belongs to another chain",
               _fat_entry_offset(vol, prev) if prev else None, path,
@@ -228,6 +232,7 @@ def _walk_dir(w: _Walk, first: int, path: str, parent_cluster: int | None,
         d = vol.directory(first)
         if info is not None and parent_cluster is not None:
             check_dots(w, d, info, parent_cluster)
+        check_lfn_fields(w, d, path)
         for item in d.items():
             if item.kind == "orphan-lfn":
                 w.add("fat.lfn-orphan", f"{path}: {len(item.lfn_slots)} long-name slot(s) that "

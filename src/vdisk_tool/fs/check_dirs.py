@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import FormatError
+from ..errors import FormatError, Severity
 from ..formats import fat as ff
 from .dirent import DirEntryInfo, entry_cluster, with_cluster_and_size
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 E = ff.DIR_ENTRY_BYTES
 DOT, DOTDOT = b".          ", b"..         "
 FREE_MARKS = (0, ff.DELETED_MARK)
+#: A DIR_NTRes bit Linux uses for "no 8.3 name"; meaningless on a dot entry (fsck.fat clears it).
+NTRES_NO_83NAME = 0x20
 
 
 def check_dots(w: _Walk, d: Directory, info: DirEntryInfo, parent_cluster: int) -> None:
@@ -27,7 +29,7 @@ def check_dots(w: _Walk, d: Directory, info: DirEntryInfo, parent_cluster: int) 
         shown = name.decode().strip()
         raw = d.raw(slot) if d.slots > slot else bytes(E)
         if raw[0:11] == name and raw[11] & ff.ATTR_DIRECTORY and \
-                entry_cluster(raw, vol.fat_type) == want:
+                entry_cluster(raw, vol.fat_type) == want and not raw[12] & NTRES_NO_83NAME:
             continue
         if raw[0:11] == name or raw[0] in FREE_MARKS:
             what, act = "missing or not pointing to", f"write the '{shown}' entry of {info.path}"
@@ -125,3 +127,20 @@ def _rename(d: Directory, e: DirEntryInfo, new: bytes, path: str) -> DirEntryInf
         gone[0] = ff.DELETED_MARK
         d.write_slot(s, bytes(gone))
     return d.entry_at(e.slot, path)
+
+
+def check_lfn_fields(w: _Walk, d: Directory, path: str) -> None:
+    """LDIR_Type and LDIR_FstClusLO of a long-name entry must be 0 (fatgen103 §7)."""
+    for item in d.items():
+        bad = [s for s in item.lfn_slots if d.data[s * E + 12] or d.data[s * E + 26:s * E + 28]
+               != b"\0\0"]
+        if not bad:
+            continue
+        w.add("fat.lfn-field", f"{path}: {len(bad)} long-name slot(s) with a non-zero type or "
+              "first-cluster field", d.slot_offset(bad[0]), path, Severity.WARNING,
+              action=f"zero the type and first-cluster fields of {len(bad)} long-name slot(s)")
+        if w.fix:
+            for s in bad:
+                raw = bytearray(d.raw(s))
+                raw[12], raw[26:28] = 0, b"\0\0"
+                d.write_slot(s, bytes(raw))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import Finding, FormatError, Severity
 from ..formats import fat as ff
 from ..image.base import BlockDevice
+from .dirent import LABEL_INVALID
 from .format import build_fsinfo
 from .layout import parse_boot_sector
 from .partition import looks_like_mbr, partition_device, read_partition_table
@@ -131,11 +132,22 @@ def check_label(vol: FatVolume, fix: bool, actions: list[str]) -> list[Finding]:
     boot = sector0[at:at + 11]
     entry = vol.root_label_entry()
     root = entry.raw_name if entry is not None else None
+    out: list[Finding] = []
+    if entry is not None and root is not None and not label_valid(root):
+        out.append(Finding("fat.label-invalid", Severity.WARNING,
+                           f"the root directory's label {root!r} holds bytes a label cannot",
+                           _base(vol) + entry.entry_offset, True, vol.path))
+        if fix:
+            gone = bytearray(entry.raw_entry)
+            gone[0] = ff.DELETED_MARK
+            vol.directory(vol.root_first_cluster).write_slot(entry.slot, bytes(gone))
+            actions.append("remove the invalid label entry from the root directory")
+        root = None
     if root is not None and root[:1] == bytes([ff.KANJI_E5]):
         root = bytes([ff.DELETED_MARK]) + root[1:]
     want = root if root is not None else ff.NO_NAME_LABEL
     if boot == want:
-        return []
+        return out
     shown = boot.decode("cp437").rstrip()
     if root is None:
         msg = (f"the boot sector names the label {shown!r}, the root directory has no label "
@@ -150,7 +162,16 @@ def check_label(vol: FatVolume, fix: bool, actions: list[str]) -> list[Finding]:
     if fix:
         write_boot_label(vol.dev, lay, want)
         actions.append(act)
-    return [Finding("fat.label-mismatch", Severity.WARNING, msg, _base(vol) + at, True, vol.path)]
+    return out + [Finding("fat.label-mismatch", Severity.WARNING, msg, _base(vol) + at, True,
+                          vol.path)]
+
+
+def label_valid(raw: bytes) -> bool:
+    """An 11-byte label: no control bytes (0x05 first stands for 0xE5), none of the bytes
+    fatgen103 §6.1 forbids in names, not blank, not starting with a space."""
+    body = raw[1:] if raw[:1] == bytes([ff.KANJI_E5]) else raw
+    return (raw[:1] != b" " and raw.strip(b" ") != b""
+            and all(b >= 0x20 and chr(b) not in LABEL_INVALID for b in body))
 
 
 def check_dirty(vol: FatVolume, fix: bool, actions: list[str]) -> list[Finding]:
