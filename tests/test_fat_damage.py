@@ -80,17 +80,25 @@ def test_damage(damage, fat, container, bases, cli, tmp_path):
     assert res.fsck_clean == ((damage, fat) not in FSCK_CANNOT), res
 
 
+def _swap_dots(v: SpecVolume) -> None:
+    at = v.cluster_offset(v.start_cluster(v.find(b"FOLDER     ")))
+    v.write(at, v.read(at + 32, 32) + v.read(at, 32))
+
+
 def test_dots_moved_not_overwritten(bases, cli, tmp_path):
     """The two files in the slots of '.' and '..' keep their names and contents, and the
-    directory lists every one of its files, also where it had to grow by a cluster."""
+    directory lists every one of its files, also where it had to grow by a cluster; dot
+    entries in each other's slots are rewritten, not moved."""
     img, off = bases(32, False)
-    for damage in ("dots-overwritten", "dots-full-dir"):
+    for damage in ("dots-overwritten", "dots-full-dir", "dots-swapped"):
         work = tmp_path / damage
         work.mkdir()
         damaged = work / "d.raw"
         damaged.write_bytes(img.read_bytes())
-        DAMAGES[damage].apply(SpecVolume(damaged, off))
-        assert cli("fs", "check", str(damaged), "--repair", "--yes")[0] == 0
+        apply = _swap_dots if damage == "dots-swapped" else DAMAGES[damage].apply
+        apply(SpecVolume(damaged, off))
+        rc, out = cli("fs", "check", str(damaged), "--repair", "--yes", "--json")
+        assert rc == 0 and {f["code"] for f in json.loads(out)["found"]} == {"fat.dot-entries"}
         got = read_files(damaged, work / "out")
         for name, data in FILES.items():
             assert got[name] == data, name

@@ -79,7 +79,8 @@ def _follow(w: _Walk, first: int, what: str, path: str, limit: int | None) -> tu
               f"{what} {path}: the chain runs into cluster {c}, which the FAT marks {end}",
               _fat_entry_offset(vol, prev if prev else c), path,
               action=f"end the chain of {path} at cluster {prev}" if prev else
-              f"clear the first cluster of {path}")
+              f"mark cluster {c}, the first of {path}, as the end of its chain"
+              if what == "directory" and end == "free" else f"clear the first cluster of {path}")
     elif end == "range":
         w.add("fat.cluster-out-of-range",
               f"{what} {path}: chain points to cluster {c:#x}, outside 2..{vol.layout.max_cluster:#x}",
@@ -224,9 +225,8 @@ def _walk_dir(w: _Walk, first: int, path: str, parent_cluster: int | None,
         if first or vol.fat_type == 32:
             limit = max(1, 65536 * E // vol.layout.cluster_bytes)
             start = first or vol.layout.root_cluster
-            clusters, _end = _follow(w, start, "directory", path, limit)
-            if not clusters and w.fix and 2 <= start <= vol.layout.max_cluster \
-                    and not w.used[start]:
+            clusters, end = _follow(w, start, "directory", path, limit)
+            if not clusters and end == "free" and w.fix:
                 vol.fat.set(start, vol.fat.eoc)     # keep the directory's first cluster
                 w.used[start] = 1
         d = vol.directory(first)

@@ -56,6 +56,9 @@ def _move_item(w: _Walk, d: Directory, slot: int) -> bool:
     if item is None:
         return True
     slots = sorted({*item.lfn_slots, item.slot} if item.kind == "entry" else set(item.lfn_slots))
+    if item.kind == "entry" and d.data[item.slot * E:item.slot * E + 11] in (DOT, DOTDOT):
+        _delete(d, slots)              # a dot entry in the wrong slot: it is rewritten anyway
+        return True
     before = list(d.clusters)
     end = bytes(d.data[0::E]).find(0)
     try:
@@ -70,11 +73,15 @@ def _move_item(w: _Walk, d: Directory, slot: int) -> bool:
     after = idx + len(slots)
     if 0 <= end <= idx and after < d.slots and d.data[after * E] != 0:
         d.write_slot(after, bytes(E))          # keep the end marker behind the moved entry
+    _delete(d, slots)
+    return True
+
+
+def _delete(d: Directory, slots: list[int] | tuple[int, ...]) -> None:
     for s in slots:
         gone = bytearray(d.raw(s))
         gone[0] = ff.DELETED_MARK
         d.write_slot(s, bytes(gone))
-    return True
 
 
 def _name_keys(e: DirEntryInfo) -> set[str]:
@@ -122,10 +129,7 @@ def _rename(d: Directory, e: DirEntryInfo, new: bytes, path: str) -> DirEntryInf
     raw = bytearray(e.raw_entry)
     raw[0:11] = new
     d.write_slot(e.slot, bytes(raw))
-    for s in e.lfn_slots:
-        gone = bytearray(d.raw(s))
-        gone[0] = ff.DELETED_MARK
-        d.write_slot(s, bytes(gone))
+    _delete(d, e.lfn_slots)
     return d.entry_at(e.slot, path)
 
 
