@@ -265,7 +265,7 @@ def test_fs_check_repair(tmp_path: Path) -> None:
     def want(raw: Path, off: int) -> bool:
         return _cat(raw, off, "/README.TXT") == FILES["README.TXT"]
 
-    res = crash_test(make, ["fs", "check", "d.vmdk", "--repair"],
+    res = crash_test(make, ["fs", "check", "d.vmdk", "--repair", "--yes"],
                      _fat_result("d.vmdk", want), tmp_path, points=POINTS)
     _finish("fs check --repair", res)
 
