@@ -62,7 +62,8 @@ DIR_OPS = ("create", "rename", "unlink", "mkdir", "rmdir")
 # -- recording --------------------------------------------------------------------------------
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of an instrumented child: the sitecustomize first on PYTHONPATH."""
-    env = dict(os.environ, MTOOLS_SKIP_CHECK="1", **(extra or {}))
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    env.update(extra or {})
     env.pop("VDISK_DEBUG", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), env.get("PYTHONPATH")]))
     return env
@@ -434,6 +435,7 @@ class PowerLossResult:
     by_qemu: int = 0
     ops: int = 0
     corrupt: list[str] = field(default_factory=list)
+    recording: Recording | None = None
 
     def summary(self) -> str:
         return (f"{self.states} states ({self.distinct} distinct, {self.recovered} recovered) "
@@ -457,7 +459,7 @@ def power_loss_test(make: Callable[[Path], None], args: list[str], image: str, w
     names = rec.names
     ref_old, ref_new = folder_digest(rec.before, names), folder_digest(rec.after, names)
     recover = recover or ["check", image, "--repair"]
-    res = PowerLossResult(ops=len(rec.ops))
+    res = PowerLossResult(ops=len(rec.ops), recording=rec)
     verdicts: dict[str, str | None] = {}
     for n, state in enumerate(crash_states(rec, states, seed)):
         res.states += 1
@@ -526,3 +528,21 @@ def rename_violations(rec: Recording) -> list[str]:
             for n in [n for n in ns if n == o.path or n.startswith(o.path + "/")]:
                 ns[o.dst + n[len(o.path):]] = ns.pop(n)
     return bad
+
+
+def rewritten_after_fsync(rec: Recording, name: str) -> set[int]:
+    """Sectors of the initial file `name` written, then written again after an fsync of any
+    file (e.g. an undo journal fsynced between two batches of an edit)."""
+    inode = rec.files[name]
+    before_sync: set[int] = set()
+    dirty: set[int] = set()
+    again: set[int] = set()
+    for o in rec.ops:
+        if o.kind == "write" and o.inode == inode:
+            sectors = set(range(o.offset // SECTOR, (o.offset + len(o.data) + SECTOR - 1) // SECTOR))
+            again |= sectors & before_sync
+            dirty |= sectors
+        elif o.kind == "fsync":
+            before_sync |= dirty
+            dirty = set()
+    return again
