@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 from conftest import break_grain_table_and_flag, need_tool, run
 from fatutil import fsck, mkfs, mtools_fill, mtype
-from powerloss import (PowerLossResult, power_loss_test, record, rename_violations,
-                       rewritten_after_fsync, vdisk_in_process)
+from powerloss import (
+    PowerLossResult,
+    power_loss_test,
+    record,
+    rename_violations,
+    rewritten_after_fsync,
+    vdisk_in_process,
+)
 
 MIB = 1 << 20
 STATES = 200
