@@ -79,3 +79,26 @@ def break_grain_table_and_flag(path) -> None:
         f.write(struct.pack("<I", 0x7FFFFFF0))
         f.seek(72)
         f.write(b"\x01")
+
+
+def descriptor_lines(path) -> list[str]:
+    """The descriptor of a VMDK, as lines: the text file, or the area embedded in a sparse
+    extent (read directly, not through vdisk)."""
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    if head[:4] == b"KDMV":
+        offset = int.from_bytes(head[28:36], "little") * 512
+        sectors = int.from_bytes(head[36:44], "little")
+        head = head[offset:offset + sectors * 512]
+    return head.split(b"\0", 1)[0].decode().splitlines()
+
+
+def assert_cid_renewed(before: list[str], after: list[str]) -> None:
+    """The content changed: the descriptor keeps every line but CID, which is new."""
+    def cid(lines: list[str]) -> str:
+        found = [ln for ln in lines if ln.startswith("CID=")]
+        assert len(found) == 1, lines
+        return found[0]
+    assert cid(after) != cid(before), "the CID was not renewed"
+    assert [ln for ln in after if not ln.startswith("CID=")] == \
+        [ln for ln in before if not ln.startswith("CID=")]
