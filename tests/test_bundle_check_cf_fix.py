@@ -50,7 +50,7 @@ def test_cf_fat_findings_carry_a_repair_that_works(tmp_path, runner):
     want = f"vdisk fs check {shlex.quote(cf)} --repair"
     assert {i.fix for i in found} == {want}, [i.to_dict() for i in found]
 
-    res = vdisk(runner, *shlex.split(want)[1:])
+    res = vdisk(runner, *shlex.split(want)[1:], "--yes")   # the answer a user gives at the prompt
     assert res.exit_code == 0, res.output
     assert _cf_fat_issues(b) == []
     _cf_raw(b, raw)
