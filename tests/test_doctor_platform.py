@@ -200,3 +200,11 @@ def test_vsphere_vmx_hw8_with_v9hf4_adds_no_problem(tmp_path):
     got = by_code(doctor.check_bundle(b))
     assert "vmx.vsphere5-firmware" not in got and "vmx.hw-version-old" not in got
     assert "vmx.eth1-state" in got
+
+
+def test_hostile_values_are_quoted_bounded_and_printable():
+    [t] = list(check_tools({"tools.synctime": "\x1b[2J" + "T" * 5000}))
+    assert "\x1b" not in t.finding.message and len(t.finding.message) < 300
+    assert '"?[2JTTT' in t.finding.message and "…" in t.finding.message
+    [n] = list(check_eth0({"ethernet0.present": "TRUE", "ethernet0.connectiontype": "nat\u202e\x07"}))
+    assert '"nat??"' in n.finding.message

@@ -184,3 +184,10 @@ def test_tail_is_bounded(tmp_path):
               + b"\nlast\n")
     data = vmlog.read_tail(p)
     assert len(data) <= vmlog.MAX_TAIL_BYTES and data.startswith(b"yyy") and data.endswith(b"last\n")
+
+
+def test_newer_esxi_line_shape_keeps_its_time(tmp_path):
+    write(str(tmp_path), "vmware.log", "2021-03-01T10:00:00.000Z In(05) vmx - Log for VMware ESX\n"
+          f"2021-03-01T10:00:09.120Z In(05) vcpu-0 - {HALT}\n")
+    [h] = vmlog.scan_logs(str(tmp_path)).halts
+    assert h.line.time == "2021-03-01T10:00:09.120Z" and h.age == 0

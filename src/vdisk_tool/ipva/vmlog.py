@@ -20,6 +20,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from .vmx import shown
+
 MAX_FILES = 4
 MAX_TAIL_BYTES = 1 << 20
 MAX_LINE_CHARS = 4096
@@ -32,7 +34,7 @@ VSCSI_NOT_FOUND = "VMMon_VSCSIDestroyDev: Not found"
 SESSION_START = "Log for VMware"
 
 _NAME = re.compile(r"^vmware(?:-(\d{1,6}))?\.log$", re.IGNORECASE)
-_ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?)\|")
+_ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?)[| ]")
 _OLD_TIME = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d{1,6})?):")
 
 
@@ -127,10 +129,7 @@ def _line(file: str, raw: bytes) -> tuple[str | None, str]:
 
 
 def _quoted(file: str, time: str | None, text: str) -> LogLine:
-    shown = "".join(ch if ch.isprintable() else "?" for ch in text[:QUOTE_CHARS])
-    if len(text) > QUOTE_CHARS:
-        shown += "…"
-    return LogLine(file, time, shown)
+    return LogLine(file, time, shown(text, QUOTE_CHARS))
 
 
 def _sessions(file: str, data: bytes) -> list[list[tuple[str | None, str]]]:

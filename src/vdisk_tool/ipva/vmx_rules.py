@@ -15,7 +15,7 @@ from dataclasses import replace
 from ..errors import Severity
 from .doctor_model import Issue, issue
 from .fwversion import V9HF4, FirmwareId, older_than
-from .vmx import Vmx, vmx_bool
+from .vmx import Vmx, shown, vmx_bool
 
 HW_IDE_MIN = 7          # vSphere 4 (ESX 4.0) hardware; 4 is ESX 3.x, 3 is ESX 2.x
 HW_VSPHERE5 = 8         # vSphere 5.0 hardware; 9 = 5.1, 10 = 5.5, 11 = 6.0 ...
@@ -81,8 +81,8 @@ def check_tools(settings: Mapping[str, str]) -> Iterator[Issue]:
             continue
         off = "manual" if "policy" in key else "FALSE"
         yield issue("vmx.tools-unsupported", Severity.WARNING, f'VMware Tools are not supported: '
-                    f'{key} = "{value}" asks VMware to {_tools_verb(key)} them', "vmx",
-                    fix=f'set {key} = "{off}" (or remove the line)')
+                    f'{shown(key)} = "{shown(value)}" asks VMware to {_tools_verb(key)} them', "vmx",
+                    fix=f'set {shown(key)} = "{off}" (or remove the line)')
 
 
 def _tools_verb(key: str) -> str:
@@ -100,7 +100,7 @@ def check_eth0(settings: Mapping[str, str]) -> Iterator[Issue]:
     """ethernet0 absent or not present: error; a connection other than bridged: info."""
     if not eth0_present(settings):
         why = ("is not in the settings" if f"{ETH0}.present" not in settings
-               else f'has present = "{settings[f"{ETH0}.present"]}"')
+               else f'has present = "{shown(settings[f"{ETH0}.present"])}"')
         yield issue("vmx.nic-missing", Severity.ERROR, f"{ETH0} {why}: the appliance has no "
                     "network adapter for ETH0", "vmx",
                     fix=f'set {ETH0}.present = "TRUE" with {ETH0}.virtualDev = "vlance"')
@@ -108,8 +108,8 @@ def check_eth0(settings: Mapping[str, str]) -> Iterator[Issue]:
     kind = (settings.get(f"{ETH0}.connectiontype") or "").strip()
     if kind and kind.lower() != "bridged":
         net = settings.get(f"{ETH0}.vnet")
-        on = f" on {net}" if kind.lower() == "custom" and net else ""
-        yield issue("vmx.eth0-not-bridged", Severity.INFO, f'{ETH0}.connectionType is "{kind}"'
+        on = f" on {shown(net)}" if kind.lower() == "custom" and net else ""
+        yield issue("vmx.eth0-not-bridged", Severity.INFO, f'{ETH0}.connectionType is "{shown(kind)}"'
                     f"{on}, not bridged: the appliance is a DHCP client on ETH0 as shipped and "
                     "expects a DHCP server on that network, unless its address is set on the "
                     "console", "vmx", fix=f'set {ETH0}.connectionType = "bridged", or set the '
@@ -125,7 +125,7 @@ def check_eth1(settings: Mapping[str, str]) -> Iterator[Issue]:
         return
     kind = (settings.get(f"{ETH1}.connectiontype") or "bridged").strip()
     connected = vmx_bool(settings.get(f"{ETH1}.startconnected", "TRUE"))
-    state = f"{kind}, {'connected' if connected else 'not connected'} at power-on"
+    state = f"{shown(kind)}, {'connected' if connected else 'not connected'} at power-on"
     if kind.lower() == "hostonly" and not connected:
         yield issue("vmx.eth1-state", Severity.INFO, f"{ETH1} (ETH1) is {state}: {shipped}", "vmx")
         return
