@@ -16,6 +16,24 @@ from vdisk_tool.cli.app import app
 
 REQUIRE = os.environ.get("VDISK_REQUIRE_TOOLS") == "1"
 
+# Modules whose tests are long (crash harnesses, fuzzing, property tests): `-m "not slow"`
+# leaves them out; .ci/run does that for the extra interpreters, the main one runs them all.
+SLOW_MODULES = frozenset({
+    "test_crash_all", "test_crash_vmdk", "test_fuzz", "test_vmdk_props", "test_security",
+    "test_findings_coverage", "test_vmdk_hostile",
+})
+SLOW_TESTS = frozenset({
+    "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",
+    "test_cf_grow_is_crash_safe",
+})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if module in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 def need(available: bool, what: str) -> None:
     """An independent tool the test drives: missing, it fails under VDISK_REQUIRE_TOOLS=1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Iterator
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from .. import clock
 from ..errors import FormatError, UnsupportedError
@@ -18,6 +18,8 @@ from .dirent import (
     validate_long_name,
     with_cluster_and_size,
 )
+
+_Self = TypeVar("_Self")
 
 if TYPE_CHECKING:
     from ..image.base import BlockDevice
@@ -102,7 +104,7 @@ class VolumeWriter:
         if self._mutated:
             self.flush()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
