@@ -120,7 +120,7 @@ def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issu
     """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo; `vdisk fs check
     --repair` fixes what it can (the same volume: the disk's default partition)."""
     for f in check_volume(vol, path=d.path).findings:
-        yield adopt(f, d, ctx.command("fs", "check", d.path, "--repair") if f.fixable
+        yield adopt(f, d, ctx.command("fs", "check", d.path, "--repair", "--yes") if f.fixable
                     else ctx.command("fs", "check", d.path))
 
 
