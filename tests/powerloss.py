@@ -270,7 +270,7 @@ def crash_states(rec: Recording, count: int = 200, seed: int = 0) -> list[CrashS
             crash = rng.choice(points)
         style = rng.randrange(4)
         attempts += 1
-        pending = [o for o in pending_data(rec.ops, crash) if o.kind in ("write", "truncate")]
+        pending = pending_data(rec.ops, crash)
         if style == 0:
             kept = pending                                   # everything reached the disk
         elif style == 1:
