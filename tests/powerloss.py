@@ -270,7 +270,7 @@ def crash_states(rec: Recording, count: int = 200, seed: int = 0) -> list[CrashS
             crash = rng.choice(points)
         style = rng.randrange(4)
         attempts += 1
-        pending = [o for o in pending_data(rec.ops, crash) if o.kind in ("write", "truncate")]
+        pending = pending_data(rec.ops, crash)
         if style == 0:
             kept = pending                                   # everything reached the disk
         elif style == 1:
@@ -436,6 +436,7 @@ class PowerLossResult:
     ops: int = 0
     corrupt: list[str] = field(default_factory=list)
     recording: Recording | None = None
+    exhausted: bool = False        # the run allows fewer distinct states than were asked for
 
     def summary(self) -> str:
         return (f"{self.states} states ({self.distinct} distinct, {self.recovered} recovered) "
@@ -461,7 +462,9 @@ def power_loss_test(make: Callable[[Path], None], args: list[str], image: str, w
     recover = recover or ["check", image, "--repair"]
     res = PowerLossResult(ops=len(rec.ops), recording=rec)
     verdicts: dict[str, str | None] = {}
-    for n, state in enumerate(crash_states(rec, states, seed)):
+    chosen = crash_states(rec, states, seed)
+    res.exhausted = len(chosen) < states
+    for n, state in enumerate(chosen):
         res.states += 1
         files, dirs = materialise(rec, state)
         key = digest(files, sorted(files))

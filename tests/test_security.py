@@ -120,6 +120,17 @@ def test_symlinked_extent_resolving_outside(flat_vm, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_symlinked_extent_in_a_sibling_folder_sharing_the_prefix(flat_vm, tmp_path):
+    """vm/disk-flat.vmdk -> vm2/real-flat.vmdk: "vm2" starts with "vm" but is not inside."""
+    sibling = tmp_path / (flat_vm.parent.name + "2")
+    sibling.mkdir()
+    real = sibling / "real-flat.vmdk"
+    shutil.move(flat_vm.parent / "disk-flat.vmdk", real)
+    (flat_vm.parent / "disk-flat.vmdk").symlink_to(real)
+    r = vdisk("info", str(flat_vm))
+    assert refused(r), r.stderr
+
+
 def test_symlinked_extent_inside_folder_is_fine(flat_vm):
     folder = flat_vm.parent
     (folder / "disk-flat.vmdk").rename(folder / "real-flat.vmdk")
