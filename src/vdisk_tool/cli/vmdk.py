@@ -18,6 +18,8 @@ from .common import (
     parse_size,
     print_findings,
     progress,
+    takes_format,
+    warn,
 )
 
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
@@ -35,6 +37,7 @@ def _size(n: int) -> str:
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def info(image: str = typer.Argument(..., help="A raw image or any VMDK (descriptor or sparse file)."),
          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Describe an image: subformat, sizes, extents, CID chain, adapter, geometry.
@@ -66,6 +69,7 @@ def info(image: str = typer.Argument(..., help="A raw image or any VMDK (descrip
 
 @app.command("map")
 @handle_errors
+@takes_format("image")
 def map_cmd(image: str = typer.Argument(..., help="The image to map."),
             json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """List allocation runs: data, zero, unallocated, or from the parent, with file offsets.
@@ -86,6 +90,7 @@ def map_cmd(image: str = typer.Argument(..., help="The image to map."),
 
 @app.command()
 @handle_errors
+@takes_format("a", "b")
 def compare(a: str = typer.Argument(..., help="First image."),
             b: str = typer.Argument(..., help="Second image."),
             json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
@@ -110,6 +115,7 @@ def compare(a: str = typer.Argument(..., help="First image."),
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def check(image: str = typer.Argument(..., help="The image to check (any VMDK or raw)."),
           repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
           dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: print the plan only."),
@@ -192,6 +198,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 
 @app.command()
 @handle_errors
+@takes_format("src")
 def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
             subformat: str = typer.Option(None, "--subformat", "-F",
@@ -206,6 +213,8 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     """
     with open_image(src, allow_outside=allow_outside) as disk:
+        for w in disk.warnings:
+            warn(w)
         shape = like(disk)
         if raw or dst.lower().endswith((".img", ".raw")):
             sub = "raw"
@@ -218,6 +227,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
          size: str = typer.Option(..., "--size", "-s", help="New capacity, e.g. 8G (never smaller)."),
          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),

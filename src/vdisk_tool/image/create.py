@@ -6,17 +6,19 @@ never leaves a half-written image under the real name.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .. import clock
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import SECTOR_BYTES, BlockDevice, RunKind
+from .base import SECTOR_BYTES, BlockDevice, Run, RunKind
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
 
@@ -27,7 +29,10 @@ SPLIT_SECTORS = 4192256            # 2047 MiB, as VMware splits
 EMBEDDED_DESCRIPTOR_SECTORS = 20
 GRAIN_SECTORS = vs.DEFAULT_GRAIN_SECTORS
 GRAIN_BYTES = GRAIN_SECTORS * SECTOR_BYTES
-MAX_HOSTED_SPARSE_SECTORS = 1 << 32   # grain pointers are u32 sectors
+MAX_HOSTED_SPARSE_SECTORS = 1 << 32   # grain pointers are u32 sectors (VMware: 2 TB - 512)
+# A stream's grain pointers count sectors of its (compressed) file, not of the capacity:
+# the capacity is bounded by the grain directory (32 Mi tables of 32 MiB = 1 PiB, qemu's cap)
+MAX_STREAM_SECTORS = vs.MAX_GD_ENTRIES * vs.GTES_PER_GT * GRAIN_SECTORS
 Progress = Callable[[int, int], None]
 
 
@@ -87,10 +92,17 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     if size_bytes <= 0 or size_bytes % SECTOR_BYTES:
         raise RefusedError(f"size must be a positive multiple of 512 bytes, got {size_bytes}")
     sectors = size_bytes // SECTOR_BYTES
-    if subformat in ("monolithicSparse", "streamOptimized") and sectors > MAX_HOSTED_SPARSE_SECTORS:
-        raise RefusedError(f"{subformat} holds at most 2 TiB; use twoGbMaxExtentSparse or a flat subformat")
     folder = os.path.dirname(os.path.abspath(path))
     names = extent_names(path, subformat, size_bytes)
+    if subformat == "monolithicSparse" and sectors > MAX_HOSTED_SPARSE_SECTORS:
+        raise RefusedError("monolithicSparse holds at most 2 TiB; use twoGbMaxExtentSparse, "
+                           "streamOptimized or a flat subformat")
+    if subformat == "streamOptimized" and sectors > MAX_STREAM_SECTORS:
+        raise RefusedError(f"streamOptimized holds at most {MAX_STREAM_SECTORS * SECTOR_BYTES >> 50} "
+                           f"PiB ({vs.MAX_GD_ENTRIES} grain tables)")
+    if len(names) > vd.MAX_EXTENTS:
+        raise RefusedError(f"{subformat} of {size_bytes} bytes needs {len(names)} extent files, "
+                           f"more than {vd.MAX_EXTENTS}")
     targets = [os.path.join(folder, n) for n, _ in names] + [os.path.abspath(path)]
     for t in targets:
         if os.path.lexists(t) and not overwrite:
@@ -122,14 +134,15 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             lines = []
             start = 0
             flat = subformat in ("monolithicFlat", "vmfs", "twoGbMaxExtentFlat")
+            runs = list(source.runs()) if source is not None and len(names) > 1 else None
             for name, n in names:
                 target = os.path.join(folder, name)
                 tmp = create_temp(target)
                 rep.add(tmp, target)
                 if flat:
-                    _write_raw(tmp, n * SECTOR_BYTES, source, progress, start)
+                    _write_raw(tmp, n * SECTOR_BYTES, source, progress, start, runs)
                 else:
-                    write_sparse_extent(tmp, n, None, source, start, progress)
+                    write_sparse_extent(tmp, n, None, source, start, progress, runs)
                 etype = "VMFS" if subformat == "vmfs" else ("FLAT" if flat else "SPARSE")
                 lines.append(vd.ExtentLine("RW", n, etype, name, None if etype != "FLAT" else 0, 0))
                 start += n * SECTOR_BYTES
@@ -175,14 +188,23 @@ def _zero_grain(data: bytes) -> bool:
     return data.count(0) == n
 
 
-def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES
-                ) -> Iterator[tuple[int, bytes]]:
+def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES,
+                runs: list[Run] | None = None) -> Iterator[tuple[int, bytes]]:
     """(offset relative to start, bytes) of every non-zero, piece-aligned piece of the
-    source window [start, start+length). Zero and unallocated runs cost nothing."""
+    source window [start, start+length). Zero and unallocated runs cost nothing.
+    `runs`: the source's runs, listed once by a caller that walks many windows (a split
+    target of a thousand extents would otherwise walk the whole source for each)."""
     end = start + length
     pending_lo = pending_hi = -1
-    for run in source.runs():
-        if run.end <= start or run.offset >= end:
+    if runs is not None:
+        first = max(0, bisect.bisect_right([r.end for r in runs], start))
+        todo: Iterable[Run] = itertools.islice(runs, first, None)
+    else:
+        todo = source.runs()
+    for run in todo:
+        if run.offset >= end:
+            break
+        if run.end <= start:
             continue
         if run.kind in (RunKind.ZERO, RunKind.UNALLOCATED):
             continue
@@ -240,12 +262,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
-               source_start: int = 0) -> None:
+               source_start: int = 0, runs: list[Run] | None = None) -> None:
     with open(tmp, "r+b") as f:
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
-            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes)):
+            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes, runs=runs)):
                 os.pwrite(fd, piece, off)
                 if progress:
                     progress(off + len(piece), size_bytes)
@@ -269,7 +291,7 @@ def sparse_layout(capacity_sectors: int, embedded_descriptor: bool) -> dict:
 
 def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | None,
                         source: BlockDevice | None, source_start: int,
-                        progress: Progress | None) -> None:
+                        progress: Progress | None, runs: list[Run] | None = None) -> None:
     """A hosted sparse extent (qemu/VMware layout), then the source's non-zero grains."""
     lay = sparse_layout(capacity_sectors, descriptor is not None)
     gts, gd_sectors = lay.pop("_gts"), lay.pop("_gd_sectors")
@@ -291,7 +313,7 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     ext = SparseExtent(tmp, writable=True)
     try:
         total = capacity_sectors * SECTOR_BYTES
-        for off, piece in data_pieces(source, source_start, total):
+        for off, piece in data_pieces(source, source_start, total, runs=runs):
             ext.write_at(off, piece)
             if progress:
                 progress(off + len(piece), total)
@@ -332,6 +354,9 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
                 block += bytes(-len(block) % SECTOR_BYTES)
                 _write_all(fd, block)
                 gdi, gti = divmod(grain, vs.GTES_PER_GT)
+                if sector >= 1 << 32:
+                    raise RefusedError("the compressed stream passes 2 TiB, where grain table "
+                                       "entries (32-bit sectors) end", path=tmp)
                 tables.setdefault(gdi, array("I", bytes(4 * vs.GTES_PER_GT)))[gti] = sector
                 sector += len(block) // SECTOR_BYTES
                 if progress:

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ..formats import vmdk_descriptor as vd
 from .base import Run, RunKind, merge_runs
 from .disk import Disk
 from .sparse import SparseExtent
@@ -57,6 +58,9 @@ def describe(disk: Disk) -> dict:
         out["unclean_shutdown"] = any(s.header.unclean_shutdown for s in sparse)
     out["chain"] = [link.path for link in disk.chain()]
     out["warnings"] = list(disk.warnings)
+    if desc is not None and (desc.create_type or "") not in vd.CREATE_TYPES:
+        out["warnings"].append(f"unknown createType {desc.create_type!r}: extents read as the "
+                               "descriptor lists them")
     return out
 
 
