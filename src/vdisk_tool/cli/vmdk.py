@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from ..image.check import check_image
-from ..image.create import SUBFORMATS, create_image, like
+from ..image.create import SUBFORMATS, carried_ddb, create_image, like
 from ..image.disk import open_image
 from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
@@ -53,7 +53,10 @@ def info(image: str = typer.Argument(..., help="A raw image or any VMDK (descrip
     typer.echo(f"format: {d['format']} ({d['subformat']})")
     typer.echo(f"virtual size: {_size(d['virtual_size_bytes'])} ({d['virtual_size_bytes']} bytes)")
     typer.echo(f"disk size: {_size(d['disk_size_bytes'])}")
-    for key in ("cid", "parent_cid", "adapter", "hardware_version", "grain_bytes", "unclean_shutdown"):
+    typer.echo(f"sector size: logical {d['logical_sector_bytes']}, physical "
+               f"{d['physical_sector_bytes']} bytes")
+    for key in ("cid", "parent_cid", "adapter", "hardware_version", "tools_version", "grain_bytes",
+                "unclean_shutdown"):
         if d.get(key) is not None:
             typer.echo(f"{key.replace('_', ' ')}: {d[key]}")
     if d.get("geometry") and d["geometry"].get("cylinders") is not None:
@@ -220,9 +223,10 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             sub = "raw"
         else:
             sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
+        kept = carried_ddb(disk.descriptor, sub, adapter)
         with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk,
-                         progress=cb, force=force)
+            create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
+                         force=force, hw_version=kept.hw_version, ddb=kept.ddb)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from .. import clock
 from ..errors import RefusedError, VdiskError
@@ -53,6 +54,55 @@ def like(disk) -> dict:
             "template": desc}
 
 
+# ddb keys a converted copy does not inherit: geometry is recomputed for its adapter,
+# longContentID renewed, and the links to a parent end where the chain is flattened
+_DDB_RECOMPUTED = ("ddb.geometry.cylinders", "ddb.geometry.heads", "ddb.geometry.sectors",
+                   "ddb.adaptertype", "ddb.virtualhwversion")
+_DDB_OF_A_CHAIN = ("ddb.uuid.parent", "ddb.uuid.parentmodification")
+_DDB_OF_THE_ADAPTER = ("ddb.geometry.bioscylinders", "ddb.geometry.biosheads",
+                       "ddb.geometry.biossectors")
+TOOLS_VERSION_UNKNOWN = "2147483647"   # what qemu-img and open-vmdk write for "no tools"
+
+
+@dataclass(frozen=True)
+class DiskDatabase:
+    """What a converted copy keeps of its source's disk database (specs/vmdk.md §Convert)."""
+
+    adapter: str
+    hw_version: str
+    ddb: dict[str, str]
+
+
+def carried_ddb(desc: vd.Descriptor | None, subformat: str, adapter: str | None = None
+                ) -> DiskDatabase:
+    """The source's ddb.* keys that still hold for a copy in `subformat`: sector sizes,
+    toolsVersion, virtualHWVersion, uuid, adapterType unless `adapter` overrides it (then
+    the BIOS geometry, which belongs to the old adapter, goes too); geometry is recomputed
+    and a longContentID renewed by the writer."""
+    src_adapter = (desc.get("ddb.adapterType") if desc else None) or "ide"
+    target = adapter or (src_adapter if src_adapter in ADAPTERS else "ide")
+    keep: dict[str, str] = {}
+    for key in (desc.keys if desc else {}):
+        if not key.startswith("ddb.") or key in _DDB_RECOMPUTED or key in _DDB_OF_A_CHAIN:
+            continue
+        if key in _DDB_OF_THE_ADAPTER and target != src_adapter:
+            continue
+        if key == "ddb.thinprovisioned" and subformat != "vmfs":
+            continue
+        assert desc is not None
+        name = desc.lines[desc.keys[key]].split("=", 1)[0].strip()
+        keep[name] = desc.get(key) or ""
+    if subformat == "streamOptimized" and not any(k.lower() == "ddb.toolsversion" for k in keep):
+        keep["ddb.toolsVersion"] = TOOLS_VERSION_UNKNOWN
+    hw = (desc.get("ddb.virtualHWVersion") if desc else None) or "4"
+    return DiskDatabase(target, hw, keep)
+
+
+def long_content_id(cid: int) -> str:
+    """A fresh ddb.longContentID: 32 hex digits ending in the CID, as open-vmdk writes it."""
+    return f"{clock.randbits(96):024x}{cid:08x}"
+
+
 def extent_names(path: str, subformat: str, size_bytes: int) -> list[tuple[str, int]]:
     """(file name, sectors) of the data files a subformat uses for a disk of this size."""
     stem = os.path.basename(path)
@@ -79,11 +129,13 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  progress: Progress | None = None, overwrite: bool = False,
                  template: vd.Descriptor | None = None, hw_version: str = "4",
                  force: bool = False, backup: str | None = None,
-                 parent_hint: str | None = None, parent_cid: int | None = None) -> list[str]:
+                 parent_hint: str | None = None, parent_cid: int | None = None,
+                 ddb: dict[str, str] | None = None) -> list[str]:
     """Create a disk (raw when subformat == 'raw'); fill it from `source` if given.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
-    and new extents. Returns the files written (descriptor last).
+    and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
+    (see carried_ddb). Returns the files written (descriptor last).
     """
     if subformat != "raw" and subformat not in SUBFORMATS:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
@@ -122,13 +174,15 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path), None, 0)
-            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, parent_hint, parent_cid)
+            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, parent_hint,
+                               parent_cid, ddb)
             write_sparse_extent(tmp, sectors, desc.to_bytes(), source, 0, progress)
         elif subformat == "streamOptimized":
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path), None, 0)
-            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, None, None)
+            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, None, None,
+                               ddb if ddb is not None else carried_ddb(None, subformat).ddb)
             write_stream(tmp, sectors, desc.to_bytes(), source, progress)
         else:
             lines = []
@@ -146,7 +200,8 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                 etype = "VMFS" if subformat == "vmfs" else ("FLAT" if flat else "SPARSE")
                 lines.append(vd.ExtentLine("RW", n, etype, name, None if etype != "FLAT" else 0, 0))
                 start += n * SECTOR_BYTES
-            desc = _descriptor(template, cid, subformat, lines, adapter, hw_version, parent_hint, parent_cid)
+            desc = _descriptor(template, cid, subformat, lines, adapter, hw_version, parent_hint,
+                               parent_cid, ddb)
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             with open(tmp, "wb") as f:
@@ -160,12 +215,15 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
 
 def _descriptor(template: vd.Descriptor | None, cid: int, subformat: str,
                 lines: list[vd.ExtentLine], adapter: str, hw_version: str,
-                parent_hint: str | None, parent_cid: int | None) -> vd.Descriptor:
+                parent_hint: str | None, parent_cid: int | None,
+                ddb: dict[str, str] | None = None) -> vd.Descriptor:
     if template is None:
+        extra = {k: long_content_id(cid) if k.lower() == "ddb.longcontentid" else v
+                 for k, v in (ddb or {}).items()}
         return vd.build_descriptor(cid=cid, create_type=subformat, extents=lines, adapter=adapter,
                                    hw_version=hw_version,
                                    parent_cid=vd.NO_PARENT_CID if parent_cid is None else parent_cid,
-                                   parent_hint=parent_hint)
+                                   parent_hint=parent_hint, extra_ddb=extra)
     desc = vd.parse_descriptor_lines(list(template.lines), template.newline)
     desc.encoding, desc.bom = template.encoding, template.bom
     desc.set("CID", f"{cid:08x}", quoted=False)

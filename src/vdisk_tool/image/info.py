@@ -40,7 +40,13 @@ def describe(disk: Disk) -> dict:
             "geometry": {k: _int_or_none(desc.get(f"ddb.geometry.{k}"))
                          for k in ("cylinders", "heads", "sectors")},
             "parent_hint": desc.get("parentFileNameHint"),
+            "tools_version": desc.get("ddb.toolsVersion"),
         })
+    # sector sizes a guest sees (4Kn disks say 4096); a disk without the keys has 512
+    out["logical_sector_bytes"] = _int_or_none(desc.get("ddb.logicalSectorSize")) if desc else None
+    out["physical_sector_bytes"] = _int_or_none(desc.get("ddb.physicalSectorSize")) if desc else None
+    out["logical_sector_bytes"] = out["logical_sector_bytes"] or 512
+    out["physical_sector_bytes"] = out["physical_sector_bytes"] or out["logical_sector_bytes"]
     extents = []
     for ext in disk.extents:
         e: dict = {"access": ext.access, "type": ext.kind, "sectors": ext.size_bytes // 512,
