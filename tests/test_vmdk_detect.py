@@ -162,3 +162,36 @@ def test_odd_sized_raw_source_is_rounded_up_like_qemu(runner, tmp_path):
     subprocess.run([qemu, "convert", "-f", "raw", "-O", "vmdk", str(src), str(ref)], check=True)
     cmp = subprocess.run([qemu, "compare", str(dst), str(ref)], capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout
+
+
+IMAGE_COMMANDS = [["info"], ["map"], ["compare"], ["check"], ["convert"], ["grow"],
+                  *[["fs", c] for c in ("ls", "tree", "get", "put", "rm", "mkdir", "mv", "label",
+                                        "format", "check")],
+                  *[["dump", c] for c in ("list", "extract", "init", "clear", "write")],
+                  *[["flash", c] for c in ("info", "backup", "restore", "reset")],
+                  ["cf", "grow"], ["cf", "format"], ["verify"], ["boot", "restore"]]
+
+
+@pytest.mark.parametrize("cmd", IMAGE_COMMANDS, ids=[" ".join(c) for c in IMAGE_COMMANDS])
+def test_every_image_command_takes_format(runner, cmd):
+    res = vdisk(runner, *cmd, "--help")
+    assert res.exit_code == 0
+    assert "--format" in res.stdout and "-f" in res.stdout
+
+
+def test_format_raw_reaches_the_fat_commands(runner, tmp_path):
+    """A FAT volume saved under a .vmdk name: refused as it is, read with -f raw."""
+    need_tool("mkfs.fat")
+    vol = tmp_path / "vol.vmdk"
+    vol.write_bytes(b"")
+    os.truncate(vol, 8 * MIB)
+    subprocess.run(["mkfs.fat", "-F", "12", "-n", "RAWVOL", str(vol)], check=True,
+                   capture_output=True)
+    assert vdisk(runner, "fs", "ls", str(vol)).exit_code == 3
+    res = vdisk(runner, "fs", "mkdir", "-f", "raw", str(vol), "/NEWDIR")
+    assert res.exit_code == 0, res.output
+    res = vdisk(runner, "fs", "ls", "--format", "raw", str(vol))
+    assert res.exit_code == 0 and "NEWDIR" in res.stdout
+    mdir = subprocess.run([need_tool("mdir"), "-i", str(vol), "::/"], capture_output=True,
+                          text=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    assert "NEWDIR" in mdir.stdout

@@ -81,6 +81,18 @@ def test_thousand_extents_convert_to_a_stream(runner, split_flat, tmp_path):
     assert subprocess.run([need_tool("qemu-img"), "check", str(out)]).returncode == 0
 
 
+def test_thousand_extents_created_like_qemu(runner, split_flat, tmp_path):
+    """vdisk creates what qemu-img does (VMware's 2047 MiB cut: 1025 extents for 2 TiB + 64 KiB)."""
+    out = tmp_path / "made.vmdk"
+    res = vdisk(runner, "create", str(out), "--size", str(BIG), "-F", "twoGbMaxExtentFlat")
+    assert res.exit_code == 0, res.output
+    q = json.loads(subprocess.run([need_tool("qemu-img"), "info", "--output=json", str(out)],
+                                  check=True, capture_output=True, text=True).stdout)
+    assert q["virtual-size"] == BIG
+    v = subprocess.run([need_tool("vmdkinfo"), str(out)], capture_output=True, text=True)
+    assert re.search(r"Number of extents:\s+1025", v.stdout), v.stdout[:400]
+
+
 def test_descriptor_over_the_extent_limit_is_refused(tmp_path):
     lines = ["# Disk DescriptorFile", "version=1", "CID=12345678", "parentCID=ffffffff",
              'createType="twoGbMaxExtentFlat"']
