@@ -83,6 +83,13 @@ def _flat(tmp: Path, name: str = "f.vmdk", size: str = "1M") -> Path:
     ("vmdk.descriptor-adapter", b'ddb.adapterType = "ide"', b'ddb.adapterType = "scsi"'),
     ("vmdk.descriptor-cid", b"\nCID=", b"\nCID=zz"),
     ("vmdk.descriptor-createtype", b'createType="monolithicFlat"\n', b""),
+    ("vmdk.descriptor-createtype", b'createType="monolithicFlat"', b'createType="vmfsBogus"'),
+    ("vmdk.descriptor-header", b"# Disk DescriptorFile\n", b"Disk DescriptorFile\n"),
+    ("vmdk.descriptor-header", b"# Disk DescriptorFile\n", b"# Disk DescriptorFle\n"),
+    ("vmdk.ddb-value", b'ddb.geometry.heads = "16"', b"ddb.geometry.heads = 16"),
+    ("vmdk.ddb-value", b'ddb.virtualHWVersion = "4"', b'ddb.virtualHWVersion = "four"'),
+    ("vmdk.ddb-value", b'ddb.adapterType = "ide"', b'ddb.adapterType = "ide"\n'
+                                                   b'ddb.logicalSectorSize = "1024"'),
 ])
 def test_descriptor_findings(tmp_path, runner, code, old, new):
     p = _flat(tmp_path)

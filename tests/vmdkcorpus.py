@@ -556,15 +556,15 @@ def _descriptor_file(text: Callable[[], bytes]) -> Callable[[Path, Bases], Path]
 def _many_extents() -> bytes:
     head = (b'# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
             b'createType="twoGbMaxExtentSparse"\n\n# Extent description\n')
-    return head + b"".join(b'RW 32768 SPARSE "split-s001.vmdk"\n' for _ in range(5000))
+    return head + b"".join(b'RW 32768 SPARSE "split-s001.vmdk"\n' for _ in range(65537))
 
 
 def _many_lines() -> bytes:
-    """100k comment lines in 200 KB: under the byte cap, far over any sane line count."""
+    """200k comment lines in 400 KB: under the byte cap, far over any sane line count."""
     head = (b'# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
             b'createType="twoGbMaxExtentSparse"\n\n# Extent description\n'
             b'RW 32768 SPARSE "split-s001.vmdk"\n\n#DDB\n')
-    return head + b"#\n" * 100_000
+    return head + b"#\n" * 200_000
 
 
 def _huge_descriptor() -> bytes:
@@ -654,8 +654,8 @@ HOSTILE: list[Case] = [
     Case("stream-qemu-grain-past-eof", _fn(_gte(0, 0x00FFFF00), "stream_qemu"), "read"),
     # descriptors
     Case("descriptor-10MiB", _descriptor_file(_huge_descriptor), "open"),
-    Case("descriptor-100k-lines", _descriptor_file(_many_lines), "open"),
-    Case("descriptor-5000-extents", _descriptor_file(_many_extents), "open"),
+    Case("descriptor-200k-lines", _descriptor_file(_many_lines), "open"),
+    Case("descriptor-65537-extents", _descriptor_file(_many_extents), "open"),
     Case("extent-path-dotdot", _split_desc('"split-s001.vmdk"', '"../split/split-s001.vmdk"'),
          "open"),
     Case("extent-path-absolute", _split_desc('SPARSE "split-s001.vmdk"', 'FLAT "/etc/passwd" 0'),

@@ -38,6 +38,20 @@ class UnsupportedError(ImageError):
     """A recognised format or feature that vdisk does not handle."""
 
 
+class WrongFormatError(UnsupportedError):
+    """A file that is not what vdisk can open (another container, a package, an empty
+    file, a .vmdk name without VMDK structure). `found` is the key of what it is
+    (formats/containers.py), so a caller can route e.g. an OVF package elsewhere.
+    The message reads as a sentence about the file: "<path> is a qcow2 image; ..."."""
+
+    def __init__(self, message: str, path: str, found: str, hint: str | None = None) -> None:
+        super().__init__(message, path=path, hint=hint)
+        self.found = found
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.message}"
+
+
 class LockedError(ImageError):
     """The disk is held open by VMware (a .lck beside it)."""
 

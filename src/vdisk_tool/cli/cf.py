@@ -5,7 +5,7 @@ import typer
 
 from ..ipva.cf import apply_cf, plan_cf
 from .app import app
-from .common import confirm, emit_json, handle_errors, parse_size, progress
+from .common import confirm, emit_json, handle_errors, parse_size, progress, takes_format
 
 cf_app = typer.Typer(help="hd-cf, the emulated CompactFlash: grow it keeping its files, or "
                           "format it.\n\nExample: vdisk cf grow hd-cf.vmdk --size 4G",
@@ -40,6 +40,7 @@ def _run(plan, dry_run: bool, yes: bool, force: bool, backup: str | None, json_o
 
 @cf_app.command("grow")
 @handle_errors
+@takes_format("cf_disk")
 def grow(cf_disk: str = typer.Argument(..., help="The hd-cf disk (any VMDK subformat or raw)."),
          size: str = typer.Option(..., "--size", "-s", help="New capacity, e.g. 4G."),
          keep_files: bool = typer.Option(True, "--keep-files/--no-keep-files",
@@ -59,6 +60,7 @@ def grow(cf_disk: str = typer.Argument(..., help="The hd-cf disk (any VMDK subfo
 
 @cf_app.command("format")
 @handle_errors
+@takes_format("cf_disk")
 def format_cmd(cf_disk: str = typer.Argument(..., help="The hd-cf disk."),
                dry_run: bool = DRY, yes: bool = YES, force: bool = FORCE, backup: str = BACKUP,
                json_out: bool = JSON) -> None:

@@ -2,18 +2,22 @@
 progress bars and confirmation prompts. The only layer that prints."""
 from __future__ import annotations
 
+import contextlib
+import enum
 import functools
+import inspect
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import typer
 
 from ..errors import Finding, RepairError, VdiskError
+from ..image.detect import FORMATS, forced_format
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -77,6 +81,48 @@ def handle_errors(fn: F) -> F:
             raise fail(msg, exit_code_for(exc), hint) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+FORMAT_PARAM = "image_format"
+
+
+ImageFormat = enum.Enum("ImageFormat", {f: f for f in FORMATS}, type=str)  # type: ignore[misc]
+
+
+def _format_option() -> Any:
+    return typer.Option(None, "--format", "-f", case_sensitive=False,
+                        help="Read the image as raw or vmdk, whatever its bytes suggest "
+                             "(as qemu-img -f). Default: detected; other containers are "
+                             "refused by name.")
+
+
+def takes_format(*image_params: str) -> Callable[[F], F]:
+    """Give a command the shared -f/--format option: the files named by `image_params`
+    (parameter names) are opened as that format wherever the command opens them."""
+
+    def deco(fn: F) -> F:
+        sig = inspect.signature(fn)
+        extra = inspect.Parameter(FORMAT_PARAM, inspect.Parameter.KEYWORD_ONLY,
+                                  default=_format_option(), annotation=Optional[ImageFormat])  # noqa: UP045
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = kwargs.pop(FORMAT_PARAM, None)
+            fmt = None if chosen is None else str(getattr(chosen, "value", chosen))
+            bound = sig.bind_partial(*args, **kwargs)
+            with contextlib.ExitStack() as stack:
+                for name in image_params:
+                    stack.enter_context(forced_format(bound.arguments.get(name), fmt))
+                return fn(*args, **kwargs)
+
+        params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                  if p.kind == inspect.Parameter.POSITIONAL_ONLY else p
+                  for p in sig.parameters.values()]
+        wrapper.__signature__ = sig.replace(parameters=[*params, extra])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**fn.__annotations__, FORMAT_PARAM: Optional[ImageFormat]}  # noqa: UP045
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def emit_json(obj: Any) -> None:

@@ -24,6 +24,7 @@ from .common import (
     findings_exit,
     handle_errors,
     print_findings,
+    takes_format,
     warn,
 )
 
@@ -55,6 +56,7 @@ def _read(path: str) -> dp.DumpStore:
 
 @grp.command("list")
 @handle_errors
+@takes_format("disk")
 def list_cmd(disk: str = DISK, json_out: bool = JSON,
              all_slots: bool = typer.Option(False, "--all-slots", help="Also list empty slots.")
              ) -> None:
@@ -121,6 +123,7 @@ def _emit(data: bytes, out: str) -> None:
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def extract(disk: str = DISK,
             output: str = typer.Option("crash_dump.txt", "--output", "-o",
                                        help="Output file; '-' writes to stdout."),
@@ -189,6 +192,7 @@ def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | Non
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def init(disk: str = DISK,
          slot_sectors: int | None = typer.Option(None, "--slot-sectors",
                                                     help="Slot size (default: keep, else 2048)."),
@@ -203,6 +207,7 @@ def init(disk: str = DISK,
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, yes: bool = YES) -> None:
     """Delete every crash dump (the store stays, empty, with its slot size).
@@ -214,6 +219,7 @@ def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def write(disk: str = DISK,
           text: str = typer.Option(..., "--text", help="The crash_dump.txt to store ('-' = stdin)."),
           build: int = typer.Option(0, "--build", min=0, max=0xFFFFFFFF, help="Firmware build."),

@@ -27,6 +27,7 @@ from .common import (
     handle_errors,
     print_findings,
     progress,
+    takes_format,
     warn,
 )
 
@@ -69,6 +70,7 @@ def _print_steps(rep: FirmwareReport) -> None:
 
 @app.command()
 @handle_errors
+@takes_format("target")
 def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder, "
                                                   "its .vmx, or an .ova/.ovf/.zip package."),
            json_out: bool = JSON,
@@ -227,6 +229,7 @@ def _print_result(res: bootmod.VerifyResult) -> None:
 
 @boot_grp.command("restore")
 @handle_errors
+@takes_format("disk")
 def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vmdk)."),
                  firmware: str = typer.Option(..., "--firmware", help="The new ipva.bin."),
                  dry_run: bool = typer.Option(False, "--dry-run",

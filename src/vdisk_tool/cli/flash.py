@@ -11,7 +11,16 @@ from ..image.edit import edit_image
 from ..ipva import flash as fl
 from ..ipva.locate import open_named
 from .app import app
-from .common import confirm, emit_json, findings_exit, handle_errors, print_findings, progress, warn
+from .common import (
+    confirm,
+    emit_json,
+    findings_exit,
+    handle_errors,
+    print_findings,
+    progress,
+    takes_format,
+    warn,
+)
 
 grp = typer.Typer(help="The flash disk hd-flash: info, backup, restore, factory reset.\n\n"
                        "Example: vdisk flash info hd-flash.vmdk --vmx ipva.vmx",
@@ -30,6 +39,7 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask before destroying the 
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def info(disk: str = DISK,
          vmx: str | None = typer.Option(None, "--vmx", help="The VM's .vmx, for its memsize."),
          memsize: int | None = typer.Option(None, "--memsize", min=1,
@@ -65,6 +75,7 @@ def info(disk: str = DISK,
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def backup(disk: str = DISK,
            output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")
@@ -82,6 +93,7 @@ def backup(disk: str = DISK,
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def restore(disk: str = DISK,
             image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
             dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
@@ -105,6 +117,7 @@ def restore(disk: str = DISK,
 
 @grp.command()
 @handle_errors
+@takes_format("disk")
 def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
     """Factory reset: the disk becomes blank, with the same capacity, subformat, adapter,

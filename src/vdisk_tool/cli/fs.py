@@ -27,6 +27,7 @@ from .common import (
     handle_errors,
     print_findings,
     progress,
+    takes_format,
     warn,
 )
 
@@ -64,6 +65,7 @@ def _size(n: int) -> str:
 
 @fs_app.command("ls")
 @handle_errors
+@takes_format("image")
 def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or file on the volume."),
        long: bool = typer.Option(False, "-l", help="Long listing: attributes, size, date, 8.3 name."),
        json_out: bool = JSON, partition: int | None = PART) -> None:
@@ -89,6 +91,7 @@ def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or fi
 
 @fs_app.command("tree")
 @handle_errors
+@takes_format("image")
 def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
     """Show every file and directory of the volume.
 
@@ -109,6 +112,7 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART
 
 @fs_app.command("get")
 @handle_errors
+@takes_format("image")
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
         dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
         partition: int | None = PART) -> None:
@@ -135,6 +139,7 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 
 @fs_app.command("put")
 @handle_errors
+@takes_format("image")
 def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
         path: str = typer.Argument(..., help="Target path on the volume."),
         partition: int | None = PART, dry_run: bool = DRY,
@@ -163,6 +168,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
 
 @fs_app.command("rm")
 @handle_errors
+@takes_format("image")
 def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
        recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
        partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
@@ -180,6 +186,7 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
 
 @fs_app.command("mkdir")
 @handle_errors
+@takes_format("image")
 def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
           parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
@@ -195,6 +202,7 @@ def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New director
 
 @fs_app.command("mv")
 @handle_errors
+@takes_format("image")
 def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
        dst: str = typer.Argument(..., help="New path."), partition: int | None = PART,
        dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
@@ -211,6 +219,7 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
 
 @fs_app.command("label")
 @handle_errors
+@takes_format("image")
 def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE) -> None:
@@ -231,6 +240,7 @@ def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New l
 
 @fs_app.command("format")
 @handle_errors
+@takes_format("image")
 def fmt(image: str = IMAGE,
         fat: int | None = typer.Option(None, "--fat",
                                        help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
@@ -258,6 +268,7 @@ def fmt(image: str = IMAGE,
 
 @fs_app.command("check")
 @handle_errors
+@takes_format("image")
 def check(image: str = IMAGE, json_out: bool = JSON,
           repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired."),
           discard_lost: bool = typer.Option(

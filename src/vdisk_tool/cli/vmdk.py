@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from ..image.check import check_image
-from ..image.create import SUBFORMATS, create_image, like
+from ..image.create import SUBFORMATS, carried_ddb, create_image, like
 from ..image.disk import open_image
 from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
@@ -19,6 +19,8 @@ from .common import (
     parse_size,
     print_findings,
     progress,
+    takes_format,
+    warn,
 )
 
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
@@ -36,6 +38,7 @@ def _size(n: int) -> str:
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descriptor or sparse "
                                      "file), or an .ova/.ovf/.zip package."),
          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
@@ -56,7 +59,10 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     typer.echo(f"format: {d['format']} ({d['subformat']})")
     typer.echo(f"virtual size: {_size(d['virtual_size_bytes'])} ({d['virtual_size_bytes']} bytes)")
     typer.echo(f"disk size: {_size(d['disk_size_bytes'])}")
-    for key in ("cid", "parent_cid", "adapter", "hardware_version", "grain_bytes", "unclean_shutdown"):
+    typer.echo(f"sector size: logical {d['logical_sector_bytes']}, physical "
+               f"{d['physical_sector_bytes']} bytes")
+    for key in ("cid", "parent_cid", "adapter", "hardware_version", "tools_version", "grain_bytes",
+                "unclean_shutdown"):
         if d.get(key) is not None:
             typer.echo(f"{key.replace('_', ' ')}: {d[key]}")
     if d.get("geometry") and d["geometry"].get("cylinders") is not None:
@@ -72,6 +78,7 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
 
 @app.command("map")
 @handle_errors
+@takes_format("image")
 def map_cmd(image: str = typer.Argument(..., help="The image to map."),
             json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """List allocation runs: data, zero, unallocated, or from the parent, with file offsets.
@@ -92,6 +99,7 @@ def map_cmd(image: str = typer.Argument(..., help="The image to map."),
 
 @app.command()
 @handle_errors
+@takes_format("a", "b")
 def compare(a: str = typer.Argument(..., help="First image."),
             b: str = typer.Argument(..., help="Second image."),
             json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
@@ -116,6 +124,7 @@ def compare(a: str = typer.Argument(..., help="First image."),
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def check(image: str = typer.Argument(..., help="The image to check (any VMDK or raw)."),
           repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
           dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: print the plan only."),
@@ -198,6 +207,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 
 @app.command()
 @handle_errors
+@takes_format("src")
 def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
             subformat: str = typer.Option(None, "--subformat", "-F",
@@ -212,18 +222,22 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     """
     with open_image(src, allow_outside=allow_outside) as disk:
+        for w in disk.warnings:
+            warn(w)
         shape = like(disk)
         if raw or dst.lower().endswith((".img", ".raw")):
             sub = "raw"
         else:
             sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
+        kept = carried_ddb(disk.descriptor, sub, adapter)
         with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk,
-                         progress=cb, force=force)
+            create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
+                         force=force, hw_version=kept.hw_version, ddb=kept.ddb)
 
 
 @app.command()
 @handle_errors
+@takes_format("image")
 def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
          size: str = typer.Option(..., "--size", "-s", help="New capacity, e.g. 8G (never smaller)."),
          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),

@@ -12,12 +12,38 @@ from construct import GreedyBytes, NullStripped, Struct
 
 from ..errors import FormatError
 
-MAX_DESCRIPTOR_BYTES = 1 << 20
-MAX_LINES = 10000
-MAX_EXTENTS = 1024
+MAX_DESCRIPTOR_BYTES = 4 << 20   # 65536 extent lines of a twoGbMaxExtent* disk fit
+MAX_EXTENTS = 65536              # 128 TiB in 2047 MiB extents; VMware's largest disk is 62 TB
+MAX_LINES = 2 * MAX_EXTENTS           # a cheap bound before the lines are parsed
 ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
 EXTENT_TYPES = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW", "SESPARSE")
 NO_PARENT_CID = 0xFFFFFFFF
+HEADER_LINE = "# Disk DescriptorFile"
+CREATE_TYPES = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+                "streamOptimized", "vmfs", "vmfsThin", "vmfsPreallocated", "vmfsEagerZeroedThick",
+                "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap", "fullDevice",
+                "partitionedDevice", "custom", "2GbMaxExtentSparse", "2GbMaxExtentFlat")
+ADAPTER_TYPES = ("ide", "lsilogic", "buslogic", "legacyESX", "pvscsi")
+
+# the value each well-known ddb key must have (technote §Disk Database, open-vmdk, VirtualBox)
+_DEC = r"\d+"
+DDB_VALUE_FORMS: dict[str, tuple[str, str]] = {
+    "ddb.virtualhwversion": (_DEC, "a decimal number"),
+    "ddb.toolsversion": (_DEC, "a decimal number"),
+    "ddb.toolsinstalltype": (_DEC, "a decimal number"),
+    "ddb.geometry.cylinders": (_DEC, "a decimal number"),
+    "ddb.geometry.heads": (_DEC, "a decimal number"),
+    "ddb.geometry.sectors": (_DEC, "a decimal number"),
+    "ddb.geometry.bioscylinders": (_DEC, "a decimal number"),
+    "ddb.geometry.biosheads": (_DEC, "a decimal number"),
+    "ddb.geometry.biossectors": (_DEC, "a decimal number"),
+    "ddb.logicalsectorsize": ("512|4096", "512 or 4096"),
+    "ddb.physicalsectorsize": ("512|4096", "512 or 4096"),
+    "ddb.uuid": (r"(?:[0-9a-fA-F]{2}[ -]){15}[0-9a-fA-F]{2}", "16 hex bytes separated by spaces"),
+    "ddb.longcontentid": (r"[0-9a-fA-F]{32}", "32 hex digits"),
+    "ddb.thinprovisioned": ("[01]", "0 or 1"),
+    "ddb.deletable": ("(?i:true|false)", "true or false"),
+}
 
 # The embedded descriptor area: text, NUL-padded to descriptorSize sectors.
 EmbeddedDescriptor = Struct("text" / NullStripped(GreedyBytes) * "descriptor text, NUL padded")
@@ -55,6 +81,15 @@ class Descriptor:
     bom: bool = False
     keys: dict[str, int] = field(default_factory=dict)
     extents: list[ExtentLine] = field(default_factory=list)
+
+    def raw_value(self, key: str) -> str | None:
+        """The value as written, quotes included (None when the key is absent)."""
+        idx = self.keys.get(key.lower())
+        if idx is None:
+            return None
+        m = _KV.match(self.lines[idx])
+        assert m
+        return m.group(2)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         idx = self.keys.get(key.lower())
@@ -161,10 +196,16 @@ def parse_cid(value: str | None) -> int | None:
 
 
 def looks_like_descriptor(data: bytes) -> bool:
-    """qemu's probe: skipping comments and blank lines, the first line is `version=N`."""
+    """qemu's probe: skipping comments and blank lines, the first line is `version=N`
+    (a first line that lost the '#' of `# Disk DescriptorFile` is skipped as well)."""
+    first = True
     for raw in data[:4096].removeprefix(b"\xef\xbb\xbf").split(b"\n"):
         line = raw.strip(b"\r").strip()
         if not line or line.startswith(b"#"):
+            first = first and not line
+            continue
+        if first and damaged_header(line.decode("latin-1")):
+            first = False
             continue
         return re.match(rb"^version\s*=\s*\d", line) is not None
     return False
@@ -198,12 +239,29 @@ def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
     return desc
 
 
+def is_header_line(line: str) -> bool:
+    """`# Disk DescriptorFile`, as every writer spells it give or take spaces and case
+    (Red Hat's VMDKstream writes `# Disk Descriptor File`)."""
+    return line.replace(" ", "").lower() == "#diskdescriptorfile"
+
+
+def damaged_header(line: str) -> bool:
+    """A first line that was meant to be `# Disk DescriptorFile` (check reports it)."""
+    return "descriptorfile" in line.replace(" ", "").lower() and not is_header_line(line)
+
+
 def parse_descriptor_lines(lines: list[str], newline: str = "\n", path: str | None = None) -> Descriptor:
     desc = Descriptor(lines=lines, newline=newline)
+    first = True
     for i, line in enumerate(lines):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
+            first = first and not stripped
             continue
+        if first and damaged_header(stripped):
+            first = False
+            continue   # the header line lost its '#': a finding of check, not unreadable
+        first = False
         if stripped.split()[0] in ACCESS_MODES:
             m = _EXTENT.match(stripped)
             if not m:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -106,7 +107,83 @@ def host_data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]
         pos = hole
 
 
-class FileDevice:
+class HandlePool:
+    """At most `limit` files open among the devices of one disk: a disk of thousands of
+    extents (twoGbMaxExtent* over 2 TiB) must not hold thousands of descriptors. The
+    least recently used device is parked (its file closed) and reopens on its next access."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._open: OrderedDict[int, ReopenableFile] = OrderedDict()
+
+    def touch(self, dev: ReopenableFile) -> None:
+        key = id(dev)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return
+        self._open[key] = dev
+        while len(self._open) > self.limit:
+            _, old = self._open.popitem(last=False)
+            old.park()
+
+    def forget(self, dev: ReopenableFile) -> None:
+        self._open.pop(id(dev), None)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+
+class ReopenableFile:
+    """The file descriptor of a device, which a HandlePool may close while the device
+    stays usable: the next access reopens the same path in the same mode."""
+
+    path: str
+    writable: bool
+    _handle: int = -1
+    _parked: bool = False
+    pool: HandlePool | None = None
+
+    def _open_file(self, create: bool = False) -> int:
+        flags = os.O_RDWR if self.writable else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT
+        try:
+            return os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise ImageError(f"cannot open: {exc.strerror}", path=self.path) from None
+
+    @property
+    def _fd(self) -> int:
+        if self._handle < 0 and self._parked:
+            self._handle = self._open_file()
+            self._parked = False
+        if self.pool is not None and self._handle >= 0:
+            self.pool.touch(self)
+        return self._handle
+
+    @_fd.setter
+    def _fd(self, value: int) -> None:
+        self._handle = value
+
+    def park(self) -> None:
+        """Close the file for now (written bytes stay in the page cache; flush() fsyncs
+        through a reopened descriptor, which flushes the file, not the descriptor)."""
+        if self._handle >= 0:
+            os.close(self._handle)
+            self._handle = -1
+            self._parked = True
+
+    def _close_file(self) -> None:
+        if self.pool is not None:
+            self.pool.forget(self)
+        if self._handle >= 0:
+            os.close(self._handle)
+        self._handle = -1
+        self._parked = False
+
+
+class FileDevice(ReopenableFile):
     """A host file (raw image or flat extent) seen as a device, optionally a window of it."""
 
     def __init__(self, path: str | os.PathLike[str], writable: bool = False,
@@ -114,13 +191,7 @@ class FileDevice:
                  create: bool = False) -> None:
         self.path = os.fspath(path)
         self.writable = writable
-        flags = os.O_RDWR if writable else os.O_RDONLY
-        if create:
-            flags |= os.O_CREAT
-        try:
-            self._fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise ImageError(f"cannot open: {exc.strerror}", path=self.path) from None
+        self._fd = self._open_file(create)
         file_bytes = os.fstat(self._fd).st_size
         self.base_offset = base_offset
         self.size_bytes = file_bytes - base_offset if size_bytes is None else size_bytes
@@ -176,9 +247,7 @@ class FileDevice:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_file()
 
     def __enter__(self) -> FileDevice:
         return self

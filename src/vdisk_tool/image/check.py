@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import struct
 from array import array
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
 from .disk import Disk, _resolve, open_image
 from .safe import TMP_MARK, leftover_temps
-from .sparse import SparseExtent, zero_entries
+from .sparse import SparseExtent, eos_problem, zero_entries
 
 SECTOR = vs.SECTOR_BYTES
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -50,6 +51,7 @@ class CheckReport:
     fixes: list[TableFix] = field(default_factory=list)
     entry_fixes: list[EntryFix] = field(default_factory=list)
     clear_unclean: list[str] = field(default_factory=list)
+    eos_fixes: list[tuple[str, int]] = field(default_factory=list)   # (path, where the EOS goes)
     extent_sizes: dict[int, int] = field(default_factory=dict)   # extent index -> sectors
     grains_checked: int = 0
     roll_back: bool = False
@@ -80,7 +82,7 @@ def check_image(path: str, allow_outside: bool = False) -> CheckReport:
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)
-    disk = open_image(path, allow_outside=allow_outside, follow_parent=False)
+    disk = open_image(path, allow_outside=allow_outside, follow_parent=False, require_eos=False)
     return check_disk(disk, report, allow_outside)
 
 
@@ -113,13 +115,15 @@ def _check_descriptor(disk: Disk, r: CheckReport) -> None:
     if desc.cid is None:
         r.add("vmdk.descriptor-cid", W, "descriptor has no valid CID", path=p)
     ctype = desc.create_type
-    known = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
-             "streamOptimized", "vmfs", "vmfsThin", "vmfsPreallocated", "vmfsEagerZeroedThick",
-             "custom", "2GbMaxExtentSparse", "2GbMaxExtentFlat")
     if ctype is None:
         r.add("vmdk.descriptor-createtype", W, "descriptor has no createType", path=p)
-    elif ctype not in known:
-        r.add("vmdk.descriptor-createtype", W, f"unusual createType {ctype!r}", path=p)
+    elif ctype not in vd.CREATE_TYPES:
+        r.add("vmdk.descriptor-createtype", W, f"unknown createType {ctype!r}", path=p)
+    first = next((ln.strip() for ln in desc.lines if ln.strip()), "")
+    if not vd.is_header_line(first):
+        r.add("vmdk.descriptor-header", W, f"the first line is {first[:40]!r}, not "
+              f"{vd.HEADER_LINE!r}: the descriptor was damaged or hand-edited", path=p)
+    _check_ddb(desc, r, p)
     for w in disk.warnings:
         r.add("vmdk.descriptor-extent-size", E, w, path=p)
     seen: dict[str, int] = {}
@@ -132,8 +136,22 @@ def _check_descriptor(disk: Disk, r: CheckReport) -> None:
                   f"file {os.path.basename(ext.path)!r}: a write to one overwrites the other", path=p)
         seen.setdefault(real, i)
     adapter = desc.get("ddb.adapterType")
-    if adapter is not None and adapter not in ("ide", "lsilogic", "buslogic", "legacyESX", "pvscsi"):
+    if adapter is not None and adapter not in vd.ADAPTER_TYPES:
         r.add("vmdk.descriptor-adapter", W, f"unknown ddb.adapterType {adapter!r}", path=p)
+
+
+def _check_ddb(desc: vd.Descriptor, r: CheckReport, p: str | None) -> None:
+    """vmdk.ddb-value: every ddb.* value is quoted, and the well-known keys hold values of
+    their form (vmdk_descriptor.DDB_VALUE_FORMS)."""
+    for key in sorted(k for k in desc.keys if k.startswith("ddb.")):
+        raw = desc.raw_value(key) or ""
+        name = desc.lines[desc.keys[key]].split("=", 1)[0].strip()
+        if not (len(raw) >= 2 and raw.startswith('"') and raw.endswith('"')):
+            r.add("vmdk.ddb-value", W, f"{name} = {raw[:40]}: the value is not quoted", path=p)
+            continue
+        form = vd.DDB_VALUE_FORMS.get(key)
+        if form is not None and not re.fullmatch(form[0], raw[1:-1]):
+            r.add("vmdk.ddb-value", W, f"{name} is {raw[:40]}, expected {form[1]}", path=p)
 
 
 def _check_flat(idx: int, ext, r: CheckReport) -> None:
@@ -454,15 +472,17 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
     geo, p, fb = ext.geo, ext.path, ext.file_bytes
     pos = geo.overhead_sectors * SECTOR
     saw_eos = saw_footer = False
-    while pos + SECTOR <= fb:
+    # with a footer but no EOS after it, walk only up to where the EOS belongs
+    end = fb if ext.eos_offset is None else ext.eos_offset
+    while pos + SECTOR <= end:
         head = ext.pread(16, pos)
         val, size, mtype = struct.unpack("<QII", head)
         if size:
             pos += -(-(12 + size) // SECTOR) * SECTOR
             continue
         if mtype == vs.MARKER_EOS and val == 0:
-            nxt = _next_nonzero_sector(ext, pos, fb)
-            if nxt >= fb:
+            nxt = _next_nonzero_sector(ext, pos, end)
+            if nxt >= end:
                 saw_eos = True
                 break
             if nxt == pos:   # looks like an end-of-stream marker, but its padding is not zero
@@ -483,10 +503,26 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
                   path=p)
             return
     if not saw_eos:
-        r.add("vmdk.stream-no-eos", W, "no end-of-stream marker: ESXi's OVF import rejects such "
-              "files (older qemu writes them)", fb, path=p)
+        _no_eos(ext, end, r)
     if ext.header.gd_offset_sectors == vs.GD_AT_END and not saw_footer:
         r.add("vmdk.stream-footer", E, "header says GD_AT_END but no footer marker was found", path=p)
+
+
+def _no_eos(ext: SparseExtent, eos_at: int, r: CheckReport) -> None:
+    """vmdk.stream-no-eos: an error where the footer needs the EOS after it (GD_AT_END:
+    readers refuse the file), a warning otherwise (older qemu streams). Fixable when the
+    marker walk found nothing else wrong: the EOS sector is written where it belongs."""
+    p = ext.path
+    intact = not any(f.severity == E and f.path == p for f in r.findings)
+    footer_first = ext.header.gd_offset_sectors == vs.GD_AT_END
+    why = (eos_problem(ext.eos_offset, ext.file_bytes) if ext.eos_offset is not None
+           else "the stream has no end-of-stream marker")
+    if intact:
+        r.eos_fixes.append((p, eos_at))
+    r.add("vmdk.stream-no-eos", E if footer_first else W,
+          why + (": readers (qemu-img, vdisk) refuse the file" if footer_first
+                 else ": ESXi's OVF import rejects such files (older qemu writes them)"),
+          eos_at, fixable=intact, path=p)
 
 
 def _check_chain(disk: Disk, r: CheckReport, allow_outside: bool) -> None:

@@ -6,17 +6,20 @@ never leaves a half-written image under the real name.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from .. import clock
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import SECTOR_BYTES, BlockDevice, RunKind
+from .base import SECTOR_BYTES, BlockDevice, Run, RunKind
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
 
@@ -27,7 +30,10 @@ SPLIT_SECTORS = 4192256            # 2047 MiB, as VMware splits
 EMBEDDED_DESCRIPTOR_SECTORS = 20
 GRAIN_SECTORS = vs.DEFAULT_GRAIN_SECTORS
 GRAIN_BYTES = GRAIN_SECTORS * SECTOR_BYTES
-MAX_HOSTED_SPARSE_SECTORS = 1 << 32   # grain pointers are u32 sectors
+MAX_HOSTED_SPARSE_SECTORS = 1 << 32   # grain pointers are u32 sectors (VMware: 2 TB - 512)
+# A stream's grain pointers count sectors of its (compressed) file, not of the capacity:
+# the capacity is bounded by the grain directory (32 Mi tables of 32 MiB = 1 PiB, qemu's cap)
+MAX_STREAM_SECTORS = vs.MAX_GD_ENTRIES * vs.GTES_PER_GT * GRAIN_SECTORS
 Progress = Callable[[int, int], None]
 
 
@@ -46,6 +52,55 @@ def like(disk) -> dict:
     return {"size_bytes": disk.size_bytes, "subformat": sub,
             "adapter": (desc.get("ddb.adapterType") if desc else None) or "ide",
             "template": desc}
+
+
+# ddb keys a converted copy does not inherit: geometry is recomputed for its adapter,
+# longContentID renewed, and the links to a parent end where the chain is flattened
+_DDB_RECOMPUTED = ("ddb.geometry.cylinders", "ddb.geometry.heads", "ddb.geometry.sectors",
+                   "ddb.adaptertype", "ddb.virtualhwversion")
+_DDB_OF_A_CHAIN = ("ddb.uuid.parent", "ddb.uuid.parentmodification")
+_DDB_OF_THE_ADAPTER = ("ddb.geometry.bioscylinders", "ddb.geometry.biosheads",
+                       "ddb.geometry.biossectors")
+TOOLS_VERSION_UNKNOWN = "2147483647"   # what qemu-img and open-vmdk write for "no tools"
+
+
+@dataclass(frozen=True)
+class DiskDatabase:
+    """What a converted copy keeps of its source's disk database (specs/vmdk.md §Convert)."""
+
+    adapter: str
+    hw_version: str
+    ddb: dict[str, str]
+
+
+def carried_ddb(desc: vd.Descriptor | None, subformat: str, adapter: str | None = None
+                ) -> DiskDatabase:
+    """The source's ddb.* keys that still hold for a copy in `subformat`: sector sizes,
+    toolsVersion, virtualHWVersion, uuid, adapterType unless `adapter` overrides it (then
+    the BIOS geometry, which belongs to the old adapter, goes too); geometry is recomputed
+    and a longContentID renewed by the writer."""
+    src_adapter = (desc.get("ddb.adapterType") if desc else None) or "ide"
+    target = adapter or (src_adapter if src_adapter in ADAPTERS else "ide")
+    keep: dict[str, str] = {}
+    for key in (desc.keys if desc else {}):
+        if not key.startswith("ddb.") or key in _DDB_RECOMPUTED or key in _DDB_OF_A_CHAIN:
+            continue
+        if key in _DDB_OF_THE_ADAPTER and target != src_adapter:
+            continue
+        if key == "ddb.thinprovisioned" and subformat != "vmfs":
+            continue
+        assert desc is not None
+        name = desc.lines[desc.keys[key]].split("=", 1)[0].strip()
+        keep[name] = desc.get(key) or ""
+    if subformat == "streamOptimized" and not any(k.lower() == "ddb.toolsversion" for k in keep):
+        keep["ddb.toolsVersion"] = TOOLS_VERSION_UNKNOWN
+    hw = (desc.get("ddb.virtualHWVersion") if desc else None) or "4"
+    return DiskDatabase(target, hw, keep)
+
+
+def long_content_id(cid: int) -> str:
+    """A fresh ddb.longContentID: 32 hex digits ending in the CID, as open-vmdk writes it."""
+    return f"{clock.randbits(96):024x}{cid:08x}"
 
 
 def extent_names(path: str, subformat: str, size_bytes: int) -> list[tuple[str, int]]:
@@ -74,11 +129,13 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  progress: Progress | None = None, overwrite: bool = False,
                  template: vd.Descriptor | None = None, hw_version: str = "4",
                  force: bool = False, backup: str | None = None,
-                 parent_hint: str | None = None, parent_cid: int | None = None) -> list[str]:
+                 parent_hint: str | None = None, parent_cid: int | None = None,
+                 ddb: dict[str, str] | None = None) -> list[str]:
     """Create a disk (raw when subformat == 'raw'); fill it from `source` if given.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
-    and new extents. Returns the files written (descriptor last).
+    and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
+    (see carried_ddb). Returns the files written (descriptor last).
     """
     if subformat != "raw" and subformat not in SUBFORMATS:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
@@ -87,10 +144,17 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     if size_bytes <= 0 or size_bytes % SECTOR_BYTES:
         raise RefusedError(f"size must be a positive multiple of 512 bytes, got {size_bytes}")
     sectors = size_bytes // SECTOR_BYTES
-    if subformat in ("monolithicSparse", "streamOptimized") and sectors > MAX_HOSTED_SPARSE_SECTORS:
-        raise RefusedError(f"{subformat} holds at most 2 TiB; use twoGbMaxExtentSparse or a flat subformat")
     folder = os.path.dirname(os.path.abspath(path))
     names = extent_names(path, subformat, size_bytes)
+    if subformat == "monolithicSparse" and sectors > MAX_HOSTED_SPARSE_SECTORS:
+        raise RefusedError("monolithicSparse holds at most 2 TiB; use twoGbMaxExtentSparse, "
+                           "streamOptimized or a flat subformat")
+    if subformat == "streamOptimized" and sectors > MAX_STREAM_SECTORS:
+        raise RefusedError(f"streamOptimized holds at most {MAX_STREAM_SECTORS * SECTOR_BYTES >> 50} "
+                           f"PiB ({vs.MAX_GD_ENTRIES} grain tables)")
+    if len(names) > vd.MAX_EXTENTS:
+        raise RefusedError(f"{subformat} of {size_bytes} bytes needs {len(names)} extent files, "
+                           f"more than {vd.MAX_EXTENTS}")
     targets = [os.path.join(folder, n) for n, _ in names] + [os.path.abspath(path)]
     for t in targets:
         if os.path.lexists(t) and not overwrite:
@@ -110,30 +174,34 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path), None, 0)
-            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, parent_hint, parent_cid)
+            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, parent_hint,
+                               parent_cid, ddb)
             write_sparse_extent(tmp, sectors, desc.to_bytes(), source, 0, progress)
         elif subformat == "streamOptimized":
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path), None, 0)
-            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, None, None)
+            desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, None, None,
+                               ddb if ddb is not None else carried_ddb(None, subformat).ddb)
             write_stream(tmp, sectors, desc.to_bytes(), source, progress)
         else:
             lines = []
             start = 0
             flat = subformat in ("monolithicFlat", "vmfs", "twoGbMaxExtentFlat")
+            runs = list(source.runs()) if source is not None and len(names) > 1 else None
             for name, n in names:
                 target = os.path.join(folder, name)
                 tmp = create_temp(target)
                 rep.add(tmp, target)
                 if flat:
-                    _write_raw(tmp, n * SECTOR_BYTES, source, progress, start)
+                    _write_raw(tmp, n * SECTOR_BYTES, source, progress, start, runs)
                 else:
-                    write_sparse_extent(tmp, n, None, source, start, progress)
+                    write_sparse_extent(tmp, n, None, source, start, progress, runs)
                 etype = "VMFS" if subformat == "vmfs" else ("FLAT" if flat else "SPARSE")
                 lines.append(vd.ExtentLine("RW", n, etype, name, None if etype != "FLAT" else 0, 0))
                 start += n * SECTOR_BYTES
-            desc = _descriptor(template, cid, subformat, lines, adapter, hw_version, parent_hint, parent_cid)
+            desc = _descriptor(template, cid, subformat, lines, adapter, hw_version, parent_hint,
+                               parent_cid, ddb)
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             with open(tmp, "wb") as f:
@@ -147,12 +215,15 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
 
 def _descriptor(template: vd.Descriptor | None, cid: int, subformat: str,
                 lines: list[vd.ExtentLine], adapter: str, hw_version: str,
-                parent_hint: str | None, parent_cid: int | None) -> vd.Descriptor:
+                parent_hint: str | None, parent_cid: int | None,
+                ddb: dict[str, str] | None = None) -> vd.Descriptor:
     if template is None:
+        extra = {k: long_content_id(cid) if k.lower() == "ddb.longcontentid" else v
+                 for k, v in (ddb or {}).items()}
         return vd.build_descriptor(cid=cid, create_type=subformat, extents=lines, adapter=adapter,
                                    hw_version=hw_version,
                                    parent_cid=vd.NO_PARENT_CID if parent_cid is None else parent_cid,
-                                   parent_hint=parent_hint)
+                                   parent_hint=parent_hint, extra_ddb=extra)
     desc = vd.parse_descriptor_lines(list(template.lines), template.newline)
     desc.encoding, desc.bom = template.encoding, template.bom
     desc.set("CID", f"{cid:08x}", quoted=False)
@@ -175,14 +246,23 @@ def _zero_grain(data: bytes) -> bool:
     return data.count(0) == n
 
 
-def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES
-                ) -> Iterator[tuple[int, bytes]]:
+def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES,
+                runs: list[Run] | None = None) -> Iterator[tuple[int, bytes]]:
     """(offset relative to start, bytes) of every non-zero, piece-aligned piece of the
-    source window [start, start+length). Zero and unallocated runs cost nothing."""
+    source window [start, start+length). Zero and unallocated runs cost nothing.
+    `runs`: the source's runs, listed once by a caller that walks many windows (a split
+    target of a thousand extents would otherwise walk the whole source for each)."""
     end = start + length
     pending_lo = pending_hi = -1
-    for run in source.runs():
-        if run.end <= start or run.offset >= end:
+    if runs is not None:
+        first = max(0, bisect.bisect_right([r.end for r in runs], start))
+        todo: Iterable[Run] = itertools.islice(runs, first, None)
+    else:
+        todo = source.runs()
+    for run in todo:
+        if run.offset >= end:
+            break
+        if run.end <= start:
             continue
         if run.kind in (RunKind.ZERO, RunKind.UNALLOCATED):
             continue
@@ -240,12 +320,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
-               source_start: int = 0) -> None:
+               source_start: int = 0, runs: list[Run] | None = None) -> None:
     with open(tmp, "r+b") as f:
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
-            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes)):
+            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes, runs=runs)):
                 os.pwrite(fd, piece, off)
                 if progress:
                     progress(off + len(piece), size_bytes)
@@ -269,7 +349,7 @@ def sparse_layout(capacity_sectors: int, embedded_descriptor: bool) -> dict:
 
 def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | None,
                         source: BlockDevice | None, source_start: int,
-                        progress: Progress | None) -> None:
+                        progress: Progress | None, runs: list[Run] | None = None) -> None:
     """A hosted sparse extent (qemu/VMware layout), then the source's non-zero grains."""
     lay = sparse_layout(capacity_sectors, descriptor is not None)
     gts, gd_sectors = lay.pop("_gts"), lay.pop("_gd_sectors")
@@ -291,7 +371,7 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     ext = SparseExtent(tmp, writable=True)
     try:
         total = capacity_sectors * SECTOR_BYTES
-        for off, piece in data_pieces(source, source_start, total):
+        for off, piece in data_pieces(source, source_start, total, runs=runs):
             ext.write_at(off, piece)
             if progress:
                 progress(off + len(piece), total)
@@ -332,6 +412,9 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
                 block += bytes(-len(block) % SECTOR_BYTES)
                 _write_all(fd, block)
                 gdi, gti = divmod(grain, vs.GTES_PER_GT)
+                if sector >= 1 << 32:
+                    raise RefusedError("the compressed stream passes 2 TiB, where grain table "
+                                       "entries (32-bit sectors) end", path=tmp)
                 tables.setdefault(gdi, array("I", bytes(4 * vs.GTES_PER_GT)))[gti] = sector
                 sector += len(block) // SECTOR_BYTES
                 if progress:

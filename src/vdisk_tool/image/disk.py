@@ -7,12 +7,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, ImageError, UnsupportedError
+from ..formats import containers as ct
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import SECTOR_BYTES, BlockDevice, FileDevice, Run, RunKind, check_range
+from .base import (
+    SECTOR_BYTES,
+    BlockDevice,
+    FileDevice,
+    HandlePool,
+    ReopenableFile,
+    Run,
+    RunKind,
+    check_range,
+)
+from .detect import choose_format, detect
 from .sparse import SparseExtent
 
 MAX_CHAIN_DEPTH = 64
+# the extent files of descriptors kept open at once (all disks of the process together);
+# more are closed least-recently-used first and reopened on demand
+EXTENT_FILES = HandlePool(64)
 
 
 class ZeroDevice:
@@ -208,29 +222,16 @@ def _resolve_parent(own: Iterator[Run], parent_runs: Iterator[Run], parent_bytes
             pos = stop
 
 
+_SNIFF_KEYS = {ct.SPARSE: "sparse", ct.SPARSE_UNFINISHED: "sparse-unfinished", ct.COWD: "cowd",
+               ct.SESPARSE: "sesparse", ct.DESCRIPTOR: "descriptor",
+               ct.SPARSE_DAMAGED: "sparse-damaged"}
+
+
 def sniff(path: str) -> str:
-    """'sparse', 'cowd', 'sesparse', 'descriptor' or 'raw' from the first bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image", path=path) from None
-    except OSError as exc:
-        raise ImageError(f"cannot open: {exc.strerror}", path=path) from None
-    if head[:4] == vs.MAGIC:
-        return "sparse"
-    if head[:4] == b"kdmv":
-        return "sparse-unfinished"
-    if head[:4] == vs.COWD_MAGIC:
-        return "cowd"
-    if head[:8] == vs.SESPARSE_MAGIC:
-        return "sesparse"
-    if vd.looks_like_descriptor(head.removeprefix(b"\xef\xbb\xbf")):
-        return "descriptor"
-    if len(head) >= 80 and head[73:77] == b"\n \r\n" and head[4:8] in (
-            b"\x01\0\0\0", b"\x02\0\0\0", b"\x03\0\0\0"):
-        return "sparse-damaged"  # every field of a sparse header but the magic
-    return "raw"
+    """'sparse', 'cowd', 'sesparse', 'descriptor', 'raw' (raw bytes of any kind), or the
+    key of another container (formats/containers.py) from the file's magic."""
+    found = detect(path)
+    return _SNIFF_KEYS.get(found) or ("raw" if found.family is ct.Family.RAW else found.key)
 
 
 def read_descriptor(path: str) -> vd.Descriptor | None:
@@ -269,9 +270,13 @@ def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: st
 
 def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outside: bool = False,
                parent_dir: str | None = None, follow_parent: bool = True,
+               format: str | None = None, require_eos: bool = True,
                _depth: int = 0, _seen: frozenset[str] = frozenset()) -> Disk:
     """Open any raw or VMDK image (and its parents, read-only) as a Disk.
 
+    `format` ('raw' or 'vmdk') overrides what the file's bytes suggest, as qemu-img's -f;
+    without it image/detect.py decides, refusing other containers by name.
+    `require_eos=False` opens a stream whose end-of-stream marker is missing (for check).
     `parent_dir` is where a relative parentFileNameHint is looked up (default: the image's
     own folder); edits of a delta made on a copy elsewhere use it.
     """
@@ -283,28 +288,11 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
         raise ImageError("snapshot chain loops back to itself", path=path)
     if _depth > MAX_CHAIN_DEPTH:
         raise ImageError(f"snapshot chain deeper than {MAX_CHAIN_DEPTH} links", path=path)
-    kind = sniff(path)
-    if kind == "cowd":
-        raise UnsupportedError("vmfsSparse (COWD) delta extents are not supported; consolidate the "
-                               "snapshot on the ESXi host first", path=path)
-    if kind == "sesparse":
-        raise UnsupportedError("seSparse snapshot extents are not supported; consolidate the "
-                               "snapshot on the ESXi host first", path=path)
-    if kind == "sparse-damaged":
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        raise FormatError(f"SparseExtentHeader.magicNumber at 0x0: expected 'KDMV', got "
-                          f"{magic!r} (the rest is a sparse header: the "
-                          "magic is damaged)", path=path, offset=0)
-    if kind == "sparse-unfinished":
-        raise FormatError("magic is 'kdmv': an interrupted conversion left this file unfinished",
-                          path=path, offset=0)
-    if kind == "raw":
-        dev = FileDevice(path, writable=writable)
-        return Disk(path, "raw", "raw", None, None, [Extent(None, 0, dev.size_bytes, dev, path)],
-                    writable=writable)
-    if kind == "sparse":
-        disk = _open_sparse(path, writable, allow_outside, _depth, _seen | {real})
+    fmt, found = choose_format(path, format)
+    if fmt == "raw":
+        return _open_raw(path, writable)
+    if found is ct.SPARSE:
+        disk = _open_sparse(path, writable, require_eos)
     else:
         disk = _open_descriptor(path, writable, allow_outside, _depth, _seen | {real})
     if follow_parent:
@@ -323,14 +311,52 @@ def open_window(path: str, start_bytes: int, length_bytes: int, name: str) -> Di
         raise UnsupportedError(f"{name} is not a sparse VMDK (magic {magic!r}); only "
                                "streamOptimized and other KDMV disks are read inside packages",
                                path=path, offset=start_bytes)
-    disk = _open_sparse(path, False, False, 0, frozenset(), (start_bytes, length_bytes))
+    disk = _open_sparse(path, False, True, (start_bytes, length_bytes))
     disk.path = name
     return disk
 
 
-def _open_sparse(path: str, writable: bool, allow_outside: bool, depth: int,
-                 seen: frozenset[str], window: tuple[int, int] | None = None) -> Disk:
-    ext = SparseExtent(path, writable=writable, window=window)
+def _open_raw(path: str, writable: bool) -> Disk:
+    dev = FileDevice(path, writable=writable)
+    warnings = []
+    if dev.size_bytes % SECTOR_BYTES:
+        dev.close()
+        dev = RoundedFileDevice(path, writable=writable)
+        warnings.append(f"raw image is {dev.file_size_bytes} bytes, not a whole number of "
+                        f"sectors: read as {dev.size_bytes} bytes, the last sector padded with "
+                        "zeros (as qemu-img does)")
+    disk = Disk(path, "raw", "raw", None, None, [Extent(None, 0, dev.size_bytes, dev, path)],
+                writable=writable)
+    disk.warnings += warnings
+    return disk
+
+
+class RoundedFileDevice(FileDevice):
+    """A raw image whose length is not a multiple of 512, seen rounded up to a whole
+    sector; the missing bytes read as zeros (qemu's raw driver counts whole sectors)."""
+
+    def __init__(self, path: str, writable: bool = False) -> None:
+        super().__init__(path, writable=writable)
+        self.file_size_bytes = self.size_bytes
+        self.size_bytes = -(-self.size_bytes // SECTOR_BYTES) * SECTOR_BYTES
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        have = max(0, min(offset + length, self.file_bytes) - offset)
+        data = super().read_at(offset, have) if have else b""
+        return data + bytes(length - len(data))
+
+    def runs(self) -> Iterator[Run]:
+        for run in super().runs():
+            if run.offset >= self.file_bytes:
+                yield Run(run.offset, run.length_bytes, RunKind.ZERO)
+            else:
+                yield run
+
+
+def _open_sparse(path: str, writable: bool, require_eos: bool,
+                 window: tuple[int, int] | None = None) -> Disk:
+    ext = SparseExtent(path, writable=writable, require_eos=require_eos, window=window)
     try:
         raw_desc = ext.read_embedded_descriptor()
         desc = vd.parse_descriptor(raw_desc, path) if raw_desc and raw_desc.strip(b"\0") else None
@@ -394,6 +420,9 @@ def _open_descriptor(path: str, writable: bool, allow_outside: bool, depth: int,
                 dev = sp
             else:
                 raise UnsupportedError(f"extent type {line.extent_type} is not supported", path=path)
+            if isinstance(dev, ReopenableFile):
+                dev.pool = EXTENT_FILES
+                EXTENT_FILES.touch(dev)
             extents.append(Extent(line, pos, size, dev, epath))
             pos += size
     except Exception:

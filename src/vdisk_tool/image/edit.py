@@ -45,6 +45,7 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
         sub = probe.subformat
         shape = like(probe)
         has_parent = probe.parent is not None
+        fmt = probe.format   # the copy is read as the original was (-f raw included)
     check_unlocked(files, force=force)   # with force: a LockOverrideWarning
     for f in files:
         clean_leftovers_for(f)
@@ -83,7 +84,7 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
                 sparse_copy(f, dst)
                 copies[f] = dst
             opened = copies.get(main, copies[files[0]])
-            disk = _open_copy(opened, path, has_parent, allow_outside)
+            disk = _open_copy(opened, path, has_parent, allow_outside, fmt)
             try:
                 yield disk
                 if not keep_cid:
@@ -126,10 +127,11 @@ def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: boo
         jd.close()
 
 
-def _open_copy(copy_path: str, original: str, has_parent: bool, allow_outside: bool) -> Disk:
+def _open_copy(copy_path: str, original: str, has_parent: bool, allow_outside: bool,
+               fmt: str | None = None) -> Disk:
     """Open the copy; a delta's parent is still looked up beside the original."""
     if not has_parent:
-        return open_image(copy_path, writable=True, allow_outside=allow_outside)
+        return open_image(copy_path, writable=True, allow_outside=allow_outside, format=fmt)
     return open_image(copy_path, writable=True, allow_outside=allow_outside,
                       parent_dir=os.path.dirname(os.path.abspath(original)))
 

@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ..formats import vmdk_descriptor as vd
 from .base import Run, RunKind, merge_runs
 from .disk import Disk
 from .sparse import SparseExtent
@@ -39,7 +40,13 @@ def describe(disk: Disk) -> dict:
             "geometry": {k: _int_or_none(desc.get(f"ddb.geometry.{k}"))
                          for k in ("cylinders", "heads", "sectors")},
             "parent_hint": desc.get("parentFileNameHint"),
+            "tools_version": desc.get("ddb.toolsVersion"),
         })
+    # sector sizes a guest sees (4Kn disks say 4096); a disk without the keys has 512
+    out["logical_sector_bytes"] = _int_or_none(desc.get("ddb.logicalSectorSize")) if desc else None
+    out["physical_sector_bytes"] = _int_or_none(desc.get("ddb.physicalSectorSize")) if desc else None
+    out["logical_sector_bytes"] = out["logical_sector_bytes"] or 512
+    out["physical_sector_bytes"] = out["physical_sector_bytes"] or out["logical_sector_bytes"]
     extents = []
     for ext in disk.extents:
         e: dict = {"access": ext.access, "type": ext.kind, "sectors": ext.size_bytes // 512,
@@ -57,6 +64,9 @@ def describe(disk: Disk) -> dict:
         out["unclean_shutdown"] = any(s.header.unclean_shutdown for s in sparse)
     out["chain"] = [link.path for link in disk.chain()]
     out["warnings"] = list(disk.warnings)
+    if desc is not None and (desc.create_type or "") not in vd.CREATE_TYPES:
+        out["warnings"].append(f"unknown createType {desc.create_type!r}: extents read as the "
+                               "descriptor lists them")
     return out
 
 

@@ -10,11 +10,12 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import RepairError
+from .base import SECTOR_BYTES
 from .check import CheckReport, check_image
 from .edit import edit_image, store_descriptor
 from .grow import roll_back_journal
 from .journal import recover
-from .safe import check_unlocked
+from .safe import Replacement, check_unlocked, create_temp, sparse_copy
 from .sparse import SparseExtent
 
 UNCLEAN_OFFSET = 72
@@ -33,6 +34,8 @@ class RepairPlan:
 
 def plan_repair(report: CheckReport) -> RepairPlan:
     actions = ["roll back the interrupted operation (undo journal)"] if report.roll_back else []
+    actions += [f"write the end-of-stream marker at 0x{at:x} in {os.path.basename(p)}"
+                for p, at in report.eos_fixes]
     actions += [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
                f"{os.path.basename(f.path)}" for f in report.fixes]
     actions += [f"set {f.what} to sector {f.value} (0x{f.offset:x}) in {os.path.basename(f.path)}"
@@ -43,6 +46,30 @@ def plan_repair(report: CheckReport) -> RepairPlan:
     if report.clear_unclean and not errors_left:
         actions += [f"clear uncleanShutdown in {os.path.basename(p)}" for p in report.clear_unclean]
     return RepairPlan(report.path, tuple(actions), report)
+
+
+def _restore_eos(fixes: list[tuple[str, int]], backup: str | None, allow_outside: bool) -> None:
+    """A stream cannot be edited in place: copy it beside, write the EOS sector where it
+    belongs, check the copy, and rename it over the original."""
+    rep = Replacement()
+    try:
+        for path, at in fixes:
+            tmp = create_temp(path)
+            rep.add(tmp, path)
+            sparse_copy(path, tmp)
+            with open(tmp, "r+b") as f:
+                os.pwrite(f.fileno(), bytes(SECTOR_BYTES), at)
+                f.truncate(at + SECTOR_BYTES)
+                os.fsync(f.fileno())
+            left = [f for f in check_image(tmp, allow_outside=allow_outside).findings
+                    if f.code == "vmdk.stream-no-eos"]
+            if left:
+                raise RepairError(f"restoring the end-of-stream marker did not fix: {left[0].message}",
+                                  path=path)
+        rep.commit(backup=backup)
+    except BaseException:
+        rep.abort()
+        raise
 
 
 def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = False,
@@ -57,6 +84,15 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
         check_unlocked([plan.path], force=force)
         roll_back_journal(plan.path)
         recover(plan.path)
+        report = check_image(plan.path, allow_outside=allow_outside)
+        plan = plan_repair(report)
+        if plan.empty:
+            return report
+    if report.eos_fixes:
+        if dry_run:
+            return report
+        check_unlocked([p for p, _ in report.eos_fixes], force=force)
+        _restore_eos(report.eos_fixes, backup, allow_outside)
         report = check_image(plan.path, allow_outside=allow_outside)
         plan = plan_repair(report)
         if plan.empty:

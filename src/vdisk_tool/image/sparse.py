@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import FormatError, ImageError, UnsupportedError
 from ..formats import vmdk_sparse as vs
-from .base import Run, RunKind, check_range
+from .base import ReopenableFile, Run, RunKind, check_range
 
 SECTOR = vs.SECTOR_BYTES
 GT_CACHE = 512
@@ -56,9 +56,21 @@ class SparseGeometry:
         return self.gd_entries * 4
 
 
+def _is_marker(sector: bytes, marker_type: int) -> bool:
+    """A metadata marker of this type (numSectors is not looked at for a footer marker)."""
+    if len(sector) < 16:
+        return False
+    val, size, mtype = struct.unpack_from("<QII", sector, 0)
+    return size == 0 and mtype == marker_type and (marker_type != vs.MARKER_EOS or val == 0)
+
+
 def read_header(fd: int, path: str, base: int = 0, file_bytes: int | None = None
-                ) -> tuple[Any, Any]:
-    """Return (header, footer-or-None). The footer of a stream file takes precedence.
+                ) -> tuple[Any, Any, int | None]:
+    """Return (header, footer-or-None, eos_offset). The footer of a stream file takes
+    precedence. `eos_offset` is None when the footer is followed by an end-of-stream
+    marker (or there is no footer); otherwise the byte offset where the missing EOS
+    belongs: the file's end when it stops right after the footer, the last sector when
+    that sector is something else (specs/vmdk.md §streamOptimized layouts).
     `base`/`file_bytes` describe an extent that lies inside a larger file (an OVA member)."""
     raw = os.pread(fd, SECTOR, base) if file_bytes is None or file_bytes >= SECTOR else b""
     if len(raw) < SECTOR:
@@ -67,18 +79,30 @@ def read_header(fd: int, path: str, base: int = 0, file_bytes: int | None = None
     if hdr.magic_number != vs.MAGIC:
         raise FormatError(f"SparseExtentHeader.magicNumber: expected 'KDMV', got {hdr.magic_number!r}",
                           path=path, offset=0)
-    footer = None
+    footer, eos_offset = None, None
     if file_bytes is None:
         file_bytes = os.fstat(fd).st_size
     if file_bytes >= 3 * SECTOR and (hdr.flags & vs.FLAG_MARKERS):
         tail = os.pread(fd, 3 * SECTOR, base + file_bytes - 3 * SECTOR)
-        marker = struct.unpack_from("<QII", tail, 0)
-        if marker[1] == 0 and marker[2] == vs.MARKER_FOOTER and tail[SECTOR:SECTOR + 4] == vs.MAGIC:
-            footer = vs.parse_header(tail[SECTOR:2 * SECTOR])
+        # footer marker, footer, EOS, or (the EOS cut off) footer marker and footer at the end
+        for first, eos_at in ((0, file_bytes - SECTOR), (SECTOR, file_bytes)):
+            footer_sector = tail[first + SECTOR:first + 2 * SECTOR]
+            if _is_marker(tail[first:first + SECTOR], vs.MARKER_FOOTER) and \
+                    footer_sector[:4] == vs.MAGIC:
+                footer = vs.parse_header(footer_sector)
+                if eos_at == file_bytes or not _is_marker(tail[2 * SECTOR:], vs.MARKER_EOS):
+                    eos_offset = eos_at
+                break
     if hdr.gd_offset_sectors == vs.GD_AT_END and footer is None:
         raise FormatError("streamOptimized header says GD_AT_END but the file has no valid footer",
                           path=path, offset=file_bytes - 3 * SECTOR if file_bytes >= 1536 else 0)
-    return hdr, footer
+    return hdr, footer, eos_offset
+
+
+def eos_problem(eos_offset: int, file_bytes: int) -> str:
+    if eos_offset >= file_bytes:
+        return "the stream ends right after its footer: the end-of-stream marker is missing"
+    return "the last sector of the stream is not an end-of-stream marker"
 
 
 def validate_geometry(hdr: Any, path: str, file_bytes: int) -> SparseGeometry:
@@ -143,7 +167,7 @@ def zero_entries(table: array, start: int) -> int:
     return n
 
 
-class SparseExtent:
+class SparseExtent(ReopenableFile):
     """One KDMV file as a device of capacity_sectors × 512 bytes.
 
     `parent` (optional) is the device that unallocated grains read through to, at
@@ -151,31 +175,35 @@ class SparseExtent:
     in bytes) opens an extent stored inside a larger file, read-only: a member of an OVA.
     """
 
-    def __init__(self, path: str, writable: bool = False,
+    def __init__(self, path: str, writable: bool = False, require_eos: bool = True,
                  window: tuple[int, int] | None = None) -> None:
         self.path = path
         self.writable = writable
         self.base = window[0] if window else 0
         if window and writable:
             raise UnsupportedError("an extent inside another file is read-only", path=path)
-        try:
-            self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise ImageError(f"cannot open: {exc.strerror}", path=path) from None
+        self._fd = self._open_file()
         try:
             host_bytes = os.fstat(self._fd).st_size
             self.file_bytes = window[1] if window else host_bytes
             if window and (self.base < 0 or self.base + self.file_bytes > host_bytes):
                 raise ImageError(f"window {self.base}+{self.file_bytes} lies outside the file "
                                  f"({host_bytes} bytes)", path=path)
-            self.header, self.footer = read_header(self._fd, path, self.base, self.file_bytes)
+            self.header, self.footer, self.eos_offset = read_header(
+                self._fd, path, self.base, self.file_bytes)
+            if self.eos_offset is not None and require_eos \
+                    and self.header.gd_offset_sectors == vs.GD_AT_END:
+                raise FormatError(f"streamOptimized: {eos_problem(self.eos_offset, self.file_bytes)}"
+                                  " (a reader requires it after a footer; qemu-img refuses the "
+                                  "file too)", path=path, offset=self.eos_offset,
+                                  hint="`vdisk check --repair` restores it")
             active = self.footer if self.footer is not None else self.header
             self.geo = validate_geometry(active, path, self.file_bytes)
         except Exception:
-            os.close(self._fd)
+            self._close_file()
             raise
         if writable and self.geo.compressed:
-            os.close(self._fd)
+            self._close_file()
             raise UnsupportedError("streamOptimized extents are rewritten, not written in place",
                                    path=path)
         self.size_bytes = self.geo.capacity_sectors * SECTOR
@@ -438,9 +466,7 @@ class SparseExtent:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_file()
 
     @property
     def fd(self) -> int:
