@@ -74,11 +74,13 @@ def ova(path: Path) -> Path:
 
 def test_ova_is_named_a_package(runner, tmp_path):
     image = ova(tmp_path / "ipva.ova")
-    for cmd in (["info"], ["check"], ["fs", "ls"]):
+    for cmd in (["check"], ["fs", "ls"]):
         res = vdisk(runner, *cmd, str(image))
         assert res.exit_code == 3
         assert "is an OVF package (OVA, a tar archive)" in res.stderr
         assert "vdisk bundle check" in res.stderr
+    res = vdisk(runner, "info", str(image))      # info reads the package itself: its OVF is bad
+    assert res.exit_code == 3 and "not an OVF 1.x/2.x Envelope" in res.stderr
 
 
 @pytest.mark.parametrize("content", [b"hello, these are my notes\n", os.urandom(3000) + bytes(72),
