@@ -24,6 +24,8 @@ EXIT_REPAIR_FAILED = 4
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
 DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
+ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
+                             help="Trust extent and parent paths outside the image's folder.")
 
 
 def exit_code_for(exc: BaseException) -> int:
