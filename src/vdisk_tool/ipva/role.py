@@ -93,7 +93,7 @@ class DiskIdentity:
         name = os.path.basename(self.path) if self.path else "the disk"
         want = " or ".join(WHAT[e] for e in expected)
         sr = self.slot_role
-        if sr is not None and sr not in expected and self.role in (sr, Role.BLANK, Role.UNKNOWN):
+        if sr is not None and sr not in expected and self.role in (Role.BLANK, Role.UNKNOWN):
             return f"{name} is attached as {WHAT[sr]}{self.where} and holds {self.evidence}, not {want}"
         return f"{name} holds {self.evidence}{self.where}, not {want}"
 
