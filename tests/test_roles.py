@@ -64,8 +64,11 @@ def _copy(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="session")
 def appliances(tmp_path_factory) -> dict[str, Path]:
+    return build_appliances(tmp_path_factory.mktemp("roles"))
+
+
+def build_appliances(root: Path) -> dict[str, Path]:
     """The two layouts of the same four disks, plus the inputs the commands read."""
-    root = tmp_path_factory.mktemp("roles")
     bundle = root / "bundle"
     bundle.mkdir()
     for name in ("ipva.vmx", *BUNDLE_NAMES.values()):
