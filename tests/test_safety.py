@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import vdisk
+from conftest import need_tool, run, vdisk
 from test_roles import COMMANDS, _alone, _args, _state, build_appliances
 
 from vdisk_tool.cli import common
@@ -28,6 +28,7 @@ def appliances(tmp_path_factory) -> dict[str, Path]:
     return build_appliances(tmp_path_factory.mktemp("safety"))
 
 
+MIB = 1 << 20
 # command -> (the disk it writes, extra arguments after the command's own)
 BACKUP_CMDS = {
     "dump clear": (Role.DUMP, None),
@@ -125,3 +126,45 @@ def test_yes_on_a_terminal_goes_ahead(appliances, runner, tmp_path, terminal):
     args = [a for a in _args("dump clear", disk, appliances["inputs"]) if a != "--yes"]
     r = runner.invoke(app, args, input="y\n", catch_exceptions=False)
     assert r.exit_code == 0 and "Continue?" in r.output, r.output
+
+
+# -- --allow-outside on the fs, cf, dump and flash commands ------------------------------------
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    """A monolithicFlat descriptor in A/ whose extent lies in B/ (a FAT volume made by
+    mkfs.fat at sector 0)."""
+    root = tmp_path_factory.mktemp("outside")
+    (root / "A").mkdir()
+    (root / "B").mkdir()
+    flat = root / "B" / "d-flat.vmdk"
+    with open(flat, "wb") as f:
+        f.truncate(80 * MIB)
+    run(need_tool("mkfs.fat"), "-F", "16", "-n", "OUTSIDE", str(flat))
+    (root / "A" / "d.vmdk").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+        'createType="monolithicFlat"\n\nRW 163840 FLAT "../B/d-flat.vmdk" 0\n\n'
+        'ddb.adapterType = "ide"\n')
+    return root / "A" / "d.vmdk"
+
+
+OPENERS = [("fs", "ls", "{d}"), ("fs", "tree", "{d}"), ("fs", "get", "{d}", "/NONE"),
+           ("fs", "mkdir", "{d}", "/N"), ("fs", "format", "{d}", "--yes"),
+           ("dump", "list", "{d}"), ("dump", "extract", "{d}", "-o", "-"),
+           ("dump", "init", "{d}", "--yes"), ("flash", "info", "{d}"),
+           ("flash", "reset", "{d}", "--yes"), ("cf", "format", "{d}", "--yes"),
+           ("cf", "grow", "{d}", "--size", "90M", "--yes")]
+READERS = {("fs", "ls"): (0, ""), ("fs", "tree"): (0, "/ (OUTSIDE)"),
+           ("dump", "list"): (1, "0 record(s)"), ("flash", "info"): (0, "flash: in use")}
+
+
+@pytest.mark.parametrize("args", OPENERS, ids=[" ".join(a[:2]) for a in OPENERS])
+def test_allow_outside_is_what_the_hint_says(outside, runner, args):
+    argv = [str(outside) if a == "{d}" else a for a in args]
+    before = _state(outside.parent.parent)
+    r = vdisk(runner, *argv)
+    assert r.exit_code == 3 and "pass --allow-outside to trust it" in r.stderr, r.output
+    assert _state(outside.parent.parent) == before
+    if tuple(args[:2]) in READERS:
+        code, text = READERS[tuple(args[:2])]
+        r = vdisk(runner, *argv, "--allow-outside")
+        assert r.exit_code == code and text in r.stdout, r.output
