@@ -75,7 +75,7 @@ def test_restore_recovers_crashed_update(tmp_path, runner, fw_file, case):
     disk = crashed(tmp_path, fw_file, case)
     assert not verify_target(disk).ok
     assert vdisk(runner, "verify", disk).exit_code == 1
-    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file)
+    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file, "--yes")
     assert r.exit_code == 0, r.output
     assert "write" in r.stdout and "OK" in r.stdout
     assert vdisk(runner, "verify", disk).exit_code == 0
@@ -90,7 +90,7 @@ def test_restore_dry_run_and_backup(tmp_path, runner, fw_file):
     assert sha(disk) == before
     backup = str(tmp_path / "old.vmdk")
     r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file, "--backup", backup,
-              "--json")
+              "--json", "--yes")
     assert r.exit_code == 0
     doc = json.loads(r.stdout)
     assert doc["plan"]["action"] == "replace" and doc["result"]["ok"]
@@ -105,7 +105,7 @@ def test_restore_refuses_bad_firmware(tmp_path, runner, fw_file):
     data = bytearray(read(fw_file))
     data[5000] ^= 1
     bad.write_bytes(bytes(data))
-    r = vdisk(runner, "boot", "restore", disk, "--firmware", str(bad))
+    r = vdisk(runner, "boot", "restore", disk, "--firmware", str(bad), "--yes")
     assert r.exit_code == 3 and "does not verify" in r.stderr and "fw.section-crc" in r.stderr
     assert sha(disk) == before
 
@@ -113,7 +113,7 @@ def test_restore_refuses_bad_firmware(tmp_path, runner, fw_file):
 def test_restore_refuses_locked_disk(tmp_path, runner, fw_file):
     disk = crashed(tmp_path, fw_file, "cluster-boundary")
     os.mkdir(disk + ".lck")
-    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file)
+    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file, "--yes")
     assert r.exit_code == 3 and "VMware" in r.stderr
     assert vdisk(runner, "verify", disk).exit_code == 1
 
@@ -129,7 +129,7 @@ def test_restore_rebuilds_a_lost_volume(tmp_path, runner, fw_file, damage):
             f.seek(0 if damage == "zeroed-mbr" else PART_OFFSET)
             f.write(bytes(512))
     disk = to_vmdk(raw, str(tmp_path / "hd-boot.vmdk"), "streamOptimized")
-    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file)
+    r = vdisk(runner, "boot", "restore", disk, "--firmware", fw_file, "--yes")
     assert r.exit_code == 0, r.output
     assert "rebuild" in r.stdout
     info = json.loads(run("qemu-img", "info", "--output=json", disk).stdout)

@@ -287,7 +287,7 @@ def test_boot_restore_crashed_update(tmp_path: Path) -> None:
         return (off == 2048 * 512 and _cat(raw, off, "/IPVA.BIN") == FW
                 and _cat(raw, off, "/README.TXT") == b"keep me\n")
 
-    res = crash_test(make, ["boot", "restore", "hd-boot.vmdk", "--firmware", "ipva.bin"],
+    res = crash_test(make, ["boot", "restore", "hd-boot.vmdk", "--firmware", "ipva.bin", "--yes"],
                      _fat_result("hd-boot.vmdk", want), tmp_path, points=POINTS)
     _finish("boot restore", res)
 

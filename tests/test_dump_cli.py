@@ -113,7 +113,7 @@ def test_empty_store(tmp_path, runner, qemu_img):
 def test_init_write_clear(tmp_path, runner, qemu_img, subformat):
     raw = StoreBuilder(8 * MiB).write(tmp_path / "blank.img")
     disk = _as(raw, subformat, qemu_img)
-    assert vdisk(runner, "dump", "init", disk).exit_code == 0
+    assert vdisk(runner, "dump", "init", disk, "--yes").exit_code == 0
     text = tmp_path / "t.txt"
     text.write_bytes(dump_text(1))
     for _ in range(2):

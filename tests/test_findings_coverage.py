@@ -515,7 +515,7 @@ def test_boot_chain_long_is_restored(tmp_path, runner):
     rc, found = _findings(runner, "verify", disk)
     assert rc == 1 and "boot.chain-long" in found, found
     assert found["boot.chain-long"][0]["severity"] == "warning"
-    r = vdisk(runner, "boot", "restore", disk, "--firmware", str(fw_file))
+    r = vdisk(runner, "boot", "restore", disk, "--firmware", str(fw_file), "--yes")
     assert r.exit_code == 0, r.output
     assert _findings(runner, "verify", disk) == (0, {})
     out = tmp_path / "back.bin"

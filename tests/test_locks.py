@@ -131,7 +131,8 @@ CMDS: dict[str, Cmd] = {
     "grow": Cmd("fat", ("grow", "d.vmdk", "--size", "32M"), "d.vmdk"),
     "create": Cmd("empty", ("create", "new.vmdk", "--size", "10M"), "new.vmdk"),
     "convert": Cmd("fat", ("convert", "d.vmdk", "new.vmdk"), "new.vmdk"),
-    "boot restore": Cmd("boot", ("boot", "restore", "hd-boot.vmdk", "--firmware", "ipva.bin"),
+    "boot restore": Cmd("boot", ("boot", "restore", "hd-boot.vmdk", "--firmware", "ipva.bin",
+                                         "--yes"),
                         "hd-boot.vmdk"),
     "flash reset": Cmd("flash", ("flash", "reset", "hd-flash.vmdk", "--yes"), "hd-flash.vmdk"),
     "flash restore": Cmd("flash", ("flash", "restore", "hd-flash.vmdk", "flash.img", "--yes"),
@@ -184,10 +185,14 @@ def _state(folder: Path) -> dict[str, str]:
     return out
 
 
-def _vmx_for(disk: str) -> str:
+# the slot a vmx attaches each seed's disk at (its role: a wrong slot is refused first)
+SLOTS = {"flash": "ide1:0", "dump": "ide1:1", "cf": "ide0:1", "fat": "ide0:1"}
+
+
+def _vmx_for(disk: str, slot: str = "ide0:0") -> str:
     return ('.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "7"\n'
             'memsize = "64"\nmonitor_control.pseudo_perfctr = "TRUE"\n'
-            f'ide0:0.present = "TRUE"\nide0:0.fileName = "{disk}"\n')
+            f'{slot}.present = "TRUE"\n{slot}.fileName = "{disk}"\n')
 
 
 def _prepare(seeds: dict[str, Path], tmp_path: Path, cmd: Cmd, lock: str) -> tuple[Path, str]:
@@ -204,7 +209,7 @@ def _prepare(seeds: dict[str, Path], tmp_path: Path, cmd: Cmd, lock: str) -> tup
         return case, ESXI
     vmx = case / (cmd.vmx or (os.path.dirname(cmd.disk) + "/ipva.vmx").lstrip("/"))
     if cmd.vmx is None:
-        vmx.write_text(_vmx_for(os.path.basename(cmd.disk)))
+        vmx.write_text(_vmx_for(os.path.basename(cmd.disk), SLOTS.get(cmd.seed, "ide0:0")))
     (vmx.parent / (vmx.name + ".lck")).mkdir(parents=True, exist_ok=True)
     return case, vmx.name + ".lck"
 

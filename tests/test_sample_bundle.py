@@ -50,7 +50,8 @@ def _variant(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("name,code,fix", [
-    ("crashed-update", "fw.truncated", ["boot", "restore", "{d}/hd-boot.vmdk", "--firmware", "{d}/ipva.bin"]),
+    ("crashed-update", "fw.truncated", ["boot", "restore", "{d}/hd-boot.vmdk", "--firmware",
+                                        "{d}/ipva.bin", "--yes"]),
     ("missing-perfctr", "vmx.perfctr-missing", ["bundle", "check", "{d}", "--fix"]),
     ("e1000-nic", "vmx.nic-model", ["bundle", "check", "{d}", "--fix"]),
     ("generated-mac", "vmx.mac-generated", ["bundle", "set-mac", "{d}", "--mac", "00:50:56:00:1a:60"]),

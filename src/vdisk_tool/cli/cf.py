@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import typer
 
+from ..image.backup import check_backup_for
 from ..ipva.cf import apply_cf, plan_cf
+from ..ipva.role import Role
+from ._role import ANY_DISK, VMX, guard
 from .app import app
-from .common import confirm, emit_json, handle_errors, parse_size, progress, takes_format
+from .common import ALLOW_OUTSIDE, confirm, emit_json, handle_errors, parse_size, progress, takes_format
 
 cf_app = typer.Typer(help="hd-cf, the emulated CompactFlash: grow it keeping its files, or "
                           "format it.\n\nExample: vdisk cf grow hd-cf.vmdk --size 4G",
@@ -19,8 +22,14 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 JSON = typer.Option(False, "--json", help="Print the plan as JSON.")
 
 
+def _check(cf_disk: str, backup: str | None, vmx: str | None, any_disk: bool,
+           allow_outside: bool) -> None:
+    guard(cf_disk, Role.CF, vmx, any_disk, allow_outside)
+    check_backup_for(backup, cf_disk, allow_outside)
+
+
 def _run(plan, dry_run: bool, yes: bool, force: bool, backup: str | None, json_out: bool,
-         question: str) -> None:
+         question: str, allow_outside: bool) -> None:
     if json_out:
         emit_json({k: getattr(plan, k) for k in plan.__dataclass_fields__} | {"dry_run": dry_run})
     else:
@@ -32,7 +41,7 @@ def _run(plan, dry_run: bool, yes: bool, force: bool, backup: str | None, json_o
         return
     confirm(question, yes)
     with progress("copying files", not json_out) as cb:
-        apply_cf(plan, force=force, backup=backup, progress=cb)
+        apply_cf(plan, force=force, backup=backup, progress=cb, allow_outside=allow_outside)
     if not json_out:
         typer.echo(f"done: {plan.path} is {plan.new_bytes} bytes, FAT{plan.new_fat_type}"
                    + (f", {plan.files} file(s) kept" if plan.keep_files else ", empty"))
@@ -46,16 +55,20 @@ def grow(cf_disk: str = typer.Argument(..., help="The hd-cf disk (any VMDK subfo
          keep_files: bool = typer.Option(True, "--keep-files/--no-keep-files",
                                          help="Put the files back after formatting (default)."),
          dry_run: bool = DRY, yes: bool = YES, force: bool = FORCE, backup: str = BACKUP,
-         json_out: bool = JSON) -> None:
+         json_out: bool = JSON, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+         allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Enlarge the CF and reformat it (FAT16 below 512 MiB, FAT32 from there), keeping every
     file with its long name, attributes and timestamps. The old image stays untouched until
     the new one is complete and verified.
 
     Example: vdisk cf grow hd-cf.vmdk --size 4G --backup hd-cf.bak
     """
-    plan = plan_cf(cf_disk, parse_size(size), keep_files)
+    new_bytes = parse_size(size)
+    _check(cf_disk, backup, vmx, any_disk, allow_outside)
+    plan = plan_cf(cf_disk, new_bytes, keep_files, allow_outside=allow_outside)
     _run(plan, dry_run, yes, force, backup, json_out,
-         f"reformat {cf_disk} at {plan.new_bytes} bytes" + ("" if keep_files else ", deleting its files"))
+         f"reformat {cf_disk} at {plan.new_bytes} bytes" + ("" if keep_files else ", deleting its files"),
+         allow_outside)
 
 
 @cf_app.command("format")
@@ -63,11 +76,14 @@ def grow(cf_disk: str = typer.Argument(..., help="The hd-cf disk (any VMDK subfo
 @takes_format("cf_disk")
 def format_cmd(cf_disk: str = typer.Argument(..., help="The hd-cf disk."),
                dry_run: bool = DRY, yes: bool = YES, force: bool = FORCE, backup: str = BACKUP,
-               json_out: bool = JSON) -> None:
+               json_out: bool = JSON, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+               allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Format the CF empty, as the appliance's Compact Flash/Format leaves it (MBR, one
     partition from LBA 2048, FAT16/FAT32 by size, label IPVACF). Deletes every file.
 
     Example: vdisk cf format hd-cf.vmdk --yes
     """
-    plan = plan_cf(cf_disk, None, keep_files=False)
-    _run(plan, dry_run, yes, force, backup, json_out, f"format {cf_disk}, deleting every file on it")
+    _check(cf_disk, backup, vmx, any_disk, allow_outside)
+    plan = plan_cf(cf_disk, None, keep_files=False, allow_outside=allow_outside)
+    _run(plan, dry_run, yes, force, backup, json_out, f"format {cf_disk}, deleting every file on it",
+         allow_outside)

@@ -28,6 +28,8 @@ EXIT_REPAIR_FAILED = 4
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
 DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
+ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
+                             help="Trust extent and parent paths outside the image's folder.")
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -178,11 +180,15 @@ def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, 
         yield update
 
 
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def confirm(message: str, yes: bool) -> None:
     """Ask before destroying data: a prompt on a TTY; without a TTY, --yes is required."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not stdin_is_terminal():
         raise fail(f"{message}: refusing without confirmation", EXIT_USAGE,
                    "pass --yes to confirm when not running on a terminal")
     if not typer.confirm(f"{message}. Continue?", default=False):

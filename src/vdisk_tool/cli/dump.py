@@ -10,12 +10,16 @@ import typer
 from .. import clock
 from ..errors import RefusedError
 from ..formats.dump_store import MAX_SLOT_SECTORS
+from ..image.backup import check_backup_for
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import dump as dp
 from ..ipva.locate import open_named
+from ..ipva.role import Role
+from ._role import ANY_DISK, VMX, guard
 from .app import app
 from .common import (
+    ALLOW_OUTSIDE,
     EXIT_ERROR,
     EXIT_OK,
     confirm,
@@ -49,8 +53,8 @@ def _when(t: int) -> str:
         return f"@{t}"
 
 
-def _read(path: str) -> dp.DumpStore:
-    with open_named(path) as disk:
+def _read(path: str, allow_outside: bool = False) -> dp.DumpStore:
+    with open_named(path, allow_outside) as disk:
         return dp.read_store(disk)
 
 
@@ -58,8 +62,8 @@ def _read(path: str) -> dp.DumpStore:
 @handle_errors
 @takes_format("disk")
 def list_cmd(disk: str = DISK, json_out: bool = JSON,
-             all_slots: bool = typer.Option(False, "--all-slots", help="Also list empty slots.")
-             ) -> None:
+             all_slots: bool = typer.Option(False, "--all-slots", help="Also list empty slots."),
+             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """List the crash dumps: slot, sequence, time, build, version, size, status.
 
     Status is good, torn (the appliance died while writing it) or empty. Exit 1 when a
@@ -67,7 +71,7 @@ def list_cmd(disk: str = DISK, json_out: bool = JSON,
 
     Example: vdisk dump list hd-dump.vmdk --json
     """
-    store = _read(disk)
+    store = _read(disk, allow_outside)
     rows = list(store.used)
     if all_slots:
         have = {r.slot for r in rows}
@@ -131,7 +135,8 @@ def extract(disk: str = DISK,
             all_dir: str | None = typer.Option(None, "--all", help="Write every record to "
                                                   "this folder as crash_dump_<sequence>.txt."),
             salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
-                                         "(their bytes as they are, with a warning).")) -> None:
+                                         "(their bytes as they are, with a warning)."),
+            allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Write a crash dump out as text: the newest good record unless told otherwise.
 
     With --salvage and no --sequence, the newest record is taken even if it is torn.
@@ -140,7 +145,7 @@ def extract(disk: str = DISK,
     """
     if all_dir is not None and sequence is not None:
         raise fail("--all and --sequence exclude each other", 2)
-    with open_named(disk) as dev:
+    with open_named(disk, allow_outside) as dev:
         store = dp.read_store(dev)
         for f in store.findings:
             if f.code.startswith("dump.header") and f.severity.value == "error":
@@ -174,8 +179,11 @@ def extract(disk: str = DISK,
 
 
 def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | None,
-           force: bool, yes: bool, verb: str) -> None:
-    with open_image(disk) as dev:
+           force: bool, yes: bool, verb: str, role: tuple[str | None, bool, bool]) -> None:
+    vmx, any_disk, allow_outside = role
+    guard(disk, Role.DUMP, vmx, any_disk, allow_outside)
+    check_backup_for(backup, disk, allow_outside)
+    with open_image(disk, allow_outside=allow_outside) as dev:
         plan = dp.plan_clear(dev, slot_sectors)
     typer.echo(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
                f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
@@ -183,9 +191,10 @@ def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | Non
     if dry_run:
         typer.echo("dry run: nothing changed")
         return
-    if plan.records_lost:
-        confirm(f"this deletes {plan.records_lost} crash dump(s) from {disk}", yes)
-    with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+    confirm(f"this writes an empty store on {disk}, deleting its {plan.records_lost} crash "
+            "dump(s)", yes)
+    with edit_image(disk, force=force, backup=backup, allow_outside=allow_outside,
+                    warnings=warn) as dev:
         dp.apply_clear(dev, dp.plan_clear(dev, plan.slot_sectors))
     typer.echo("done")
 
@@ -197,24 +206,26 @@ def init(disk: str = DISK,
          slot_sectors: int | None = typer.Option(None, "--slot-sectors",
                                                     help="Slot size (default: keep, else 2048)."),
          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-         yes: bool = YES) -> None:
+         yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+         allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Write an empty store (a new header; any records are deleted).
 
     Example: vdisk dump init hd-dump.vmdk
     """
-    _clear(disk, slot_sectors, dry_run, backup, force, yes, "init")
+    _clear(disk, slot_sectors, dry_run, backup, force, yes, "init", (vmx, any_disk, allow_outside))
 
 
 @grp.command()
 @handle_errors
 @takes_format("disk")
 def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE, yes: bool = YES) -> None:
+          force: bool = FORCE, yes: bool = YES, vmx: str | None = VMX,
+          any_disk: bool = ANY_DISK, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Delete every crash dump (the store stays, empty, with its slot size).
 
     Example: vdisk dump clear hd-dump.vmdk --yes
     """
-    _clear(disk, None, dry_run, backup, force, yes, "clear")
+    _clear(disk, None, dry_run, backup, force, yes, "clear", (vmx, any_disk, allow_outside))
 
 
 @grp.command()
@@ -226,8 +237,11 @@ def write(disk: str = DISK,
           version: str = typer.Option("", "--version", help="Firmware version text (ASCII)."),
           when: int | None = typer.Option(None, "--time", help="Seconds since 1970 UTC "
                                              "(default: now)."),
-          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
-    """Append a record the way the appliance does (for samples, tests and labs).
+          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
+          yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+          allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Append a record the way the appliance does (for samples, tests and labs). When the
+    ring is full the oldest record is overwritten (asked first).
 
     Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
     """
@@ -238,7 +252,9 @@ def write(disk: str = DISK,
         with open(text, "rb") as f:
             payload = f.read(limit)
     stamp = clock.unix_time() if when is None else when
-    with open_image(disk) as dev:
+    guard(disk, Role.DUMP, vmx, any_disk, allow_outside)
+    check_backup_for(backup, disk, allow_outside)
+    with open_image(disk, allow_outside=allow_outside) as dev:
         store = dp.read_store(dev)
     if not store.header_ok:
         raise RefusedError("the store header is missing or damaged; not appending to it",
@@ -248,7 +264,10 @@ def write(disk: str = DISK,
     if dry_run:
         typer.echo("dry run: nothing changed")
         return
-    with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+    if any(r.slot == store.next_slot for r in store.used):
+        confirm(f"slot {store.next_slot} of {disk} holds a crash dump; this overwrites it", yes)
+    with edit_image(disk, force=force, backup=backup, allow_outside=allow_outside,
+                    warnings=warn) as dev:
         rec = dp.write_record(dev, payload, build=build, version=version, time=stamp)
     if rec.status != dp.RecordStatus.GOOD:
         raise fail(f"the record reads back as {rec.status.value}", EXIT_ERROR)

@@ -7,21 +7,26 @@ import os
 import typer
 
 from .. import clock
-from ..errors import RefusedError
+from ..errors import RefusedError, VdiskError
 from ..formats import ipva_firmware as fw
+from ..image.backup import check_backup_for
 from ..image.base import FileDevice
 from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
 from ..ipva.ova import is_package
 from ..ipva.ova_check import verify_package
+from ..ipva.role import Role, identify_disk
 from ..ipva.upgrade import FlashUpgradeCheck, check_restore
+from ._role import ANY_DISK, VMX, guard
 from .app import app
 from .common import (
+    ALLOW_OUTSIDE,
     EXIT_ERROR,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    confirm,
     emit_json,
     fail,
     handle_errors,
@@ -39,8 +44,6 @@ app.add_typer(firmware_grp, name="firmware")
 app.add_typer(boot_grp, name="boot")
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
-                             help="Trust extent and parent paths outside the image's folder.")
 LABELS = {"header": "header", "header-crc": "header CRC", "size": "size",
           "section-table": "section table", "image-crc": "image CRC"}
 
@@ -239,9 +242,10 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
                  force: bool = typer.Option(False, "--force",
                                             help="Write even though a VMware lock exists."),
                  json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE,
-                 yes: bool = typer.Option(False, "--yes", "-y",
-                                          help="Go on although the upgrade would lose PBX "
-                                               "objects (the flash backed up first).")) -> None:
+                 yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for "
+                                          "confirmation; also go on although the upgrade "
+                                          "would lose PBX objects (back the flash up first)."),
+                 vmx: str | None = VMX, any_disk: bool = ANY_DISK) -> None:
     """Write a verified ipva.bin as IPVA.BIN on the boot disk, crash-safely.
 
     The new firmware is verified first and refused if bad. When the boot volume is gone or
@@ -251,6 +255,8 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
 
     Example: vdisk boot restore hd-boot.vmdk --firmware ipva.bin --backup hd-boot.old.vmdk
     """
+    guard(disk, Role.BOOT, vmx, any_disk, allow_outside)
+    check_backup_for(backup, disk, allow_outside)
     plan = bootmod.plan_restore(disk, firmware, allow_outside)
     flash_check = _guard_flash_upgrade(disk, firmware, plan, yes=yes, dry_run=dry_run,
                                        json_out=json_out)
@@ -266,6 +272,9 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
                 typer.echo(f"  - {r}")
         for f in plan.before:
             typer.echo(f"  before: {f.code}: {f.message}")
+    if not dry_run:
+        confirm(f"this replaces the firmware on {disk}" if plan.action == "replace" else
+                f"this rebuilds {disk} (everything on it is lost)", yes)
     res = bootmod.apply_restore(plan, backup=backup, force=force, dry_run=dry_run,
                                 allow_outside=allow_outside)
     if json_out:
@@ -298,6 +307,21 @@ def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *,
                EXIT_ERROR, "save the configuration and back the flash up, then pass --yes to go on")
 
 
+def _refuse_existing(path: str) -> None:
+    """boot create never overwrites: say what the existing file holds."""
+    if not os.path.lexists(path):
+        return
+    try:
+        ident = identify_disk(path)
+        what = f" and holds {ident.evidence}{ident.where}"
+        boot = ident.role == Role.BOOT
+    except (VdiskError, OSError):
+        what, boot = "", False
+    raise RefusedError(f"{path} exists{what}; boot create never overwrites a disk, nothing was "
+                       "changed", hint="choose a new name" + (
+                           ", or put the firmware on it with `vdisk boot restore`" if boot else ""))
+
+
 @boot_grp.command("create")
 @handle_errors
 def boot_create(path: str = typer.Argument(..., help="The new boot disk to write."),
@@ -311,6 +335,7 @@ def boot_create(path: str = typer.Argument(..., help="The new boot disk to write
 
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
+    _refuse_existing(path)
     bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat, adapter)
     res = bootmod.verify_target(path)
     if json_out:

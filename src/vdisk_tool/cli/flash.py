@@ -6,12 +6,16 @@ import os
 import typer
 
 from ..errors import RefusedError
+from ..image.backup import check_backup_for
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
 from ..ipva.locate import open_named
+from ..ipva.role import Role
+from ._role import ANY_DISK, VMX, guard
 from .app import app
 from .common import (
+    ALLOW_OUTSIDE,
     confirm,
     emit_json,
     findings_exit,
@@ -44,7 +48,7 @@ def info(disk: str = DISK,
          vmx: str | None = typer.Option(None, "--vmx", help="The VM's .vmx, for its memsize."),
          memsize: int | None = typer.Option(None, "--memsize", min=1,
                                                help="RAM in MB (instead of --vmx)."),
-         json_out: bool = JSON) -> None:
+         json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Blank or not, 64 KiB flash segments in use, and the flash directory the RAM allows.
 
     The directory holds 224 segments at 64 MB of RAM and 900 from 192 MB on; sizes in
@@ -58,7 +62,7 @@ def info(disk: str = DISK,
         mem = fl.read_memsize(vmx)
         if mem is None:
             warn(f"{vmx} has no memsize; the directory size is not shown")
-    with open_named(disk) as dev:
+    with open_named(disk, allow_outside) as dev:
         res = fl.read_flash_info(dev, mem)
     if json_out:
         emit_json(res)
@@ -78,15 +82,15 @@ def info(disk: str = DISK,
 @takes_format("disk")
 def backup(disk: str = DISK,
            output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")
-           ) -> None:
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+           allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Save the flash region (64 MiB) as a raw, sparse file: save the configuration first.
 
     Example: vdisk flash backup hd-flash.vmdk -o flash.img
     """
     if os.path.lexists(output) and not overwrite:
         raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
-    with open_named(disk) as dev, progress("backup") as cb:
+    with open_named(disk, allow_outside) as dev, progress("backup") as cb:
         n = fl.write_backup(dev, output, cb)
     typer.echo(f"wrote {output}: {n} segment(s) in use")
 
@@ -97,20 +101,24 @@ def backup(disk: str = DISK,
 def restore(disk: str = DISK,
             image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
             dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-            yes: bool = YES) -> None:
+            yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+            allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Put a saved flash region back (the rest of the disk is kept).
 
     Example: vdisk flash restore hd-flash.vmdk flash.img
     """
+    guard(disk, Role.FLASH, vmx, any_disk, allow_outside)
+    check_backup_for(backup, disk, allow_outside)
     with fl.open_flash_image(image) as img:
-        with open_image(disk) as dev:
+        with open_image(disk, allow_outside=allow_outside) as dev:
             plan = fl.plan_restore(dev, img)
         typer.echo(f"restore: {len(plan.segments_written)} segment(s) change")
         if dry_run or not plan.segments_written:
             typer.echo("dry run: nothing changed" if dry_run else "nothing to do")
             return
         confirm(f"this overwrites the flash of {disk}", yes)
-        with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
+        with edit_image(disk, force=force, backup=backup, allow_outside=allow_outside,
+                        warnings=warn) as dev:
             fl.apply_restore(dev, img, fl.plan_restore(dev, img))
     typer.echo("done")
 
@@ -119,7 +127,8 @@ def restore(disk: str = DISK,
 @handle_errors
 @takes_format("disk")
 def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
+          force: bool = FORCE, yes: bool = YES, json_out: bool = JSON, vmx: str | None = VMX,
+          any_disk: bool = ANY_DISK, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Factory reset: the disk becomes blank, with the same capacity, subformat, adapter,
     geometry and file names (new CID). Costs metadata only, whatever the data held.
 
@@ -128,7 +137,9 @@ def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
 
     Example: vdisk flash reset hd-flash.vmdk --backup hd-flash.before-reset
     """
-    plan = fl.plan_reset(disk, force=force)
+    guard(disk, Role.FLASH, vmx, any_disk, allow_outside)
+    check_backup_for(backup, disk, allow_outside)
+    plan = fl.plan_reset(disk, force=force, allow_outside=allow_outside)
     for w in plan.warnings:
         warn(w)
     if json_out:
@@ -143,6 +154,6 @@ def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
             typer.echo("dry run: nothing changed")
         return
     confirm(f"this erases the flash (PBX configuration) of {disk}", yes)
-    fl.apply_reset(plan, backup=backup)
+    fl.apply_reset(plan, backup=backup, allow_outside=allow_outside)
     if not json_out:
         typer.echo("done")

@@ -15,10 +15,14 @@ from ..fs.format import format_volume
 from ..fs.repair import repair_volume
 from ..fs.transfer import extract
 from ..fs.volume import FatVolume, open_volume
+from ..image.backup import check_backup_for
 from ..image.edit import edit_image
 from ..ipva.locate import open_named
+from ..ipva.role import Role
+from ._role import ANY_DISK, VMX, guard
 from .app import app
 from .common import (
+    ALLOW_OUTSIDE,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
@@ -45,15 +49,18 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 
 @contextmanager
-def _read(image: str, partition: int | None) -> Iterator[FatVolume]:
-    with open_named(image) as disk:
+def _read(image: str, partition: int | None, allow_outside: bool = False) -> Iterator[FatVolume]:
+    with open_named(image, allow_outside) as disk:
         yield open_volume(disk, partition, image)
 
 
 @contextmanager
 def _edit(image: str, partition: int | None, dry_run: bool, backup: str | None,
-          force: bool) -> Iterator[FatVolume]:
-    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+          force: bool, allow_outside: bool = False) -> Iterator[FatVolume]:
+    if not dry_run:
+        check_backup_for(backup, image, allow_outside)
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run,
+                    allow_outside=allow_outside, warnings=warn) as disk:
         vol = open_volume(disk, partition, image)
         yield vol
         vol.flush()
@@ -68,12 +75,13 @@ def _size(n: int) -> str:
 @takes_format("image")
 def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or file on the volume."),
        long: bool = typer.Option(False, "-l", help="Long listing: attributes, size, date, 8.3 name."),
-       json_out: bool = JSON, partition: int | None = PART) -> None:
+       json_out: bool = JSON, partition: int | None = PART,
+       allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """List a directory of the FAT volume.
 
     Example: vdisk fs ls hd-boot.vmdk / -l
     """
-    with _read(image, partition) as vol:
+    with _read(image, partition, allow_outside) as vol:
         info = vol.stat(path)
         entries = vol.listdir(path) if info.is_dir else [info]
     if json_out:
@@ -92,12 +100,13 @@ def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or fi
 @fs_app.command("tree")
 @handle_errors
 @takes_format("image")
-def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
+def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART,
+         allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Show every file and directory of the volume.
 
     Example: vdisk fs tree hd-cf.vmdk
     """
-    with _read(image, partition) as vol:
+    with _read(image, partition, allow_outside) as vol:
         items = [k for _d, kids in vol.walk("/") for k in kids]
         label = vol.label
     if json_out:
@@ -115,12 +124,13 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART
 @takes_format("image")
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
         dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
-        partition: int | None = PART) -> None:
+        partition: int | None = PART,
+        allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
 
     Example: vdisk fs get hd-boot.vmdk /IPVA.BIN ipva.bin
     """
-    with _read(image, partition) as vol:
+    with _read(image, partition, allow_outside) as vol:
         info = vol.stat(path)
         if dest == "-":
             if info.is_dir:
@@ -143,12 +153,13 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
         path: str = typer.Argument(..., help="Target path on the volume."),
         partition: int | None = PART, dry_run: bool = DRY,
-        backup: str | None = BACKUP, force: bool = FORCE) -> None:
+        backup: str | None = BACKUP, force: bool = FORCE,
+        allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy a host file (or directory, recursively) onto the volume; replaces a file.
 
     Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
     """
-    with _edit(image, partition, dry_run, backup, force) as vol:
+    with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         if os.path.isdir(src):
             for root, _dirs, files in os.walk(src):
                 rel = os.path.relpath(root, src)
@@ -172,14 +183,15 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
 def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
        recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
        partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-       force: bool = FORCE, yes: bool = YES) -> None:
+       force: bool = FORCE, yes: bool = YES,
+       allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Delete a file or directory from the volume.
 
     Example: vdisk fs rm hd-cf.vmdk /old -r --yes
     """
     if recursive and not dry_run:
         confirm(f"remove {path} and everything under it", yes)
-    with _edit(image, partition, dry_run, backup, force) as vol:
+    with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.remove(path, recursive=recursive)
     typer.echo(("would remove " if dry_run else "removed ") + path)
 
@@ -190,12 +202,13 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
 def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
           parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE) -> None:
+          force: bool = FORCE,
+          allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Create a directory on the volume.
 
     Example: vdisk fs mkdir hd-cf.vmdk /logs/old -p
     """
-    with _edit(image, partition, dry_run, backup, force) as vol:
+    with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.mkdir(path, parents=parents)
     typer.echo(("would create " if dry_run else "created ") + path)
 
@@ -205,12 +218,13 @@ def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New director
 @takes_format("image")
 def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
        dst: str = typer.Argument(..., help="New path."), partition: int | None = PART,
-       dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
+       dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
+       allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Rename or move a file or directory on the volume.
 
     Example: vdisk fs mv hd-cf.vmdk /a.txt /old/a.txt
     """
-    with _edit(image, partition, dry_run, backup, force) as vol:
+    with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         if vol.exists(dst) and vol.stat(dst).is_dir:
             dst = dst.rstrip("/") + "/" + vol.stat(src).name
         vol.rename(src, dst)
@@ -222,7 +236,8 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
 @takes_format("image")
 def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE) -> None:
+          force: bool = FORCE,
+          allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Show or set the volume label. The label is the root directory's label entry, as
     Windows and fatlabel read it (nothing when it is absent or erased); setting it writes
     that entry and the boot sector's copy.
@@ -230,10 +245,10 @@ def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New l
     Example: vdisk fs label hd-boot.vmdk IPVABOOT
     """
     if new is None:
-        with _read(image, partition) as vol:
+        with _read(image, partition, allow_outside) as vol:
             typer.echo(vol.label)      # the root directory's label entry, as Windows shows it
         return
-    with _edit(image, partition, dry_run, backup, force) as vol:
+    with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.set_label(new)
     typer.echo(("would set label " if dry_run else "label ") + repr(new.upper()))
 
@@ -248,16 +263,21 @@ def fmt(image: str = IMAGE,
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
         dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-        yes: bool = YES) -> None:
-    """Make a new, empty FAT volume (erases what the image holds).
+        yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
+        allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Make a new, empty FAT volume (erases what the image holds). A disk that holds a
+    crash-dump store or flash content is refused (the FAT roles are boot and CF).
 
     Example: vdisk fs format hd-cf.vmdk --label IPVACF --yes
     """
     if fat not in (None, 12, 16, 32):
         raise typer.BadParameter("--fat must be 12, 16 or 32")
+    guard(image, (Role.CF, Role.BOOT), vmx, any_disk, allow_outside)
     if not dry_run:
+        check_backup_for(backup, image, allow_outside)
         confirm(f"format {image} (its content is lost)", yes)
-    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run,
+                    allow_outside=allow_outside, warnings=warn) as disk:
         res = format_volume(disk, fat, label_, partition=not no_partition, active=active)
     lay = res.layout
     where = f"partition 1 at LBA {res.partition.first_lba}" if res.partition else "sector 0"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from ..image.backup import check_backup_for
 from ..image.check import check_image
 from ..image.create import SUBFORMATS, carried_ddb, create_image, like
 from ..image.disk import open_image
@@ -150,6 +151,8 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
         typer.echo("repair plan:")
         for a in plan.actions:
             typer.echo(f"  - {a}")
+    if not dry_run:
+        check_backup_for(backup, image, allow_outside)
     after = apply_repair(plan, backup=backup, force=force, dry_run=dry_run,
                          allow_outside=allow_outside)
     if json_out:
@@ -250,6 +253,8 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
     Example: vdisk grow hd-cf.vmdk --size 8G --backup hd-cf.bak
     """
     plan = plan_grow(image, parse_size(size), allow_outside=allow_outside)
+    if not dry_run:
+        check_backup_for(backup, image, allow_outside)
     if not json_out:
         for line in plan.describe():
             typer.echo(line)

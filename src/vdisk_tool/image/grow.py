@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import RefusedError
 from ..formats import vmdk_descriptor as vd
+from .backup import check_backup_target
 from .base import SECTOR_BYTES
 from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
 from .disk import open_image
@@ -109,6 +110,7 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
 def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None,
                progress=None) -> None:
     check_unlocked(plan.files, force=force)
+    check_backup_target(backup, plan.files)
     roll_back_journal(plan.path)
     if plan.new_bytes == plan.old_bytes:
         return

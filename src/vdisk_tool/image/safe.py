@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import ImageError, LockedError
+from .backup import check_backup_target
 from .base import host_data_ranges
 
 TMP_MARK = ".vdisk-tmp-"
@@ -208,6 +209,7 @@ class Replacement:
 
 def _keep_backup(targets: list[str], backup: str) -> None:
     """Copy the current files to `backup` (a file name for one file, a folder for several)."""
+    check_backup_target(backup, targets)
     existing = [t for t in targets if os.path.exists(t)]
     if len(existing) == 1 and not os.path.isdir(backup):
         sparse_copy(existing[0], backup)

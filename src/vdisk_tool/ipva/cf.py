@@ -67,9 +67,10 @@ def _volume_summary(vol: FatVolume) -> tuple[int, int, int]:
     return files, dirs, total
 
 
-def plan_cf(path: str, new_bytes: int | None, keep_files: bool = True) -> CfPlan:
+def plan_cf(path: str, new_bytes: int | None, keep_files: bool = True,
+            allow_outside: bool = False) -> CfPlan:
     """Read the CF and decide; refuse a shrink and a damaged volume (when keeping files)."""
-    with open_image(path) as disk:
+    with open_image(path, allow_outside=allow_outside) as disk:
         shape = like(disk)
         old = disk.size_bytes
         target = old if new_bytes is None else -(-new_bytes // 512) * 512
@@ -98,9 +99,9 @@ def plan_cf(path: str, new_bytes: int | None, keep_files: bool = True) -> CfPlan
 
 
 def apply_cf(plan: CfPlan, *, force: bool = False, backup: str | None = None,
-             progress: Progress | None = None) -> None:
+             progress: Progress | None = None, allow_outside: bool = False) -> None:
     """Build the new CF beside the old one, verify it, then swap it in."""
-    with open_image(plan.path) as probe:
+    with open_image(plan.path, allow_outside=allow_outside) as probe:
         files = probe.files
         template = probe.descriptor
     check_unlocked(files, force=force)
@@ -113,7 +114,7 @@ def apply_cf(plan: CfPlan, *, force: bool = False, backup: str | None = None,
         with open_image(scratch, writable=True) as new_disk:
             format_volume(new_disk, plan.new_fat_type, plan.label, partition=True, active=False)
             if plan.keep_files:
-                with open_image(plan.path) as old_disk:
+                with open_image(plan.path, allow_outside=allow_outside) as old_disk:
                     old_vol = open_volume(old_disk, path=plan.path)
                     new_vol = open_volume(new_disk, path=scratch)
                     copy_tree(old_vol, new_vol, progress=progress and (

@@ -54,6 +54,7 @@ from .doctor_model import (
     issue,
     vmx_check,
 )
+from .doctor_role import check_role  # noqa: F401  (registers the role check)
 from .flash import MAX_SEGMENTS, SEGMENT_BYTES, directory_segments
 from .vmx import IDE_ROLES, DiskSlot, vmx_bool
 from .vmx_rules import (

@@ -242,10 +242,10 @@ def find_children(disk_path: str, own_files: list[str]) -> list[str]:
     return found
 
 
-def plan_reset(path: str, force: bool = False) -> ResetPlan:
+def plan_reset(path: str, force: bool = False, allow_outside: bool = False) -> ResetPlan:
     """Check that a reset is safe and say what it will replace. Refuses (unless force) a
     locked disk and a disk that is the parent of a snapshot child in its folder."""
-    with open_image(path) as disk:
+    with open_image(path, allow_outside=allow_outside) as disk:
         if disk.parent is not None:
             raise UnsupportedError("this disk is a snapshot child; consolidate or delete the "
                                    "snapshot first, then reset the base disk", path=path)
@@ -278,7 +278,7 @@ def _replaced_files(disk: Disk) -> list[str]:
     return [p for p in dict.fromkeys(data) if p != main] + [main]
 
 
-def apply_reset(plan: ResetPlan, backup: str | None = None) -> None:
+def apply_reset(plan: ResetPlan, backup: str | None = None, allow_outside: bool = False) -> None:
     """Replace the disk by a blank one of the same shape, crash-safely (new CID)."""
     work = os.path.join(os.path.dirname(plan.path),
                         f".{os.path.basename(plan.path)}.vdisk-tmp-{os.getpid()}.reset")
@@ -286,7 +286,7 @@ def apply_reset(plan: ResetPlan, backup: str | None = None) -> None:
     os.makedirs(work)
     rep = Replacement()
     try:
-        with open_image(plan.path) as disk:
+        with open_image(plan.path, allow_outside=allow_outside) as disk:
             _build_blank(disk, plan, work, rep)
         rep.commit(backup=backup)
     except BaseException:

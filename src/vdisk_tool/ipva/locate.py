@@ -42,11 +42,11 @@ def split_disk_name(name: str) -> tuple[str, str] | None:
     return container, slot
 
 
-def open_named(name: str) -> Disk:
+def open_named(name: str, allow_outside: bool = False) -> Disk:
     """Open an image, or the disk `CONTAINER#SLOT` names, read-only."""
     parts = split_disk_name(name)
     if parts is None:
-        return open_image(name)
+        return open_image(name, allow_outside=allow_outside)
     container, slot = parts
     if is_package(container):
         with open_package(container) as pkg:
@@ -61,4 +61,4 @@ def open_named(name: str) -> Disk:
     path = Vmx.read(vmx_path).disk_for_slot(slot)
     if path is None:
         raise ImageError(f"the vmx attaches no disk at {slot}", path=vmx_path)
-    return open_image(path)
+    return open_image(path, allow_outside=allow_outside)
