@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import vdisk
+from conftest import need_tool, run, vdisk
 
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.ipva.role import Role, identify_device, identify_disk
@@ -212,6 +212,13 @@ def test_an_unknown_disk_needs_the_override(appliances, runner, tmp_path):
     assert r.exit_code == 0 and "--any-disk" in r.stderr, r.output
 
 
+def _as_vmdk(raw: Path, vmdk: Path) -> Path:
+    """The raw image as a sparse VMDK (qemu-img), as a vmx attaches disks."""
+    run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", str(raw), str(vmdk))
+    raw.unlink()
+    return vmdk
+
+
 def _vmx(folder: Path, slots: dict[str, str]) -> Path:
     vmx = folder / "ipva.vmx"
     vmx.write_text('config.version = "8"\n' + "".join(
@@ -222,8 +229,8 @@ def _vmx(folder: Path, slots: dict[str, str]) -> Path:
 def test_the_slot_outranks_the_content(appliances, runner, tmp_path):
     """A blank disk at the flash slot is the flash (not a dump store); an unreadable disk at
     the dump slot is the dump disk; the slot also comes from --vmx."""
-    blank = _raw(tmp_path / "hd-flash.vmdk", size=70 * MIB)
-    odd = _raw(tmp_path / "hd-dump.vmdk", data_at=70 * MIB)
+    blank = _as_vmdk(_raw(tmp_path / "flash.img", size=70 * MIB), tmp_path / "hd-flash.vmdk")
+    odd = _as_vmdk(_raw(tmp_path / "dump.img", data_at=70 * MIB), tmp_path / "hd-dump.vmdk")
     _vmx(tmp_path, {"ide1:0": "hd-flash.vmdk", "ide1:1": "hd-dump.vmdk"})
     r = vdisk(runner, *_args("dump init", blank, appliances["inputs"]))
     assert r.exit_code == 3, r.output

@@ -126,7 +126,7 @@ def test_boot_restore_without_risk(old_bundle, tmp_path, runner):
     boot = os.path.join(old_bundle, "hd-boot.vmdk")
     # across V9HF1 but to an older release: the directory stays
     r = vdisk(runner, "boot", "restore", boot, "--firmware", firmware_file(tmp_path, "8.00 sr3", 80300),
-              "--json")
+              "--json", "--yes")   # --yes: the confirmation every restore asks for
     assert r.exit_code == 0 and json.loads(r.stdout)["flash_check"]["status"] == "ok"
     # now at 8.00 sr3 -> 9.00 hotfix4 with the RAM raised: fits
     vmx = os.path.join(old_bundle, "ipva.vmx")
@@ -134,12 +134,13 @@ def test_boot_restore_without_risk(old_bundle, tmp_path, runner):
         text = f.read().replace(b'memsize = "64"', b'memsize = "192"')
     with open(vmx, "wb") as f:
         f.write(text)
-    r = vdisk(runner, "boot", "restore", boot, "--firmware", firmware_file(tmp_path, "9.00 hotfix4", 90468))
+    r = vdisk(runner, "boot", "restore", boot, "--firmware", firmware_file(tmp_path, "9.00 hotfix4", 90468),
+              "--yes")
     assert r.exit_code == 0 and "vdisk: warning" not in r.stderr
     # a boot disk with no vmx beside it: the comparison is skipped, and says so
     lone = tmp_path / "lone"
     lone.mkdir()
     os.rename(boot, lone / "hd-boot.vmdk")
     r = vdisk(runner, "boot", "restore", str(lone / "hd-boot.vmdk"), "--firmware",
-              firmware_file(tmp_path, "9.00 hotfix5", 90500))
+              firmware_file(tmp_path, "9.00 hotfix5", 90500), "--yes")
     assert r.exit_code == 0 and "note: no .vmx beside the disk attaches it at ide0:0" in r.output

@@ -70,10 +70,10 @@ def check_package(path: str, progress: Progress | None = None) -> Report:
 def _package_fix(i: Issue, pkg: Package) -> Issue:
     """The vmx rules' fix commands apply to a bundle; for a package they apply after deploy."""
     if i.fix and "bundle set-mac" in i.fix:
-        return replace(i, fix=f"vdisk bundle deploy {pkg.path} DIR --new-mac")
+        return replace(i, fix=f"`vdisk bundle deploy {pkg.path} DIR --new-mac`")
     if i.fix and "--fix" in i.fix:
-        return replace(i, fix=f"vdisk bundle deploy {pkg.path} DIR, then vdisk bundle check "
-                              "DIR --fix (or correct the OVF and its manifest digest)")
+        return replace(i, fix=f"`vdisk bundle deploy {pkg.path} DIR`, then `vdisk bundle check "
+                              "DIR --fix` (or correct the OVF and its manifest digest)")
     return i
 
 

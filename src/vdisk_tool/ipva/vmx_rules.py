@@ -69,7 +69,7 @@ def check_vsphere5_firmware(settings: Mapping[str, str], firmware: FirmwareId | 
                 f"hardware (or later), the firmware is {firmware.describe()}: {V9HF4.name} "
                 f"({V9HF4.release}) is needed for vSphere 5", "vmx",
                 fix=f"install firmware {V9HF4.release} or later: "
-                "vdisk boot restore BOOT_DISK --firmware ipva.bin")
+                "`vdisk boot restore BOOT_DISK --firmware ipva.bin`")
 
 
 def check_tools(settings: Mapping[str, str]) -> Iterator[Issue]:
