@@ -116,7 +116,7 @@ def test_vsphere5_needs_v9hf4(tmp_path, version, build, severity):
     assert [i.severity for i in got] == ([] if severity is None else [severity])
     if got:
         assert "V9HF4 (9.00 hotfix4) is needed for vSphere 5" in got[0].finding.message
-        assert got[0].fix.startswith("install firmware 9.00 hotfix4 or later: vdisk boot restore")
+        assert got[0].fix.startswith("install firmware 9.00 hotfix4 or later: `vdisk boot restore")
         assert os.path.join("b", "hd-boot.vmdk") in got[0].fix
 
 
