@@ -1,4 +1,4 @@
-"""Big flat images are edited in place under an undo journal (no full copy); a crash at any
+"""Flat and raw images are edited in place under the undo journal (no copy); a crash at any
 point leaves the old image after the next run, or the complete new one."""
 from __future__ import annotations
 
@@ -31,11 +31,6 @@ def _flat_fat(folder: Path, subformat: str = "monolithicFlat") -> Path:
     run(qemu_img, "convert", "-O", "vmdk", "-o", f"subformat={subformat}", str(raw), str(disk))
     raw.unlink()
     return disk
-
-
-@pytest.fixture(autouse=True)
-def journal_everything(monkeypatch):
-    monkeypatch.setenv("VDISK_JOURNAL_MIN_BYTES", "0")
 
 
 @pytest.mark.parametrize("subformat", ["monolithicFlat", "raw"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import Finding, ImageError, Severity, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
+from . import hostio
 from .disk import Disk, _resolve, open_image
 from .safe import TMP_MARK, leftover_temps
 from .sparse import SparseExtent, zero_entries
@@ -67,15 +68,16 @@ class CheckReport:
                 "findings": [f.to_dict() for f in self.findings]}
 
 
-def check_image(path: str, allow_outside: bool = False) -> CheckReport:
-    """Open `path` (raising only if it cannot be opened) and check every layer of it."""
+def check_image(path: str, allow_outside: bool = False, during_edit: bool = False) -> CheckReport:
+    """Open `path` (raising only if it cannot be opened) and check every layer of it.
+    `during_edit`: the check of an edit's result before it commits (its journal is expected)."""
     report = CheckReport(path)
     from .grow import journal_path
-    from .journal import journal_path as edit_journal_path
-    if os.path.exists(edit_journal_path(path)):
-        report.roll_back = True
-        report.add("vmdk.interrupted-edit", E, "an interrupted edit left its undo journal: the "
-                   "image may hold part of the change", fixable=True, path=path)
+    from .journal import pending_finding
+    pending = None if during_edit else pending_finding(path)
+    if pending is not None:
+        report.roll_back = pending.fixable
+        report.findings.append(pending)
     if os.path.exists(journal_path(path)):
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
@@ -431,7 +433,7 @@ def _check_compressed_grain(ext: SparseExtent, grain: int, entry: int, r: CheckR
 def _next_nonzero_sector(fd: int, pos: int, fb: int) -> int:
     """The first sector at or after pos holding a non-zero byte (fb when none)."""
     while pos < fb:
-        block = os.pread(fd, min(1 << 16, fb - pos), pos)
+        block = hostio.pread(fd, min(1 << 16, fb - pos), pos)
         if not block:
             return fb
         stripped = block.lstrip(b"\0")
@@ -450,7 +452,7 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
     pos = geo.overhead_sectors * SECTOR
     saw_eos = saw_footer = False
     while pos + SECTOR <= fb:
-        head = os.pread(fd, 16, pos)
+        head = hostio.pread(fd, 16, pos)
         val, size, mtype = struct.unpack("<QII", head)
         if size:
             pos += -(-(12 + size) // SECTOR) * SECTOR
@@ -467,7 +469,7 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
             pos = nxt
             continue
         if mtype in (vs.MARKER_GT, vs.MARKER_GD, vs.MARKER_FOOTER):
-            if os.pread(fd, 496, pos + 16).count(0) != 496:
+            if hostio.pread(fd, 496, pos + 16).count(0) != 496:
                 r.add("vmdk.stream-marker", W, "metadata marker padding is not zero", pos, path=p)
             saw_footer |= mtype == vs.MARKER_FOOTER
             pos += SECTOR * (1 + min(val, fb // SECTOR))

@@ -17,6 +17,7 @@ from ..formats import vmdk_descriptor as vd
 from .base import SECTOR_BYTES
 from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
 from .disk import open_image
+from .journal import recover
 from .safe import Replacement, check_unlocked, create_temp, fsync_dir, fsync_path
 
 JOURNAL_SUFFIX = ".vdisk-journal"
@@ -110,6 +111,7 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
                progress=None) -> None:
     check_unlocked(plan.files, force=force)
     roll_back_journal(plan.path)
+    recover(plan.path)   # an interrupted edit is undone before the disk is read or extended
     if plan.new_bytes == plan.old_bytes:
         return
     if plan.method == "extend-raw":
