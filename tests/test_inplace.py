@@ -303,3 +303,20 @@ def test_nearly_full_file_system(tmp_path: Path, small_fs: Path) -> None:
     assert _cat(raw, off, "/NOTE.TXT") == note.read_bytes()
     out = run("mdir", "-b", "-i", f"{raw}@@{off}", "::/", check=False).stdout
     assert "BIG.BIN" not in out
+
+
+def test_leftover_hint_works_as_printed(tmp_path: Path, runner) -> None:
+    """A leftover folder of a killed stream rewrite: the printed fix removes it."""
+    from test_vmx import WORKSTATION_VMX
+    folder = tmp_path / "ipva"
+    folder.mkdir()
+    (folder / "ipva.vmx").write_bytes(WORKSTATION_VMX.encode())
+    left = folder / ".hd-cf.vmdk.vdisk-tmp-4000000.d"
+    left.mkdir()
+    (left / "scratch.vmdk").write_bytes(b"half a copy")
+    doc = json.loads(vdisk(runner, "bundle", "check", str(folder), "--json").stdout)
+    fixes = [i["fix"] for i in doc["issues"] if i["code"] == "bundle.leftover-temp"]
+    assert fixes, doc
+    r = subprocess.run(fixes[0], shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not left.exists()
