@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import need_tool, run
 from crashharness import crash_test
 from test_crash_all import FILES, MIB, _cat, _fat_disk, _fat_result, _finish, _tree
@@ -22,6 +23,17 @@ from test_inplace import _drop_table
 from vdisk_tool.image.disk import open_image
 
 POINTS = 22
+
+
+@pytest.fixture(autouse=True)
+def one_page_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page its own batch (journal, fsync, write): more kill points, and each killed
+    run's journal holds several batches."""
+    monkeypatch.setenv("VDISK_JOURNAL_BATCH_BYTES", "4096")
+
+
+def _enough(res) -> None:
+    assert res.total_points >= POINTS, f"only {res.total_points} kill points"
 DATA = random.Random(9).randbytes(150_000)
 
 
@@ -60,6 +72,7 @@ def test_overwrite_of_allocated_grains(tmp_path: Path) -> None:
     res = crash_test(make, ["fs", "mv", "d.vmdk", "/README.TXT", "/Sub Directory/README.TXT"],
                      lambda f: judge(f) and (f / "d.vmdk").stat().st_size == sizes["d.vmdk"],
                      tmp_path, points=POINTS)
+    _enough(res)
     _finish("fs mv (sparse, overwrite in place)", res)
 
 
@@ -84,6 +97,7 @@ def test_snapshot_child_with_a_never_allocated_grain_table(tmp_path: Path) -> No
 
     res = crash_test(make, ["fs", "put", "d.vmdk", "new.bin", "/NEW.BIN"],
                      _put_result("d.vmdk", allocated_table), tmp_path, points=POINTS)
+    _enough(res)
     _finish("fs put (snapshot child, new grain table)", res)
 
 
@@ -131,6 +145,7 @@ def test_split_sparse_across_two_extent_files(tmp_path: Path) -> None:
 
     res = crash_test(make, ["fs", "put", "d.vmdk", "new.bin", "/NEW.BIN"],
                      _put_result("d.vmdk", both_grew), tmp_path, points=POINTS)
+    _enough(res)
     _finish("fs put (twoGbMaxExtentSparse, two extent files)", res)
 
 
@@ -144,4 +159,5 @@ def test_raw_image(tmp_path: Path) -> None:
 
     res = crash_test(make, ["fs", "put", "d.img", "new.bin", "/NEW.BIN"],
                      _put_result("d.img"), tmp_path, points=POINTS)
+    _enough(res)
     _finish("fs put (raw)", res)
