@@ -9,6 +9,7 @@ from ..errors import RefusedError
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
+from ..ipva.locate import open_named
 from .app import app
 from .common import (
     confirm,
@@ -57,7 +58,7 @@ def info(disk: str = DISK,
         if mem is None:
             warn(f"{vmx} has no memsize; the directory size is not shown")
     pending = flag_pending_journal(disk)
-    with open_image(disk) as dev:
+    with open_named(disk) as dev:
         res = fl.read_flash_info(dev, mem)
     if json_out:
         emit_json(res)
@@ -84,7 +85,7 @@ def backup(disk: str = DISK,
     """
     if os.path.lexists(output) and not overwrite:
         raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
-    with open_image(disk) as dev, progress("backup") as cb:
+    with open_named(disk) as dev, progress("backup") as cb:
         n = fl.write_backup(dev, output, cb)
     typer.echo(f"wrote {output}: {n} segment(s) in use")
 

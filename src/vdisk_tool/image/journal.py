@@ -355,14 +355,22 @@ def read_journal(jpath: str) -> JournalState:
             state.records.append((idx, off, n, pos + _REC.size))
             pos += _REC.size + n + _CRC.size
     for path, ino, _ in files:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return JournalState(jpath, "foreign", f"{os.path.basename(path)}, which it names, is missing")
-        if st.st_ino != ino:
-            return JournalState(jpath, "foreign", f"it was written for another file than "
-                                f"{os.path.basename(path)} (inode {ino}, now {st.st_ino})")
+        problem = identity_problem(path, ino)
+        if problem:
+            return JournalState(jpath, "foreign", problem)
     return state
+
+
+def identity_problem(path: str, ino: int) -> str | None:
+    """Why `path` is not the file a journal was written for (None when it is)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{os.path.basename(path)}, which it names, is missing"
+    if st.st_ino != ino:
+        return (f"it was written for another file than {os.path.basename(path)} "
+                f"(inode {ino}, now {st.st_ino})")
+    return None
 
 
 def recover_journal(jpath: str) -> JournalState:
