@@ -42,6 +42,14 @@ def run_vdisk(args: list[str], cwd: Path, env_extra: dict[str, str]) -> subproce
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
+def roll_back_journals(folder: Path) -> None:
+    """What the user's next writing command does first: roll back every pending undo journal
+    (`.NAME.vdisk-journal-edit` belongs to NAME), and nothing else."""
+    from vdisk_tool.image.journal import recover
+    for j in sorted(folder.rglob(".*.vdisk-journal-edit")):
+        assert recover(str(j.parent / j.name[1:-len(".vdisk-journal-edit")]))
+
+
 def spread(total: int, want: int) -> list[int]:
     """`want` kill points spread over 1..total (all of them when there are fewer)."""
     if total <= want:
@@ -85,6 +93,8 @@ def crash_test(make: Callable[[Path], None], args: list[str], is_complete: Calla
         result.tried += 1
         if recover and r.returncode < 0:
             run_vdisk(recover, run_dir, {})
+        elif r.returncode < 0:
+            roll_back_journals(run_dir)
         after = snapshot(run_dir)
         if after == before:
             result.old_kept += 1

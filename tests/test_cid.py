@@ -55,13 +55,13 @@ def _child(folder: Path) -> Path:
 
 
 EDITS: list[tuple[str, Callable[[Path], Path], dict[str, str]]] = [
-    ("copy, monolithicSparse", lambda f: _fat_vmdk(f, "monolithicSparse"), {}),
-    ("copy, monolithicFlat", lambda f: _fat_vmdk(f, "monolithicFlat"), {}),
-    ("journal, monolithicFlat", lambda f: _fat_vmdk(f, "monolithicFlat"),
-     {"VDISK_JOURNAL_MIN_BYTES": "0"}),
-    ("copy, twoGbMaxExtentSparse", lambda f: _fat_vmdk(f, "twoGbMaxExtentSparse"), {}),
+    ("in place, monolithicSparse", lambda f: _fat_vmdk(f, "monolithicSparse"), {}),
+    ("in place, monolithicFlat", lambda f: _fat_vmdk(f, "monolithicFlat"), {}),
+    ("in place, small batches, monolithicFlat", lambda f: _fat_vmdk(f, "monolithicFlat"),
+     {"VDISK_JOURNAL_BATCH_BYTES": "16384"}),
+    ("in place, twoGbMaxExtentSparse", lambda f: _fat_vmdk(f, "twoGbMaxExtentSparse"), {}),
     ("re-encode, streamOptimized", lambda f: _fat_vmdk(f, "streamOptimized"), {}),
-    ("copy, snapshot child", _child, {}),
+    ("in place, snapshot child", _child, {}),
 ]
 
 

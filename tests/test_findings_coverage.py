@@ -393,10 +393,10 @@ def test_interrupted_edit(tmp_path, runner):
     run(qemu_img, "convert", "-O", "vmdk", "-o", "subformat=monolithicFlat", str(raw), str(p))
     (work / "big.bin").write_bytes(os.urandom(MiB))
     _crash_until(["fs", "put", "e.vmdk", "big.bin", "/BIG.BIN"], work,
-                 work / ".e.vmdk.vdisk-journal-edit", {"VDISK_JOURNAL_MIN_BYTES": "0"})
+                 work / ".e.vmdk.vdisk-journal-edit", {})
     rc, found = _check(runner, p)
-    assert rc == 1 and "vmdk.interrupted-edit" in found, found
-    assert found["vmdk.interrupted-edit"][0]["fixable"]
+    assert rc == 1 and "vmdk.pending-journal" in found, found
+    assert found["vmdk.pending-journal"][0]["fixable"]
     assert vdisk(runner, "check", "--repair", str(p)).exit_code == 0
     assert _check(runner, p) == (0, {})
     assert run(qemu_img, "compare", "-f", "vmdk", "-F", "raw", str(p), str(raw),

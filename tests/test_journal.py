@@ -1,4 +1,4 @@
-"""Big flat images are edited in place under an undo journal (no full copy); a crash at any
+"""Flat and raw images are edited in place under the undo journal (no copy); a crash at any
 point leaves the old image after the next run, or the complete new one."""
 from __future__ import annotations
 
@@ -32,11 +32,6 @@ def _flat_fat(folder: Path, subformat: str = "monolithicFlat", mib: int = 32) ->
     run(qemu_img, "convert", "-O", "vmdk", "-o", f"subformat={subformat}", str(raw), str(disk))
     raw.unlink()
     return disk
-
-
-@pytest.fixture(autouse=True)
-def journal_everything(monkeypatch):
-    monkeypatch.setenv("VDISK_JOURNAL_MIN_BYTES", "0")
 
 
 @pytest.mark.parametrize("subformat", ["monolithicFlat", "raw"])
@@ -91,8 +86,7 @@ def test_multi_batch_edit_is_rolled_back_newest_first(tmp_path):
     _flat_fat(tmp_path, mib=16)
     payload = tmp_path / "big.bin"
     payload.write_bytes(os.urandom(1_500_000))   # several 512 KiB write chunks
-    env = dict(child_env(), VDISK_JOURNAL_MIN_BYTES="0",
-               VDISK_TEST_SETATTR="vdisk_tool.image.journal.BATCH_BYTES=16384")
+    env = dict(child_env(), VDISK_JOURNAL_BATCH_BYTES="16384")
     args = ["fs", "put", "d.vmdk", "big.bin", "/BIG.BIN"]
 
     def make(folder: Path) -> None:

@@ -417,6 +417,13 @@ def test_temporaries_beside_the_target_with_o_excl(tmp_path, args):
             os.path.dirname(folder) == str(target_dir)
             and ".vdisk-tmp-" in os.path.basename(folder))
         assert beside, f"wrote {path} outside {target_dir}"
+    if args[0] == "fs":
+        # an in-place edit: the image itself, and its undo journal created O_CREAT|O_EXCL
+        journals = [(p, f) for p, _m, f in writes if p.endswith(".vdisk-journal-edit")]
+        assert journals and all(f & os.O_CREAT and f & os.O_EXCL for _p, f in journals[:1])
+        assert {p for p, _m, _f in writes} == {str(img), journals[0][0]}, writes
+        assert not [n for n in os.listdir(target_dir) if ".vdisk-" in n]
+        return
     temps = [(p, f) for p, _m, f in writes if ".vdisk-tmp-" in os.path.basename(p)]
     work_dirs = {p for p, m, _f in opens if m == "mkdir" and ".vdisk-tmp-" in os.path.basename(p)}
     in_work = [p for p, _m, _f in writes if os.path.dirname(p) in work_dirs]

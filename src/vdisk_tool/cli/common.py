@@ -195,6 +195,17 @@ def confirm(message: str, yes: bool) -> None:
         raise fail("cancelled", EXIT_USAGE)
 
 
+def flag_pending_journal(image: str) -> Finding | None:
+    """For read-only commands: an interrupted edit's undo journal beside `image` means the
+    content may be half changed. Print it as an error finding on stderr and return it (the
+    command then exits 1); it names the command that rolls the edit back."""
+    from ..image.journal import pending_finding
+    found = pending_finding(image)
+    if found is not None:
+        typer.echo(f"vdisk: {found.severity.value}: {found.code}: {found.message}", err=True)
+    return found
+
+
 def findings_exit(findings: list[Finding]) -> int:
     return EXIT_FINDINGS if any(f.severity.value != "info" for f in findings) else EXIT_OK
 

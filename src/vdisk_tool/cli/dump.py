@@ -26,6 +26,7 @@ from .common import (
     emit_json,
     fail,
     findings_exit,
+    flag_pending_journal,
     handle_errors,
     print_findings,
     takes_format,
@@ -71,6 +72,7 @@ def list_cmd(disk: str = DISK, json_out: bool = JSON,
 
     Example: vdisk dump list hd-dump.vmdk --json
     """
+    pending = flag_pending_journal(disk)
     store = _read(disk, allow_outside)
     rows = list(store.used)
     if all_slots:
@@ -82,7 +84,7 @@ def list_cmd(disk: str = DISK, json_out: bool = JSON,
         d = store.to_dict()
         d["records"] = [r.to_dict() for r in rows]
         emit_json(d)
-        raise typer.Exit(findings_exit(list(store.findings)))
+        raise typer.Exit(findings_exit(list(store.findings) + ([pending] if pending else [])))
     head = "ok" if store.header_ok else ("missing" if not store.header_present else "damaged")
     nxt = "" if store.next_slot is None else f", next slot {store.next_slot}"
     typer.echo(f"store: header {head}, slot size {store.slot_sectors} sectors, "
@@ -99,7 +101,7 @@ def list_cmd(disk: str = DISK, json_out: bool = JSON,
     typer.echo(f"{len(store.used)} record(s): {len(store.good)} good, {len(store.torn)} torn; "
                f"{store.slot_count - len(store.used)} empty slot(s)")
     print_findings(list(store.findings))
-    raise typer.Exit(findings_exit(list(store.findings)))
+    raise typer.Exit(findings_exit(list(store.findings) + ([pending] if pending else [])))
 
 
 def _pick(store: dp.DumpStore, sequence: int | None, salvage: bool) -> dp.DumpRecord:

@@ -19,6 +19,7 @@ from .common import (
     confirm,
     emit_json,
     findings_exit,
+    flag_pending_journal,
     handle_errors,
     print_findings,
     progress,
@@ -62,11 +63,12 @@ def info(disk: str = DISK,
         mem = fl.read_memsize(vmx)
         if mem is None:
             warn(f"{vmx} has no memsize; the directory size is not shown")
+    pending = flag_pending_journal(disk)
     with open_named(disk, allow_outside) as dev:
         res = fl.read_flash_info(dev, mem)
     if json_out:
         emit_json(res)
-        raise typer.Exit(findings_exit(list(res.findings)))
+        raise typer.Exit(findings_exit(list(res.findings) + ([pending] if pending else [])))
     typer.echo(f"flash: {'blank' if res.blank else 'in use'}")
     typer.echo(f"segments in use: {res.segments_in_use} of {res.segments_total} "
                f"({fl.SEGMENT_BYTES // 1024} KiB each, first {res.region_bytes // fl.MiB} MiB)")
@@ -74,7 +76,7 @@ def info(disk: str = DISK,
         typer.echo(f"flash directory at {res.memsize_mb} MB RAM: {res.directory_segments} "
                    "segments")
     print_findings(list(res.findings))
-    raise typer.Exit(findings_exit(list(res.findings)))
+    raise typer.Exit(findings_exit(list(res.findings) + ([pending] if pending else [])))
 
 
 @grp.command()

@@ -28,6 +28,7 @@ from .common import (
     EXIT_REPAIR_FAILED,
     confirm,
     emit_json,
+    flag_pending_journal,
     handle_errors,
     print_findings,
     progress,
@@ -50,8 +51,12 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 @contextmanager
 def _read(image: str, partition: int | None, allow_outside: bool = False) -> Iterator[FatVolume]:
+    """The volume, read-only; a pending undo journal is reported and makes the exit 1."""
+    pending = flag_pending_journal(image)
     with open_named(image, allow_outside) as disk:
         yield open_volume(disk, partition, image)
+    if pending is not None:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @contextmanager
@@ -304,16 +309,19 @@ def check(image: str = IMAGE, json_out: bool = JSON,
     Example: vdisk fs check hd-cf.vmdk --repair --yes --backup hd-cf.old.vmdk
     """
     if not repair or (not dry_run and not yes):
+        from ..image.journal import pending_finding
+        pending = pending_finding(image) if not repair else None
         with open_named(image) as disk:
             res = check_volume(disk, partition, image)
+        findings = ([pending] if pending else []) + list(res.findings)
         if not repair or not res.findings:
             if json_out:
-                emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1})
+                emit_json({"findings": findings, "trusted_fat": res.fat_copy + 1})
             else:
-                print_findings(res.findings)
-                if not res.findings:
+                print_findings(findings)
+                if not findings:
                     typer.echo("clean")
-            raise typer.Exit(EXIT_FINDINGS if res.findings else EXIT_OK)
+            raise typer.Exit(EXIT_FINDINGS if findings else EXIT_OK)
         confirm(f"repair {len(res.findings)} finding(s) on {image}", yes)
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
         rep = repair_volume(disk, partition, image, discard_lost=discard_lost)

@@ -51,11 +51,14 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
         from .package_view import show_package
         show_package(image, json_out)
         return
+    from ..image.journal import pending_finding
+    pending = pending_finding(image)
     with open_image(image, allow_outside=allow_outside) as disk:
         d = describe(disk)
+    d["findings"] = [pending] if pending else []
     if json_out:
         emit_json(d)
-        return
+        raise typer.Exit(EXIT_FINDINGS if pending else 0)
     typer.echo(f"image: {d['path']}")
     typer.echo(f"format: {d['format']} ({d['subformat']})")
     typer.echo(f"virtual size: {_size(d['virtual_size_bytes'])} ({d['virtual_size_bytes']} bytes)")
@@ -75,6 +78,9 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
         typer.echo("chain: " + " -> ".join(d["chain"]))
     for w in d["warnings"]:
         typer.echo(f"warning: {w}")
+    if pending is not None:
+        print_findings([pending])
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command("map")

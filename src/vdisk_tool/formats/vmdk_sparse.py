@@ -57,6 +57,7 @@ SparseExtentHeader = Struct(
     "pad" / Bytes(433) * "pad",
 )
 assert SparseExtentHeader.sizeof() == SECTOR_BYTES
+UNCLEAN_SHUTDOWN_OFFSET = 72   # SparseExtentHeader.uncleanShutdown
 
 GrainMarker = Struct(
     "lba" / Int64ul * "lba: first virtual sector of the grain",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..errors import ImageError, UnsupportedError
+from . import hostio
 
 SECTOR_BYTES = 512
 
@@ -202,7 +203,7 @@ class FileDevice(ReopenableFile):
 
     def read_at(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
-        data = os.pread(self._fd, length, self.base_offset + offset)
+        data = hostio.pread(self._fd, length, self.base_offset + offset)
         if len(data) < length:
             # a window that reaches past the end of its file reads as zeros there only if the
             # file is genuinely shorter than declared: that is a short extent, an error.
@@ -214,14 +215,10 @@ class FileDevice(ReopenableFile):
         if not self.writable:
             raise UnsupportedError("device is read-only", path=self.path)
         check_range(self, offset, len(data))
-        view = memoryview(data)
-        pos = self.base_offset + offset
-        while view:
-            n = os.pwrite(self._fd, view, pos)
-            view = view[n:]
-            pos += n
+        hostio.pwrite(self._fd, data, self.base_offset + offset)
 
     def runs(self) -> Iterator[Run]:
+        hostio.settle(self._fd)   # SEEK_DATA sees only what reached the file
         pos = 0
         # bytes the window needs but the file does not have are a DATA run: reading it
         # raises (short extent), it never passes for zeros
@@ -240,11 +237,15 @@ class FileDevice(ReopenableFile):
             yield Run(pos, self.size_bytes - pos, RunKind.DATA, self.path, self.base_offset + pos)
 
     def truncate(self, file_bytes: int) -> None:
-        os.ftruncate(self._fd, file_bytes)
+        hostio.ftruncate(self._fd, file_bytes)
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def flush(self) -> None:
         if self.writable:
-            os.fsync(self._fd)
+            hostio.fsync(self._fd)
 
     def close(self) -> None:
         self._close_file()

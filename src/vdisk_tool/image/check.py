@@ -69,15 +69,16 @@ class CheckReport:
                 "findings": [f.to_dict() for f in self.findings]}
 
 
-def check_image(path: str, allow_outside: bool = False) -> CheckReport:
-    """Open `path` (raising only if it cannot be opened) and check every layer of it."""
+def check_image(path: str, allow_outside: bool = False, during_edit: bool = False) -> CheckReport:
+    """Open `path` (raising only if it cannot be opened) and check every layer of it.
+    `during_edit`: the check of an edit's result before it commits (its journal is expected)."""
     report = CheckReport(path)
     from .grow import journal_path
-    from .journal import journal_path as edit_journal_path
-    if os.path.exists(edit_journal_path(path)):
-        report.roll_back = True
-        report.add("vmdk.interrupted-edit", E, "an interrupted edit left its undo journal: the "
-                   "image may hold part of the change", fixable=True, path=path)
+    from .journal import pending_finding
+    pending = None if during_edit else pending_finding(path)
+    if pending is not None:
+        report.roll_back = pending.fixable
+        report.findings.append(pending)
     if os.path.exists(journal_path(path)):
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "

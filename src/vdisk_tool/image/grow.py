@@ -18,6 +18,7 @@ from .backup import check_backup_target
 from .base import SECTOR_BYTES
 from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
 from .disk import open_image
+from .journal import recover
 from .safe import Replacement, check_unlocked, create_temp, fsync_dir, fsync_path
 
 JOURNAL_SUFFIX = ".vdisk-journal"
@@ -112,6 +113,7 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
     check_unlocked(plan.files, force=force)
     check_backup_target(backup, plan.files)
     roll_back_journal(plan.path)
+    recover(plan.path)   # an interrupted edit is undone before the disk is read or extended
     if plan.new_bytes == plan.old_bytes:
         return
     if plan.method == "extend-raw":

@@ -1,7 +1,8 @@
 """`vdisk check --repair`: fix what can be fixed without guessing (specs/vmdk.md §Repair).
 
-The plan comes from a CheckReport; it is applied to a copy (edit_image) and committed only
-when the copy then checks clean of the fixed findings.
+The plan comes from a CheckReport; it is applied in place under the undo journal
+(edit_image) and committed only when the result then checks clean of the fixed findings;
+otherwise the edit is rolled back.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import RepairError
+from ..formats.vmdk_sparse import UNCLEAN_SHUTDOWN_OFFSET
+from . import hostio
 from .base import SECTOR_BYTES
 from .check import CheckReport, check_image
 from .edit import edit_image, store_descriptor
@@ -17,8 +20,6 @@ from .grow import roll_back_journal
 from .journal import recover
 from .safe import Replacement, check_unlocked, create_temp, sparse_copy
 from .sparse import SparseExtent
-
-UNCLEAN_OFFSET = 72
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,22 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
             if dev is None:
                 raise RepairError(f"extent {os.path.basename(fix.path)} not found in the copy",
                                   path=plan.path)
-            data = os.pread(dev.fd, fix.length, fix.src_offset)
-            os.pwrite(dev.fd, data, fix.dst_offset)
+            data = hostio.pread(dev.fd, fix.length, fix.src_offset)
+            hostio.pwrite(dev.fd, data, fix.dst_offset)
         for efix in report.entry_fixes:
             dev = by_name.get(os.path.basename(efix.path))
             if dev is None:
                 raise RepairError(f"extent {os.path.basename(efix.path)} not found in the copy",
                                   path=plan.path)
-            os.pwrite(dev.fd, struct.pack("<I", efix.value), efix.offset)
+            hostio.pwrite(dev.fd, struct.pack("<I", efix.value), efix.offset)
         if report.clear_unclean and not errors_left:
             for p in report.clear_unclean:
                 dev = by_name.get(os.path.basename(p))
                 if dev is not None:
-                    os.pwrite(dev.fd, struct.pack("<B", 0), UNCLEAN_OFFSET)
+                    dev.set_unclean(False)
                     if dev.footer is not None:
                         # keep the stream footer's copy of the flag consistent
-                        os.pwrite(dev.fd, b"\0", dev.file_bytes - 1024 + UNCLEAN_OFFSET)
+                        hostio.pwrite(dev.fd, b"\0", dev.file_bytes - 1024 + UNCLEAN_SHUTDOWN_OFFSET)
         if report.extent_sizes and disk.descriptor is not None:
             desc = disk.descriptor
             for i, n in report.extent_sizes.items():
@@ -130,10 +131,11 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
                 line.sectors = n
                 desc.set_extent(i, line)
             store_descriptor(disk, desc)
-        copy_path = disk.descriptor_path or disk.path
+        for sp in disk.sparse_extents:
+            sp.mark_in_use(False)   # judge the result as it will be after the commit
         for ext in disk.extents:
             ext.device.flush()
-        after = check_image(copy_path, allow_outside=allow_outside)
+        after = check_image(plan.path, allow_outside=allow_outside, during_edit=True)
         fixed_codes = {f.code for f in report.findings if f.fixable}
         still = [f for f in after.findings if f.code in fixed_codes]
         if still:

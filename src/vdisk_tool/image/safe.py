@@ -1,12 +1,15 @@
-"""Crash-safe mutation: lock detection, temporary files beside the target, fsync + rename.
+"""Crash-safe mutation: lock detection, leftovers of interrupted runs, and the rewrite path.
 
-A mutation never writes into the file a user has: it writes a complete new file beside it,
-fsyncs it, then renames it over the old one (POSIX rename is atomic), and fsyncs the folder.
+Edits of an existing disk happen in place under an undo journal (image/journal.py). What
+cannot be edited in place (a streamOptimized disk) and what builds a new file is written
+complete beside the target, fsynced, given the old file's mode and owner, renamed over it
+(POSIX rename is atomic), and the folder is fsynced.
 """
 from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -170,6 +173,26 @@ def sparse_copy(src: str, dst: str, progress=None) -> None:
         os.fsync(fo.fileno())
 
 
+def keep_identity(old: str, new: str) -> None:
+    """Give `new` the mode, owner and group of `old` (when it exists), as `sed -i` and
+    qemu-img do for the file they replace. An owner this process may not set is skipped
+    (the group alone is tried), as cp -p does."""
+    try:
+        st = os.stat(old)
+    except FileNotFoundError:
+        return
+    os.chmod(new, stat.S_IMODE(st.st_mode))
+    if (st.st_uid, st.st_gid) != (os.stat(new).st_uid, os.stat(new).st_gid):
+        try:
+            os.chown(new, st.st_uid, st.st_gid)
+        except PermissionError:
+            try:
+                os.chown(new, -1, st.st_gid)
+            except PermissionError:
+                pass
+        os.chmod(new, stat.S_IMODE(st.st_mode))   # chown may clear set-id bits
+
+
 @dataclass
 class Replacement:
     """A set of new files to put in place of old ones, all or nothing as far as POSIX allows.
@@ -192,6 +215,7 @@ class Replacement:
         for tmp, target in self.pairs:
             if os.path.islink(target):
                 raise ImageError("refusing to replace a symbolic link", path=target)
+            keep_identity(target, tmp)
             os.replace(tmp, target)
         for _, target in self.pairs[:1]:
             fsync_dir(target)

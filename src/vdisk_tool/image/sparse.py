@@ -7,7 +7,6 @@ read or a failed decompression raises ImageError.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from array import array
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..errors import FormatError, ImageError, UnsupportedError
 from ..formats import vmdk_sparse as vs
+from . import hostio
 from .base import ReopenableFile, Run, RunKind, check_range
 
 SECTOR = vs.SECTOR_BYTES
@@ -72,7 +72,7 @@ def read_header(fd: int, path: str, base: int = 0, file_bytes: int | None = None
     belongs: the file's end when it stops right after the footer, the last sector when
     that sector is something else (specs/vmdk.md §streamOptimized layouts).
     `base`/`file_bytes` describe an extent that lies inside a larger file (an OVA member)."""
-    raw = os.pread(fd, SECTOR, base) if file_bytes is None or file_bytes >= SECTOR else b""
+    raw = hostio.pread(fd, SECTOR, base) if file_bytes is None or file_bytes >= SECTOR else b""
     if len(raw) < SECTOR:
         raise FormatError("file shorter than one sparse header (512 bytes)", path=path, offset=0)
     hdr = vs.parse_header(raw)
@@ -81,9 +81,9 @@ def read_header(fd: int, path: str, base: int = 0, file_bytes: int | None = None
                           path=path, offset=0)
     footer, eos_offset = None, None
     if file_bytes is None:
-        file_bytes = os.fstat(fd).st_size
+        file_bytes = hostio.file_bytes(fd)
     if file_bytes >= 3 * SECTOR and (hdr.flags & vs.FLAG_MARKERS):
-        tail = os.pread(fd, 3 * SECTOR, base + file_bytes - 3 * SECTOR)
+        tail = hostio.pread(fd, 3 * SECTOR, base + file_bytes - 3 * SECTOR)
         # footer marker, footer, EOS, or (the EOS cut off) footer marker and footer at the end
         for first, eos_at in ((0, file_bytes - SECTOR), (SECTOR, file_bytes)):
             footer_sector = tail[first + SECTOR:first + 2 * SECTOR]
@@ -184,7 +184,7 @@ class SparseExtent(ReopenableFile):
             raise UnsupportedError("an extent inside another file is read-only", path=path)
         self._fd = self._open_file()
         try:
-            host_bytes = os.fstat(self._fd).st_size
+            host_bytes = hostio.file_bytes(self._fd)
             self.file_bytes = window[1] if window else host_bytes
             if window and (self.base < 0 or self.base + self.file_bytes > host_bytes):
                 raise ImageError(f"window {self.base}+{self.file_bytes} lies outside the file "
@@ -224,7 +224,7 @@ class SparseExtent(ReopenableFile):
 
     def pread(self, length: int, offset: int) -> bytes:
         """Bytes of the extent file (of its window) at `offset`; short at its end."""
-        return os.pread(self._fd, max(0, min(length, self.file_bytes - offset)), self.base + offset)
+        return hostio.pread(self._fd, max(0, min(length, self.file_bytes - offset)), self.base + offset)
 
     def _read_dir(self, sector: int) -> array:
         gd = array("I")
@@ -369,7 +369,7 @@ class SparseExtent(ReopenableFile):
         if offset < 0 or offset + n > self.file_bytes:
             raise ImageError(f"{what} at 0x{offset:x} ({n} bytes) lies past the end of the file",
                              path=self.path, offset=offset)
-        got = os.preadv(self._fd, [buf], self.base + offset)
+        got = hostio.preadinto(self._fd, buf, self.base + offset)
         if got != n:
             raise ImageError(f"short read of {what}", path=self.path, offset=offset)
 
@@ -419,7 +419,7 @@ class SparseExtent(ReopenableFile):
             piece = view[:n]
             entry = self.gte(grain)
             if entry > vs.ZERO_GRAIN_GTE:
-                os.pwrite(self._fd, piece, entry * SECTOR + within)
+                hostio.pwrite(self._fd, piece, entry * SECTOR + within)
             else:
                 reads_zero = entry == vs.ZERO_GRAIN_GTE or self.parent is None
                 zero = _ZERO_GRAIN[:n] if n <= len(_ZERO_GRAIN) else bytes(n)
@@ -429,10 +429,12 @@ class SparseExtent(ReopenableFile):
             pos += n
 
     def _allocate(self, grain: int, entry: int, within: int, piece: memoryview) -> None:
+        """Append a new grain at the end of the file, grain-aligned as VMware places them,
+        and point the GTE (primary and redundant table) at it."""
         gb = self.geo.grain_bytes
         gd_index, gt_index = divmod(grain, self.geo.gtes_per_gt)
         if self._gd[gd_index] == 0:
-            raise UnsupportedError("writing into a grain table that was never allocated", path=self.path)
+            self._new_table(gd_index)
         if len(piece) == gb:
             content = piece.tobytes()
         else:
@@ -441,29 +443,62 @@ class SparseExtent(ReopenableFile):
             old.extend(bytes(gb - len(old)))
             old[within:within + len(piece)] = piece
             content = bytes(old)
-        sector = -(-self.file_bytes // SECTOR)
-        os.pwrite(self._fd, content, sector * SECTOR)
+        gs = self.geo.grain_sectors
+        sector = -(-self.file_bytes // (gs * SECTOR)) * gs
+        hostio.pwrite(self._fd, content, sector * SECTOR)
         self.file_bytes = sector * SECTOR + gb
         self._set_gte(gd_index, gt_index, sector)
+
+    def _append_table(self) -> int:
+        """A zeroed grain table at the end of the file; returns its sector."""
+        sector = -(-self.file_bytes // SECTOR)
+        n = vs.sectors_for_bytes(self.geo.gt_bytes) * SECTOR
+        hostio.pwrite(self._fd, bytes(n), sector * SECTOR)
+        self.file_bytes = sector * SECTOR + n
+        return sector
+
+    def _new_table(self, gd_index: int) -> None:
+        """Allocate the never-allocated grain table `gd_index` (and its redundant copy) at
+        the end of the file and enter both in their directories."""
+        sector = self._append_table()
+        if self.geo.rgd_offset_sectors:
+            rsector = self._append_table()
+            hostio.pwrite(self._fd, struct.pack("<I", rsector),
+                          self.geo.rgd_offset_sectors * SECTOR + gd_index * 4)
+        hostio.pwrite(self._fd, struct.pack("<I", sector),
+                      self.geo.gd_offset_sectors * SECTOR + gd_index * 4)
+        self._gd[gd_index] = sector
+        self._gts[gd_index] = array("I", bytes(self.geo.gt_bytes))
 
     def _set_gte(self, gd_index: int, gt_index: int, value: int) -> None:
         gt = self.gt(gd_index)
         assert gt is not None
         gt[gt_index] = value
         raw = struct.pack("<I", value)
-        os.pwrite(self._fd, raw, self._gd[gd_index] * SECTOR + gt_index * 4)
+        hostio.pwrite(self._fd, raw, self._gd[gd_index] * SECTOR + gt_index * 4)
         if self.geo.rgd_offset_sectors:
             rgd_entry = self._rgd_entry(gd_index)
             if rgd_entry:
-                os.pwrite(self._fd, raw, rgd_entry * SECTOR + gt_index * 4)
+                hostio.pwrite(self._fd, raw, rgd_entry * SECTOR + gt_index * 4)
 
     def _rgd_entry(self, gd_index: int) -> int:
-        raw = os.pread(self._fd, 4, self.geo.rgd_offset_sectors * SECTOR + gd_index * 4)
+        raw = hostio.pread(self._fd, 4, self.geo.rgd_offset_sectors * SECTOR + gd_index * 4)
         return struct.unpack("<I", raw)[0] if len(raw) == 4 else 0
+
+    def set_unclean(self, unclean: bool) -> None:
+        """Set or clear the header's uncleanShutdown byte for good (a repair clears it)."""
+        self.header.unclean_shutdown = int(unclean)
+        hostio.pwrite(self._fd, bytes([int(unclean)]), vs.UNCLEAN_SHUTDOWN_OFFSET)
+
+    def mark_in_use(self, in_use: bool) -> None:
+        """Set uncleanShutdown while the extent is open for an edit, as VMware does; at the
+        end put back the header's own value."""
+        flag = 1 if in_use else self.header.unclean_shutdown
+        hostio.pwrite(self._fd, bytes([flag]), vs.UNCLEAN_SHUTDOWN_OFFSET)
 
     def flush(self) -> None:
         if self.writable:
-            os.fsync(self._fd)
+            hostio.fsync(self._fd)
 
     def close(self) -> None:
         self._close_file()

@@ -20,6 +20,7 @@ from ..fs.volume import FatVolume, open_volume
 from ..image.create import create_image, like
 from ..image.disk import open_image
 from ..image.edit import temp_dir_for
+from ..image.journal import recover
 from ..image.safe import Replacement, check_unlocked
 
 CF_LABEL = "IPVACF"
@@ -105,6 +106,7 @@ def apply_cf(plan: CfPlan, *, force: bool = False, backup: str | None = None,
         files = probe.files
         template = probe.descriptor
     check_unlocked(files, force=force)
+    recover(plan.path)   # the old content is read below: not half an interrupted edit
     work = temp_dir_for(plan.path)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

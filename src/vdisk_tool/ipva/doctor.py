@@ -141,7 +141,9 @@ def check_locks(ctx: Context) -> Iterator[Issue]:
     for tmp in safe.leftover_temps(ctx.bundle.folder):
         yield issue("bundle.leftover-temp", Severity.WARNING,
                     f"{ctx.rel(tmp)} is a temporary file an interrupted vdisk run left behind",
-                    "bundle", path=tmp, fix=f"rm {shlex.quote(tmp)}")
+                    "bundle", path=tmp,
+                    fix=f"rm {'-r ' if os.path.isdir(tmp) and not os.path.islink(tmp) else ''}"
+                        f"{shlex.quote(tmp)}")
 
 
 @vmx_check

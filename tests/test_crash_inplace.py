@@ -1,0 +1,163 @@
+"""SIGKILL at >= 20 points of every in-place edit path not covered by test_crash_all.py
+(which runs `fs put` on monolithicSparse — new grains — and monolithicFlat): an overwrite
+of allocated grains only, a snapshot child whose grain table was never allocated, a split
+sparse disk whose edit spans both extent files, and a raw image.
+
+Each killed run's journal is rolled back as the next writer would (crashharness); the
+folder must then be byte-identical to the old one, or hold the complete new result judged
+by qemu-img check, fsck.fat -n and mtools. The parent of the child must never change.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import need_tool, run
+from crashharness import crash_test
+from test_crash_all import FILES, MIB, _cat, _fat_disk, _fat_result, _finish, _tree
+from test_inplace import _drop_table
+
+from vdisk_tool.image.disk import open_image
+
+POINTS = 22
+
+
+@pytest.fixture(autouse=True)
+def one_page_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page its own batch (journal, fsync, write): more kill points, and each killed
+    run's journal holds several batches."""
+    monkeypatch.setenv("VDISK_JOURNAL_BATCH_BYTES", "4096")
+
+
+def _enough(res) -> None:
+    assert res.total_points >= POINTS, f"only {res.total_points} kill points"
+DATA = random.Random(9).randbytes(150_000)
+
+
+def _fat_raw(raw: Path, mib: int, start_lba: int, files: dict[str, bytes]) -> None:
+    """MBR (sfdisk) with one FAT16 partition from `start_lba` (mkfs.fat), filled by mtools."""
+    from fatutil import mtools_fill
+    with open(raw, "wb") as f:
+        f.truncate(mib * MIB)
+    run("sfdisk", "-q", str(raw), input=f"start={start_lba}, type=e\n")
+    run("mkfs.fat", "-F", "16", "-s", "4", "-n", "INPLACE", "--offset", str(start_lba), str(raw))
+    mtools_fill(raw, start_lba * 512, files, raw.parent)
+
+
+def _put_result(name: str, extra: Callable[[Path], bool] = lambda f: True) -> Callable[[Path], bool]:
+    def want(raw: Path, off: int) -> bool:
+        return (_cat(raw, off, "/NEW.BIN") == DATA
+                and _cat(raw, off, "/FILE.BIN") == FILES["FILE.BIN"])
+    judge = _fat_result(name, want)
+    return lambda folder: judge(folder) and extra(folder)
+
+
+def test_overwrite_of_allocated_grains(tmp_path: Path) -> None:
+    """`fs mv` rewrites directory entries only: every write lands in allocated grains."""
+    sizes: dict[str, int] = {}
+
+    def make(folder: Path) -> None:
+        _fat_disk(folder)
+        sizes["d.vmdk"] = (folder / "d.vmdk").stat().st_size
+
+    def want(raw: Path, off: int) -> bool:
+        names = _tree(raw, off)
+        return ("Sub Directory/README.TXT" in names and "README.TXT" not in names
+                and _cat(raw, off, "/Sub Directory/README.TXT") == FILES["README.TXT"])
+
+    judge = _fat_result("d.vmdk", want)
+    res = crash_test(make, ["fs", "mv", "d.vmdk", "/README.TXT", "/Sub Directory/README.TXT"],
+                     lambda f: judge(f) and (f / "d.vmdk").stat().st_size == sizes["d.vmdk"],
+                     tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs mv (sparse, overwrite in place)", res)
+
+
+def test_snapshot_child_with_a_never_allocated_grain_table(tmp_path: Path) -> None:
+    """The volume lies in the second grain table's range (32-64 MiB), whose directory
+    entry in the child is 0: the edit allocates a grain table; the parent stays as it was."""
+    qemu_img = need_tool("qemu-img")
+
+    def make(folder: Path) -> None:
+        raw = folder.parent / "base.raw"
+        if not raw.exists():
+            _fat_raw(raw, 64, 36 * 2048, FILES)
+        run(qemu_img, "convert", "-q", "-f", "raw", "-O", "vmdk", str(raw), str(folder / "base.vmdk"))
+        run(qemu_img, "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk",
+            str(folder / "d.vmdk"))
+        _drop_table(folder / "d.vmdk", 1)
+        (folder / "new.bin").write_bytes(DATA)
+
+    def allocated_table(folder: Path) -> bool:
+        with open_image(str(folder / "d.vmdk")) as d:
+            return d.sparse_extents[0].gd[1] != 0
+
+    res = crash_test(make, ["fs", "put", "d.vmdk", "new.bin", "/NEW.BIN"],
+                     _put_result("d.vmdk", allocated_table), tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (snapshot child, new grain table)", res)
+
+
+SPLIT_DESCRIPTOR = """# Disk DescriptorFile
+version=1
+CID=1badc0de
+parentCID=ffffffff
+createType="twoGbMaxExtentSparse"
+
+# Extent description
+RW 16384 SPARSE "d-s001.vmdk"
+RW 16384 SPARSE "d-s002.vmdk"
+
+# The Disk Data Base
+#DDB
+
+ddb.virtualHWVersion = "4"
+ddb.adapterType = "ide"
+"""
+
+
+def test_split_sparse_across_two_extent_files(tmp_path: Path) -> None:
+    """Two 8 MiB sparse extents (qemu-img) under one split descriptor; a 6 MiB file fills
+    the volume's first extent, so the new file's clusters land in the second extent and
+    its FAT entries and directory entry in the first."""
+    qemu_img = need_tool("qemu-img")
+
+    def make(folder: Path) -> None:
+        raw = folder.parent / "split.raw"
+        if not raw.exists():
+            _fat_raw(raw, 16, 2048, dict(FILES, **{"FILL.BIN": b"\x77" * (7 * MIB)}))
+        for n in (1, 2):
+            run(qemu_img, "create", "-q", "-f", "vmdk", str(folder / f"d-s00{n}.vmdk"), "8M")
+        (folder / "d.vmdk").write_text(SPLIT_DESCRIPTOR)
+        run(qemu_img, "convert", "-q", "-n", "--target-is-zero", "-f", "raw", "-O", "vmdk",
+            str(raw), str(folder / "d.vmdk"))
+        (folder / "new.bin").write_bytes(DATA)
+        sizes.update({p.name: p.stat().st_size for p in folder.glob("d-s00*.vmdk")})
+
+    sizes: dict[str, int] = {}
+
+    def both_grew(folder: Path) -> bool:
+        return all((folder / n).stat().st_size >= s for n, s in sizes.items()) and \
+            (folder / "d-s002.vmdk").stat().st_size > sizes["d-s002.vmdk"]
+
+    res = crash_test(make, ["fs", "put", "d.vmdk", "new.bin", "/NEW.BIN"],
+                     _put_result("d.vmdk", both_grew), tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (twoGbMaxExtentSparse, two extent files)", res)
+
+
+def test_raw_image(tmp_path: Path) -> None:
+    def make(folder: Path) -> None:
+        raw = folder.parent / "plain.raw"
+        if not raw.exists():
+            _fat_raw(raw, 16, 2048, FILES)
+        shutil.copy(raw, folder / "d.img")
+        (folder / "new.bin").write_bytes(DATA)
+
+    res = crash_test(make, ["fs", "put", "d.img", "new.bin", "/NEW.BIN"],
+                     _put_result("d.img"), tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (raw)", res)
