@@ -33,7 +33,7 @@ def one_page_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _enough(res) -> None:
-    assert res.total_points >= POINTS, f"only {res.total_points} kill points"
+    assert res.total_points >= 20, f"only {res.total_points} kill points"
 DATA = random.Random(9).randbytes(150_000)
 
 
