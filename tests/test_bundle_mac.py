@@ -93,9 +93,9 @@ def test_set_mac_dry_run_random_and_refusals(tmp_path, runner):
     assert Path(vmx).read_bytes() == VSPHERE_VMX.encode()
 
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "00:0c:29:01:02:03")
-    assert r.exit_code == 3 and "outside VMware's static range" in r.stderr
+    assert r.exit_code == 2 and "outside VMware's static range" in r.stderr
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "nonsense")
-    assert r.exit_code == 3 and "not a MAC address" in r.stderr
+    assert r.exit_code == 2 and "not a MAC address" in r.stderr
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path))
     assert r.exit_code == 2
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--random", "--mac", "00:50:56:00:00:01")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..errors import Severity
+from ..errors import Severity, VdiskError
 from ..ipva import doctor, golden
 from ..ipva.bundle import (
     VmxFix,
@@ -19,6 +19,7 @@ from ..ipva.bundle import (
     validate_static_mac,
 )
 from .app import app
+from .choices import Target
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -38,6 +39,16 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the vmx changes as a diff; write nothing.")
 BACKUP = typer.Option(None, "--backup", help="Keep the old vmx under this name.")
 FORCE = typer.Option(False, "--force", help="Edit even though a VMware lock (.lck) exists.")
+
+
+def _check_mac(text: str | None) -> str | None:
+    """A --mac outside the static range (or no MAC at all) is a usage error (exit 2)."""
+    if text is not None:
+        try:
+            validate_static_mac(text)
+        except VdiskError as exc:
+            raise typer.BadParameter(f"{exc}" + (f" ({exc.hint})" if exc.hint else "")) from None
+    return text
 
 
 def _size(n: int | None) -> str:
@@ -115,8 +126,9 @@ def check(target: str = TARGET, json_out: bool = JSON,
 @grp.command("set-mac")
 @handle_errors
 def set_mac(target: str = TARGET,
-            mac: str | None = typer.Option(None, "--mac", help="The static MAC, "
-                                              "00:50:56:00:00:00 to 00:50:56:3F:FF:FF."),
+            mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                           help="The static MAC, 00:50:56:00:00:00 to "
+                                                "00:50:56:3F:FF:FF."),
             random: bool = typer.Option(False, "--random", help="Pick a random MAC in the static range."),
             json_out: bool = JSON, dry_run: bool = DRY_RUN, backup: str | None = BACKUP,
             force: bool = FORCE) -> None:
@@ -156,11 +168,12 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
                                         "(verified first)."),
            cf_size: str = typer.Option("1G", "--cf-size", help="Capacity of the CF disk."),
            memsize: int = typer.Option(64, "--memsize", help="RAM in MB (multiple of 4)."),
-           mac: str | None = typer.Option(None, "--mac", help="Static MAC (default: random "
-                                          "in 00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
-           target: str = typer.Option("workstation", "--target", help="workstation "
-                                      "(monolithicSparse), vsphere (vmfs + -flat), ova "
-                                      "(streamOptimized + .ovf + .ova)."),
+           mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                          help="Static MAC (default: random in "
+                                               "00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
+           target: Target = typer.Option(Target.workstation, "--target", help="workstation "
+                                         "(monolithicSparse), vsphere (vmfs + -flat), ova "
+                                         "(streamOptimized + .ovf + .ova)."),
            name: str = typer.Option("ipva", "--name", help="Name of the vmx/ovf/ova files."),
            json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
     """Make a complete new appliance: vmx with every required key, boot disk with the
@@ -169,7 +182,7 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
     Example: vdisk bundle create ./ipva --firmware ipva.bin --target vsphere
     """
     plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size), memsize_mb=memsize,
-                              mac=mac, target=target, name=name)
+                              mac=mac, target=target.value, name=name)
     if dry_run:
         _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
              f"({plan.subformat}), MAC {format_mac(plan.mac)}, memsize {plan.memsize_mb} MB")
@@ -182,8 +195,9 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
 @handle_errors
 def clone(src: str = typer.Argument(..., help="The golden appliance (folder or .vmx)."),
           dst: str = typer.Argument(..., help="The new appliance folder."),
-          mac: str | None = typer.Option(None, "--mac", help="Static MAC of the clone "
-                                         "(default: random in the static range)."),
+          mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                         help="Static MAC of the clone (default: random in the "
+                                              "static range)."),
           reset_flash: bool = typer.Option(False, "--reset-flash", help="Give the clone a blank "
                                            "flash (no PBX objects)."),
           json_out: bool = JSON, dry_run: bool = DRY_RUN, force: bool = FORCE) -> None:

@@ -20,10 +20,74 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
 EXIT_REPAIR_FAILED = 4
+SCHEMA = 1          # the version of the --json envelope (specs/json.md)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
-DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
+# click's ClickException (usage errors and the like) and Abort, whichever click typer uses
+CLICK_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[2], typer.Abort)
+DEBUG = {"on": os.environ.get("VDISK_DEBUG", "") not in ("", "0")}
+MODE = {"json": False, "quiet": False}
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
+
+
+def begin(argv: list[str]) -> list[str]:
+    """Read the flags that count anywhere on the command line (--debug, --quiet/-q) and
+    note --json for the error path; return the arguments without the global flags."""
+    MODE["json"] = False
+    MODE["quiet"] = False
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        flag = GLOBAL_FLAGS.get(arg)
+        if flag == "debug":
+            DEBUG["on"] = True
+            continue
+        if flag == "quiet":
+            MODE["quiet"] = True
+            continue
+        MODE["json"] = MODE["json"] or arg == "--json"
+        out.append(arg)
+    return out
+
+
+def error(message: str, hint: str | None = None, path: str | None = None,
+          offset: int | None = None) -> None:
+    """The one place an error is reported: a line on stderr (plus a hint), or under --json
+    the error envelope on stdout (specs/json.md)."""
+    if MODE["json"]:
+        typer.echo(json.dumps({"schema": SCHEMA, "ok": False, "error": {
+            "message": message, "hint": hint, "path": path, "offset": offset}}, indent=2))
+        return
+    typer.echo(f"vdisk: error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+
+
+def report_click_error(exc: BaseException) -> int:
+    """A usage error from the parser: one line and a hint, exit 2 (Abort: cancelled, 1)."""
+    if isinstance(exc, typer.Abort):
+        error("cancelled")
+        return EXIT_FINDINGS
+    show_help = type(exc).__name__ == "NoArgsIsHelpError"
+    ctx = getattr(exc, "ctx", None)
+    if show_help:
+        typer.echo(ctx.get_help() if ctx is not None else exc.format_message(), err=True)  # type: ignore[attr-defined]
+        return EXIT_USAGE
+    text = exc.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+    message, _sep, suggestion = text.partition(" Did you mean ")
+    message, _sep, possible = message.partition(" (Possible options: ")
+    suggestion = suggestion or possible.rstrip(")")
+    message = message.rstrip(".") if message.endswith(".") and message.count(".") == 1 else message
+    message = message[:1].lower() + message[1:]
+    where = ctx.command_path if ctx is not None else "vdisk"
+    hint = (f"did you mean {suggestion.rstrip('?')}?" if suggestion
+            else f"'{where} -h' shows the usage")
+    error(message, hint)
+    code = getattr(exc, "exit_code", EXIT_USAGE)
+    return EXIT_USAGE if code in (None, 2) or isinstance(exc, _USAGE_ERRORS) else int(code)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -31,11 +95,10 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_REPAIR_FAILED if isinstance(exc, RepairError) else EXIT_ERROR
 
 
-def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> typer.Exit:
-    """Print one error line (and a hint) on stderr; return the Exit to raise."""
-    typer.echo(f"vdisk: error: {message}", err=True)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
+def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None,
+         path: str | None = None, offset: int | None = None) -> typer.Exit:
+    """Report one error (see error()); return the Exit to raise."""
+    error(message, hint, path, offset)
     return typer.Exit(code)
 
 
@@ -65,6 +128,8 @@ def handle_errors(fn: F) -> F:
             if DEBUG["on"]:
                 traceback.print_exc()
             hint = getattr(exc, "hint", None)
+            where = getattr(exc, "path", None) or getattr(exc, "filename", None)
+            offset = getattr(exc, "offset", None)
             if isinstance(exc, VdiskError):
                 msg = str(exc)
             elif isinstance(exc, OSError):
@@ -74,7 +139,8 @@ def handle_errors(fn: F) -> F:
             else:
                 msg = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
                 hint = hint or "run with --debug for the traceback and report it"
-            raise fail(msg, exit_code_for(exc), hint) from None
+            raise fail(msg, exit_code_for(exc), hint, None if where is None else str(where),
+                       offset if isinstance(offset, int) else None) from None
 
     return wrapper  # type: ignore[return-value]
 

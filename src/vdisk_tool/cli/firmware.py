@@ -14,6 +14,7 @@ from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
 from .app import app
+from .choices import Adapter, Subformat
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -267,15 +268,15 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
 def boot_create(path: str = typer.Argument(..., help="The new boot disk to write."),
                 firmware: str = typer.Option(..., "--firmware", help="The ipva.bin to put on it."),
                 size: str = typer.Option("32M", "--size", help="Capacity, e.g. 32M."),
-                subformat: str = typer.Option("monolithicSparse", "--subformat",
-                                              help="VMDK subformat, or 'raw'."),
-                adapter: str = typer.Option("ide", "--adapter", help="ddb.adapterType."),
+                subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat",
+                                                     help="VMDK subformat, or raw."),
+                adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
                 json_out: bool = JSON) -> None:
     """Make a fresh boot disk (MBR, FAT16 'IPVABOOT', IPVA.BIN) to replace a broken one.
 
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
-    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat, adapter)
+    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value)
     res = bootmod.verify_target(path)
     if json_out:
         emit_json(res.to_dict())

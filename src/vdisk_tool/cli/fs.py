@@ -18,6 +18,7 @@ from ..fs.volume import FatVolume, open_volume
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from .app import app
+from .choices import FatBits
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -230,8 +231,8 @@ def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New l
 @fs_app.command("format")
 @handle_errors
 def fmt(image: str = IMAGE,
-        fat: int | None = typer.Option(None, "--fat",
-                                       help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
+        fat: FatBits | None = typer.Option(None, "--fat",
+                                           help="Default: 32 from 512 MiB on, else 16."),
         label_: str = typer.Option("", "--label", help="Volume label."),
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
@@ -241,12 +242,11 @@ def fmt(image: str = IMAGE,
 
     Example: vdisk fs format hd-cf.vmdk --label IPVACF --yes
     """
-    if fat not in (None, 12, 16, 32):
-        raise typer.BadParameter("--fat must be 12, 16 or 32")
     if not dry_run:
         confirm(f"format {image} (its content is lost)", yes)
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
-        res = format_volume(disk, fat, label_, partition=not no_partition, active=active)
+        res = format_volume(disk, None if fat is None else int(fat.value), label_,
+                            partition=not no_partition, active=active)
     lay = res.layout
     where = f"partition 1 at LBA {res.partition.first_lba}" if res.partition else "sector 0"
     typer.echo(("would format " if dry_run else "formatted ") +

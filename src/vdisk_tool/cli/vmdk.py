@@ -4,12 +4,13 @@ from __future__ import annotations
 import typer
 
 from ..image.check import check_image
-from ..image.create import SUBFORMATS, create_image, like
+from ..image.create import create_image, like
 from ..image.disk import open_image
 from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
 from ..image.repair import apply_repair, plan_repair
 from .app import app
+from .choices import Adapter, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -165,15 +166,13 @@ def _print_report(report, json_out: bool) -> None:
     typer.echo(f"{n} finding(s), {fixable} fixable with --repair.")
 
 
-SUBFORMAT_HELP = "One of: " + ", ".join(SUBFORMATS) + "."
-
-
 @app.command()
 @handle_errors
 def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
            size: str = typer.Option(..., "--size", "-s", help="Capacity, e.g. 100M, 8G."),
-           subformat: str = typer.Option("monolithicSparse", "--subformat", "-F", help=SUBFORMAT_HELP),
-           adapter: str = typer.Option("ide", "--adapter", help="ide, lsilogic, buslogic or legacyESX."),
+           subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat", "-F",
+                                               help="The VMDK subformat, or raw."),
+           adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            json_out: bool = JSON) -> None:
@@ -183,6 +182,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     """
     n = parse_size(size)
     n = -(-n // 512) * 512
+    subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
     files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
@@ -194,11 +194,12 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 @handle_errors
 def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
-            subformat: str = typer.Option(None, "--subformat", "-F",
-                                          help=SUBFORMAT_HELP
-                                          + " Default: the source's, else monolithicSparse."),
+            subformat: Subformat | None = typer.Option(None, "--subformat", "-F",
+                                                       help="Default: the source's, else "
+                                                            "monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
-            adapter: str = typer.Option(None, "--adapter", help="Default: the source's adapter."),
+            adapter: Adapter | None = typer.Option(None, "--adapter",
+                                                   help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
@@ -210,9 +211,10 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
         if raw or dst.lower().endswith((".img", ".raw")):
             sub = "raw"
         else:
-            sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
+            sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
+                                       else "monolithicSparse")
         with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, adapter or shape["adapter"], source=disk,
+            create_image(dst, disk.size_bytes, sub, value(adapter) or shape["adapter"], source=disk,
                          progress=cb, force=force)
 
 
