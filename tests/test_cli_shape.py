@@ -89,7 +89,7 @@ def test_choice_enums_mirror_the_library() -> None:
 
 @pytest.mark.parametrize("args", [
     ["create", "x.vmdk", "--size", "10Q"],
-    ["bundle", "set-mac", "d", "--mac", "00:0c:29:01:02:03"],
+    ["bundle", "set-mac", "d", "--mac", "00:0c:29:01:02"],
     ["bundle", "create", "d", "--firmware", "f", "--mac", "nonsense"],
     ["bundle", "clone", "a", "b", "--mac", "00:50:56:40:00:00"],
 ])

@@ -1,8 +1,10 @@
 """The `vdisk` command: one typer app, one module per command group."""
 from __future__ import annotations
 
+import functools
 import re
 import sys
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -82,12 +84,25 @@ def _plain_argument(param) -> None:  # noqa: ANN001
     param.__class__ = _PLAIN[cls]
 
 
+def _named(callback, name: str):  # noqa: ANN001, ANN202
+    """Run a command's callback with its name noted for the JSON envelope."""
+    @functools.wraps(callback)
+    def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if name or not common.MODE["command"]:
+            common.MODE["command"] = name
+        return callback(*args, **kwargs)
+    run._vdisk_named = True  # type: ignore[attr-defined]
+    return run
+
+
 def polish(group) -> None:  # noqa: ANN001
     """Plain help (no rich boxes), one-line summaries in group listings and metavars that
     say what a value is, for every command however it was added (walks the click tree)."""
-    stack = [group]
+    stack: list[tuple[Any, tuple[str, ...]]] = [(group, ())]
     while stack:
-        cmd = stack.pop()
+        cmd, path = stack.pop()
+        if cmd.callback is not None and not getattr(cmd.callback, "_vdisk_named", False):
+            cmd.callback = _named(cmd.callback, " ".join(path))
         if hasattr(cmd, "rich_markup_mode"):
             cmd.rich_markup_mode = None
         if not cmd.short_help:
@@ -100,7 +115,7 @@ def polish(group) -> None:  # noqa: ANN001
                 param.help = f"{param.help or ''} One of: {', '.join(values)}.".strip()
             if param.metavar is None and (name := _metavar(param)) is not None:
                 param.metavar = name
-        stack.extend(getattr(cmd, "commands", {}).values())
+        stack.extend((sub, (*path, name)) for name, sub in getattr(cmd, "commands", {}).items())
 
 
 app = typer.Typer(

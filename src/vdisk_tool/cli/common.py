@@ -27,15 +27,14 @@ _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],
 # click's ClickException (usage errors and the like) and Abort, whichever click typer uses
 CLICK_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[2], typer.Abort)
 DEBUG = {"on": os.environ.get("VDISK_DEBUG", "") not in ("", "0")}
-MODE = {"json": False, "quiet": False}
+MODE: dict[str, Any] = {"json": False, "quiet": False, "command": ""}
 GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
 
 
 def begin(argv: list[str]) -> list[str]:
     """Read the flags that count anywhere on the command line (--debug, --quiet/-q) and
     note --json for the error path; return the arguments without the global flags."""
-    MODE["json"] = False
-    MODE["quiet"] = False
+    MODE.update(json=False, quiet=False, command="")
     out: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
@@ -58,7 +57,9 @@ def error(message: str, hint: str | None = None, path: str | None = None,
     """The one place an error is reported: a line on stderr (plus a hint), or under --json
     the error envelope on stdout (specs/json.md)."""
     if MODE["json"]:
-        typer.echo(json.dumps({"schema": SCHEMA, "ok": False, "error": {
+        head = {"schema": SCHEMA, "command": MODE["command"]} if MODE.get("command") else \
+            {"schema": SCHEMA}
+        typer.echo(json.dumps({**head, "ok": False, "error": {
             "message": message, "hint": hint, "path": path, "offset": offset}}, indent=2))
         return
     typer.echo(f"vdisk: error: {message}", err=True)
@@ -145,8 +146,48 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def emit_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+SUCCESS_KEYS = ("ok", "healthy", "clean", "same")
+
+
+def envelope(obj: Any, ok: bool | None = None, findings: Any = None) -> dict[str, Any]:
+    """The one JSON shape of every command (specs/json.md): schema, command, ok, findings,
+    then the command's own keys. `ok` defaults to the result's own verdict (ok, healthy,
+    clean, same), else to no error or warning among the findings."""
+    data = json.loads(json.dumps(obj, default=_json_default))
+    if not isinstance(data, dict):
+        data = {"result": data}
+    found = data.pop("findings", None)
+    if found is None:
+        found = data.pop("issues", None)
+    if findings is not None:
+        found = json.loads(json.dumps(list(findings), default=_json_default))
+    found = found or []
+    if ok is None:
+        verdict = next((data[k] for k in SUCCESS_KEYS if isinstance(data.get(k), bool)), None)
+        ok = verdict if verdict is not None else not any(
+            f.get("severity") in ("error", "warning") for f in found if isinstance(f, dict))
+    data.pop("ok", None)
+    return {"schema": SCHEMA, "command": MODE.get("command", ""), "ok": ok, "findings": found,
+            **data}
+
+
+def emit_json(obj: Any, ok: bool | None = None, findings: Any = None) -> None:
+    """Print a command's result in the JSON envelope (see envelope())."""
+    typer.echo(json.dumps(envelope(obj, ok, findings), indent=2))
+
+
+def report(text: str | None, data: dict[str, Any], ok: bool | None = None) -> None:
+    """A command's result: `text` for people (nothing if None), `data` under --json."""
+    if MODE["json"]:
+        emit_json(data, ok)
+    elif text is not None:
+        typer.echo(text)
+
+
+def say(text: str, err: bool = False) -> None:
+    """Chatter around the result (plans, progress notes): not under --quiet or --json."""
+    if not MODE["quiet"] and not MODE["json"]:
+        typer.echo(text, err=err)
 
 
 def _json_default(o: Any) -> Any:
@@ -183,7 +224,7 @@ def warn(message: str) -> None:
 @contextmanager
 def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A progress callback (done, total) drawn as a bar on a TTY, nothing otherwise."""
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or MODE["quiet"] or not sys.stderr.isatty():
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn

@@ -23,6 +23,8 @@ from .common import (
     findings_exit,
     handle_errors,
     print_findings,
+    report,
+    say,
     warn,
 )
 
@@ -127,7 +129,8 @@ def extract(disk: str = DISK,
             all_dir: str | None = typer.Option(None, "--all", help="Write every record to "
                                                   "this folder as crash_dump_<sequence>.txt."),
             salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
-                                         "(their bytes as they are, with a warning).")) -> None:
+                                         "(their bytes as they are, with a warning)."),
+            json_out: bool = JSON) -> None:
     """Write a crash dump out as text: the newest good record unless told otherwise.
 
     With --salvage and no --sequence, the newest record is taken even if it is torn.
@@ -143,7 +146,7 @@ def extract(disk: str = DISK,
                 warn(f"{f.message} (records found by scanning)")
         if all_dir is not None:
             os.makedirs(all_dir, exist_ok=True)
-            n = 0
+            written: list[dict[str, object]] = []
             for rec in sorted(store.used, key=lambda r: (r.sequence, r.slot)):
                 if rec.status == dp.RecordStatus.TORN and not salvage:
                     warn(f"record {rec.sequence} (slot {rec.slot}) is torn: skipped; "
@@ -155,8 +158,11 @@ def extract(disk: str = DISK,
                 if rec.status == dp.RecordStatus.TORN:
                     warn(f"record {rec.sequence} is torn ({rec.problem}); wrote its bytes as "
                          f"they are to {name}")
-                n += 1
-            typer.echo(f"wrote {n} crash dump(s) to {all_dir}", err=True)
+                written.append({"sequence": rec.sequence, "slot": rec.slot,
+                                "status": rec.status.value, "file": os.path.join(all_dir, name)})
+            say(f"wrote {len(written)} crash dump(s) to {all_dir}", err=True)
+            if json_out:
+                emit_json({"dir": all_dir, "records": written})
             raise typer.Exit(EXIT_OK)
         rec = _pick(store, sequence, salvage)
         data = dp.read_payload(dev, rec, salvage)
@@ -165,25 +171,31 @@ def extract(disk: str = DISK,
              "its bytes are written as they are and may be incomplete")
     _emit(data, output)
     if output != "-":
-        typer.echo(f"wrote record {rec.sequence} ({len(data)} bytes, {_when(rec.time)} UTC) "
-                   f"to {output}", err=True)
+        say(f"wrote record {rec.sequence} ({len(data)} bytes, {_when(rec.time)} UTC) "
+            f"to {output}", err=True)
+        if json_out:
+            emit_json({"output": output, "sequence": rec.sequence, "slot": rec.slot,
+                       "status": rec.status.value, "bytes": len(data)})
 
 
 def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | None,
            force: bool, yes: bool, verb: str) -> None:
     with open_image(disk) as dev:
         plan = dp.plan_clear(dev, slot_sectors)
-    typer.echo(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
-               f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
-               "zeroed")
+    say(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
+        f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
+        "zeroed")
+    result = {"path": disk, "slot_sectors": plan.slot_sectors, "slot_count": plan.slot_count,
+              "records_deleted": plan.records_lost, "slots_zeroed": len(plan.zeroed_slots),
+              "dry_run": dry_run}
     if dry_run:
-        typer.echo("dry run: nothing changed")
+        report("dry run: nothing changed", result)
         return
     if plan.records_lost:
         confirm(f"this deletes {plan.records_lost} crash dump(s) from {disk}", yes)
     with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
         dp.apply_clear(dev, dp.plan_clear(dev, plan.slot_sectors))
-    typer.echo("done")
+    report("done", result)
 
 
 @grp.command()
@@ -192,7 +204,7 @@ def init(disk: str = DISK,
          slot_sectors: int | None = typer.Option(None, "--slot-sectors",
                                                     help="Slot size (default: keep, else 2048)."),
          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-         yes: bool = YES) -> None:
+         yes: bool = YES, json_out: bool = JSON) -> None:
     """Write an empty store (a new header; any records are deleted).
 
     Example: vdisk dump init hd-dump.vmdk
@@ -203,7 +215,7 @@ def init(disk: str = DISK,
 @grp.command()
 @handle_errors
 def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE, yes: bool = YES) -> None:
+          force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
     """Delete every crash dump (the store stays, empty, with its slot size).
 
     Example: vdisk dump clear hd-dump.vmdk --yes
@@ -219,7 +231,8 @@ def write(disk: str = DISK,
           version: str = typer.Option("", "--version", help="Firmware version text (ASCII)."),
           when: int | None = typer.Option(None, "--time", help="Seconds since 1970 UTC "
                                              "(default: now)."),
-          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
+          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
+          json_out: bool = JSON) -> None:
     """Append a record the way the appliance does (for samples, tests and labs).
 
     Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
@@ -237,12 +250,14 @@ def write(disk: str = DISK,
         raise RefusedError("the store header is missing or damaged; not appending to it",
                            hint="run `vdisk dump init` first (it deletes the records)")
     seq = max((r.sequence for r in store.used), default=0) + 1
-    typer.echo(f"write: record {seq} ({len(payload)} bytes) into slot {store.next_slot}")
+    say(f"write: record {seq} ({len(payload)} bytes) into slot {store.next_slot}")
+    result = {"path": disk, "sequence": seq, "slot": store.next_slot, "bytes": len(payload),
+              "dry_run": dry_run}
     if dry_run:
-        typer.echo("dry run: nothing changed")
+        report("dry run: nothing changed", result)
         return
     with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
         rec = dp.write_record(dev, payload, build=build, version=version, time=stamp)
     if rec.status != dp.RecordStatus.GOOD:
         raise fail(f"the record reads back as {rec.status.value}", EXIT_ERROR)
-    typer.echo("done")
+    report("done", result)

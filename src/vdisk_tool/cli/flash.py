@@ -10,7 +10,17 @@ from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
 from .app import app
-from .common import confirm, emit_json, findings_exit, handle_errors, print_findings, progress, warn
+from .common import (
+    confirm,
+    emit_json,
+    findings_exit,
+    handle_errors,
+    print_findings,
+    progress,
+    report,
+    say,
+    warn,
+)
 
 grp = typer.Typer(help="The flash disk hd-flash: info, backup, restore, factory reset.\n\n"
                        "Example: vdisk flash info hd-flash.vmdk --vmx ipva.vmx",
@@ -66,17 +76,17 @@ def info(disk: str = DISK,
 @handle_errors
 def backup(disk: str = DISK,
            output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")
-           ) -> None:
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+           json_out: bool = JSON) -> None:
     """Save the flash region (64 MiB) as a raw, sparse file: save the configuration first.
 
     Example: vdisk flash backup hd-flash.vmdk -o flash.img
     """
     if os.path.lexists(output) and not overwrite:
         raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
-    with open_image(disk) as dev, progress("backup") as cb:
+    with open_image(disk) as dev, progress("backup", not json_out) as cb:
         n = fl.write_backup(dev, output, cb)
-    typer.echo(f"wrote {output}: {n} segment(s) in use")
+    report(f"wrote {output}: {n} segment(s) in use", {"output": output, "segments_in_use": n})
 
 
 @grp.command()
@@ -84,7 +94,7 @@ def backup(disk: str = DISK,
 def restore(disk: str = DISK,
             image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
             dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-            yes: bool = YES) -> None:
+            yes: bool = YES, json_out: bool = JSON) -> None:
     """Put a saved flash region back (the rest of the disk is kept).
 
     Example: vdisk flash restore hd-flash.vmdk flash.img
@@ -92,14 +102,16 @@ def restore(disk: str = DISK,
     with fl.open_flash_image(image) as img:
         with open_image(disk) as dev:
             plan = fl.plan_restore(dev, img)
-        typer.echo(f"restore: {len(plan.segments_written)} segment(s) change")
-        if dry_run or not plan.segments_written:
-            typer.echo("dry run: nothing changed" if dry_run else "nothing to do")
+        segments = list(plan.segments_written)
+        say(f"restore: {len(segments)} segment(s) change")
+        result = {"path": disk, "image": image, "segments_written": segments, "dry_run": dry_run}
+        if dry_run or not segments:
+            report("dry run: nothing changed" if dry_run else "nothing to do", result)
             return
         confirm(f"this overwrites the flash of {disk}", yes)
         with edit_image(disk, force=force, backup=backup, warnings=warn) as dev:
             fl.apply_restore(dev, img, fl.plan_restore(dev, img))
-    typer.echo("done")
+    report("done", result)
 
 
 @grp.command()

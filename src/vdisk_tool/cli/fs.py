@@ -28,6 +28,7 @@ from .common import (
     handle_errors,
     print_findings,
     progress,
+    report,
     warn,
 )
 
@@ -63,6 +64,10 @@ def _size(n: int) -> str:
     return f"{n:>12,}"
 
 
+def _done(verb: str, path: str, dry_run: bool) -> None:
+    report(verb + path, {"path": path, "dry_run": dry_run})
+
+
 @fs_app.command("ls")
 @handle_errors
 def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or file on the volume."),
@@ -76,7 +81,7 @@ def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or fi
         info = vol.stat(path)
         entries = vol.listdir(path) if info.is_dir else [info]
     if json_out:
-        emit_json([e.to_dict() for e in entries])
+        emit_json({"path": path, "entries": [e.to_dict() for e in entries]})
         return
     for e in entries:
         name = e.name + ("/" if e.is_dir else "")
@@ -112,7 +117,7 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART
 @handle_errors
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
         dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
-        partition: int | None = PART) -> None:
+        partition: int | None = PART, json_out: bool = JSON) -> None:
     """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
 
     Example: vdisk fs get hd-boot.vmdk /IPVA.BIN ipva.bin
@@ -131,7 +136,9 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
             res = extract(vol, path, dest or ".", cb)
     for vpath, host in res.renamed:
         warn(f"{vpath}: saved as {host!r} (name not safe on the host)")
-    typer.echo(f"{res.files} file(s), {res.bytes} bytes")
+    report(f"{res.files} file(s), {res.bytes} bytes",
+           {"path": path, "dest": dest or ".", "files": res.files, "bytes": res.bytes,
+            "renamed": [{"path": v, "host": h} for v, h in res.renamed]})
 
 
 @fs_app.command("put")
@@ -139,7 +146,7 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
         path: str = typer.Argument(..., help="Target path on the volume."),
         partition: int | None = PART, dry_run: bool = DRY,
-        backup: str | None = BACKUP, force: bool = FORCE) -> None:
+        backup: str | None = BACKUP, force: bool = FORCE, json_out: bool = JSON) -> None:
     """Copy a host file (or directory, recursively) onto the volume; replaces a file.
 
     Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
@@ -159,7 +166,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
                 path = path.rstrip("/") + "/" + os.path.basename(src)
             with open(src, "rb") as f:
                 vol.write_file(path, f)
-    typer.echo(("would write " if dry_run else "wrote ") + path)
+    _done("would write " if dry_run else "wrote ", path, dry_run)
 
 
 @fs_app.command("rm")
@@ -167,7 +174,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
 def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
        recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
        partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-       force: bool = FORCE, yes: bool = YES) -> None:
+       force: bool = FORCE, yes: bool = YES, json_out: bool = JSON) -> None:
     """Delete a file or directory from the volume.
 
     Example: vdisk fs rm hd-cf.vmdk /old -r --yes
@@ -176,7 +183,7 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
         confirm(f"remove {path} and everything under it", yes)
     with _edit(image, partition, dry_run, backup, force) as vol:
         vol.remove(path, recursive=recursive)
-    typer.echo(("would remove " if dry_run else "removed ") + path)
+    _done("would remove " if dry_run else "removed ", path, dry_run)
 
 
 @fs_app.command("mkdir")
@@ -184,21 +191,22 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
 def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
           parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE) -> None:
+          force: bool = FORCE, json_out: bool = JSON) -> None:
     """Create a directory on the volume.
 
     Example: vdisk fs mkdir hd-cf.vmdk /logs/old -p
     """
     with _edit(image, partition, dry_run, backup, force) as vol:
         vol.mkdir(path, parents=parents)
-    typer.echo(("would create " if dry_run else "created ") + path)
+    _done("would create " if dry_run else "created ", path, dry_run)
 
 
 @fs_app.command("mv")
 @handle_errors
 def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
        dst: str = typer.Argument(..., help="New path."), partition: int | None = PART,
-       dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE) -> None:
+       dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
+       json_out: bool = JSON) -> None:
     """Rename or move a file or directory on the volume.
 
     Example: vdisk fs mv hd-cf.vmdk /a.txt /old/a.txt
@@ -207,25 +215,27 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
         if vol.exists(dst) and vol.stat(dst).is_dir:
             dst = dst.rstrip("/") + "/" + vol.stat(src).name
         vol.rename(src, dst)
-    typer.echo(("would move " if dry_run else "moved ") + f"{src} -> {dst}")
+    report(("would move " if dry_run else "moved ") + f"{src} -> {dst}",
+           {"path": src, "new_path": dst, "dry_run": dry_run})
 
 
 @fs_app.command("label")
 @handle_errors
 def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE) -> None:
+          force: bool = FORCE, json_out: bool = JSON) -> None:
     """Show or set the volume label.
 
     Example: vdisk fs label hd-boot.vmdk IPVABOOT
     """
     if new is None:
         with _read(image, partition) as vol:
-            typer.echo(vol.label)
+            report(vol.label, {"label": vol.label})
         return
     with _edit(image, partition, dry_run, backup, force) as vol:
         vol.set_label(new)
-    typer.echo(("would set label " if dry_run else "label ") + repr(new.upper()))
+    report(("would set label " if dry_run else "label ") + repr(new.upper()),
+           {"label": new.upper(), "dry_run": dry_run})
 
 
 @fs_app.command("format")
@@ -237,7 +247,7 @@ def fmt(image: str = IMAGE,
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
         dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-        yes: bool = YES) -> None:
+        yes: bool = YES, json_out: bool = JSON) -> None:
     """Make a new, empty FAT volume (erases what the image holds).
 
     Example: vdisk fs format hd-cf.vmdk --label IPVACF --yes
@@ -249,9 +259,13 @@ def fmt(image: str = IMAGE,
                             partition=not no_partition, active=active)
     lay = res.layout
     where = f"partition 1 at LBA {res.partition.first_lba}" if res.partition else "sector 0"
-    typer.echo(("would format " if dry_run else "formatted ") +
-               f"FAT{lay.fat_type} on {where}: {lay.cluster_count} clusters of "
-               f"{lay.cluster_bytes} bytes" + (f", label {res.label}" if res.label else ""))
+    report(("would format " if dry_run else "formatted ") +
+           f"FAT{lay.fat_type} on {where}: {lay.cluster_count} clusters of "
+           f"{lay.cluster_bytes} bytes" + (f", label {res.label}" if res.label else ""),
+           {"fat_type": lay.fat_type, "cluster_count": lay.cluster_count,
+            "cluster_bytes": lay.cluster_bytes, "label": res.label or None,
+            "partition_lba": res.partition.first_lba if res.partition else None,
+            "dry_run": dry_run})
 
 
 @fs_app.command("check")
@@ -269,7 +283,8 @@ def check(image: str = IMAGE, json_out: bool = JSON,
         with open_image(image) as disk:
             res = check_volume(disk, partition, image)
         if json_out:
-            emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1})
+            emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1,
+                       "clean": not res.findings})
         else:
             print_findings(res.findings)
             if not res.findings:
@@ -278,7 +293,7 @@ def check(image: str = IMAGE, json_out: bool = JSON,
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
         rep = repair_volume(disk, partition, image)
     if json_out:
-        emit_json(dict(rep.to_dict(), dry_run=dry_run))
+        emit_json(dict(rep.to_dict(), dry_run=dry_run), ok=not rep.remaining, findings=rep.found)
     else:
         print_findings(rep.found)
         for a in rep.actions:

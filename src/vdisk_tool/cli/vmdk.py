@@ -19,6 +19,7 @@ from .common import (
     parse_size,
     print_findings,
     progress,
+    report,
 )
 
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
@@ -76,8 +77,9 @@ def map_cmd(image: str = typer.Argument(..., help="The image to map."),
     with open_image(image, allow_outside=allow_outside) as disk:
         runs = list(allocation_map(disk))
     if json_out:
-        emit_json([{"offset": r.offset, "length": r.length_bytes, "kind": r.kind.value,
-                    "file": r.file, "file_offset": r.file_offset} for r in runs])
+        emit_json({"path": image, "runs": [
+            {"offset": r.offset, "length": r.length_bytes, "kind": r.kind.value, "file": r.file,
+             "file_offset": r.file_offset} for r in runs]})
         return
     typer.echo(f"{'offset':>14} {'length':>14}  {'kind':<12} file offset")
     for r in runs:
@@ -140,7 +142,8 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
                          allow_outside=allow_outside)
     if json_out:
         emit_json({"before": report.to_dict(), "plan": list(plan.actions), "dry_run": dry_run,
-                   "after": after.to_dict()})
+                   "after": after.to_dict()}, ok=after.clean and not dry_run,
+                  findings=after.findings)
     else:
         typer.echo("dry run: nothing was changed (the plan was tried on a copy)" if dry_run
                    else f"repaired {image}")
@@ -201,7 +204,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
-            allow_outside: bool = ALLOW_OUTSIDE) -> None:
+            json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
@@ -213,9 +216,11 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
         else:
             sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
                                        else "monolithicSparse")
-        with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, value(adapter) or shape["adapter"], source=disk,
-                         progress=cb, force=force)
+        with progress(f"converting to {sub}", not json_out) as cb:
+            files = create_image(dst, disk.size_bytes, sub, value(adapter) or shape["adapter"],
+                                 source=disk, progress=cb, force=force)
+        report(None, {"path": dst, "files": files, "subformat": sub,
+                      "virtual_size_bytes": disk.size_bytes})
 
 
 @app.command()
