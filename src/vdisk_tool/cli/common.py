@@ -91,6 +91,18 @@ def report_click_error(exc: BaseException) -> int:
     return EXIT_USAGE if code in (None, 2) or isinstance(exc, _USAGE_ERRORS) else int(code)
 
 
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file (never "
+                         "done without it).")
+
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """An output file that exists is replaced only with --overwrite."""
+    if not overwrite and path != "-" and os.path.lexists(path):
+        from ..errors import RefusedError
+        raise RefusedError("exists; refusing to overwrite it", path=path,
+                           hint="pass --overwrite to replace it")
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The one table from exception to exit code."""
     return EXIT_REPAIR_FAILED if isinstance(exc, RepairError) else EXIT_ERROR

@@ -16,13 +16,16 @@ from ..ipva import dump as dp
 from .app import app
 from .common import (
     EXIT_ERROR,
+    EXIT_FINDINGS,
     EXIT_OK,
+    OVERWRITE,
     confirm,
     emit_json,
     fail,
     findings_exit,
     handle_errors,
     print_findings,
+    refuse_existing,
     report,
     say,
     warn,
@@ -126,14 +129,17 @@ def extract(disk: str = DISK,
             output: str = typer.Option("crash_dump.txt", "--output", "-o",
                                        help="Output file; '-' writes to stdout."),
             sequence: int | None = typer.Option(None, "--sequence", help="Take this record."),
-            all_dir: str | None = typer.Option(None, "--all", help="Write every record to "
-                                                  "this folder as crash_dump_<sequence>.txt."),
+            all_dir: str | None = typer.Option(None, "--all", help="Write every good record "
+                                                  "to this folder as crash_dump_<sequence>.txt "
+                                                  "(with --salvage torn ones too, as "
+                                                  "crash_dump_<sequence>.torn.txt)."),
             salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
                                          "(their bytes as they are, with a warning)."),
-            json_out: bool = JSON) -> None:
+            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Write a crash dump out as text: the newest good record unless told otherwise.
 
     With --salvage and no --sequence, the newest record is taken even if it is torn.
+    Exit 1 (with a warning) when a torn record newer than the one written was skipped.
 
     Example: vdisk dump extract hd-dump.vmdk -o crash_dump.txt
     """
@@ -147,13 +153,18 @@ def extract(disk: str = DISK,
         if all_dir is not None:
             os.makedirs(all_dir, exist_ok=True)
             written: list[dict[str, object]] = []
+            skipped = 0
+            seqs = [r.sequence for r in store.used]
             for rec in sorted(store.used, key=lambda r: (r.sequence, r.slot)):
                 if rec.status == dp.RecordStatus.TORN and not salvage:
                     warn(f"record {rec.sequence} (slot {rec.slot}) is torn: skipped; "
                          "--salvage writes it")
+                    skipped += 1
                     continue
                 name = f"crash_dump_{rec.sequence}" + (
-                    ".torn" if rec.status == dp.RecordStatus.TORN else "") + f"-slot{rec.slot}.txt"
+                    f"-slot{rec.slot}" if seqs.count(rec.sequence) > 1 else "") + (
+                    ".torn" if rec.status == dp.RecordStatus.TORN else "") + ".txt"
+                refuse_existing(os.path.join(all_dir, name), overwrite)
                 _emit(dp.read_payload(dev, rec, salvage), os.path.join(all_dir, name))
                 if rec.status == dp.RecordStatus.TORN:
                     warn(f"record {rec.sequence} is torn ({rec.problem}); wrote its bytes as "
@@ -162,10 +173,18 @@ def extract(disk: str = DISK,
                                 "status": rec.status.value, "file": os.path.join(all_dir, name)})
             say(f"wrote {len(written)} crash dump(s) to {all_dir}", err=True)
             if json_out:
-                emit_json({"dir": all_dir, "records": written})
-            raise typer.Exit(EXIT_OK)
+                emit_json({"dir": all_dir, "records": written, "skipped_torn": skipped},
+                          ok=not skipped)
+            raise typer.Exit(EXIT_FINDINGS if skipped else EXIT_OK)
         rec = _pick(store, sequence, salvage)
+        refuse_existing(output, overwrite)
         data = dp.read_payload(dev, rec, salvage)
+    newest = store.newest
+    skipped = sequence is None and newest is not None and newest.sequence > rec.sequence
+    if skipped:
+        assert newest is not None
+        warn(f"the newest record {newest.sequence} (slot {newest.slot}) is torn; wrote record "
+             f"{rec.sequence} instead (--salvage takes the torn one)")
     if rec.status == dp.RecordStatus.TORN:
         warn(f"record {rec.sequence} (slot {rec.slot}) is torn ({rec.problem}); "
              "its bytes are written as they are and may be incomplete")
@@ -175,7 +194,10 @@ def extract(disk: str = DISK,
             f"to {output}", err=True)
         if json_out:
             emit_json({"output": output, "sequence": rec.sequence, "slot": rec.slot,
-                       "status": rec.status.value, "bytes": len(data)})
+                       "status": rec.status.value, "bytes": len(data),
+                       "skipped_torn": newest.sequence if skipped and newest else None},
+                      ok=not skipped)
+    raise typer.Exit(EXIT_FINDINGS if skipped else EXIT_OK)
 
 
 def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | None,

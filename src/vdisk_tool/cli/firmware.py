@@ -19,10 +19,12 @@ from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    OVERWRITE,
     emit_json,
     handle_errors,
     print_findings,
     progress,
+    refuse_existing,
 )
 
 firmware_grp = typer.Typer(help="The firmware image ipva.bin: describe it, pack a new one.",
@@ -165,17 +167,14 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
                   align: int = typer.Option(512, "--align", min=1,
                                             help="Align each section's start to this many "
                                                  "bytes."),
-                  force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
-                  json_out: bool = JSON) -> None:
+                  overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Make a valid firmware image from section files (for samples, tests and lab setups).
 
     Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4"
     --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
     """
     sections = _parse_sections(section)
-    if os.path.lexists(output) and not force:
-        raise RefusedError(f"{output} exists; refusing to overwrite it", path=output,
-                           hint="pass --force to replace it")
+    refuse_existing(output, overwrite)
     ts = clock.unix_time() if timestamp is None else timestamp
     rep = Replacement()
     tmp = create_temp(output)
@@ -271,12 +270,13 @@ def boot_create(path: str = typer.Argument(..., help="The new boot disk to write
                 subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat",
                                                      help="VMDK subformat, or raw."),
                 adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
-                json_out: bool = JSON) -> None:
+                overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Make a fresh boot disk (MBR, FAT16 'IPVABOOT', IPVA.BIN) to replace a broken one.
 
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
-    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value)
+    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value,
+                             overwrite=overwrite)
     res = bootmod.verify_target(path)
     if json_out:
         emit_json(res.to_dict())

@@ -1,22 +1,21 @@
 """`vdisk flash`: the emulated flash on hd-flash (ipva-model.md §4)."""
 from __future__ import annotations
 
-import os
-
 import typer
 
-from ..errors import RefusedError
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
 from .app import app
 from .common import (
+    OVERWRITE,
     confirm,
     emit_json,
     findings_exit,
     handle_errors,
     print_findings,
     progress,
+    refuse_existing,
     report,
     say,
     warn,
@@ -76,14 +75,12 @@ def info(disk: str = DISK,
 @handle_errors
 def backup(disk: str = DISK,
            output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
-           json_out: bool = JSON) -> None:
+           overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Save the flash region (64 MiB) as a raw, sparse file: save the configuration first.
 
     Example: vdisk flash backup hd-flash.vmdk -o flash.img
     """
-    if os.path.lexists(output) and not overwrite:
-        raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
+    refuse_existing(output, overwrite)
     with open_image(disk) as dev, progress("backup", not json_out) as cb:
         n = fl.write_backup(dev, output, cb)
     report(f"wrote {output}: {n} segment(s) in use", {"output": output, "segments_in_use": n})

@@ -23,6 +23,7 @@ from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    OVERWRITE,
     confirm,
     emit_json,
     handle_errors,
@@ -117,7 +118,7 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART
 @handle_errors
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
         dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
-        partition: int | None = PART, json_out: bool = JSON) -> None:
+        partition: int | None = PART, overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
 
     Example: vdisk fs get hd-boot.vmdk /IPVA.BIN ipva.bin
@@ -133,7 +134,7 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
             out.flush()
             return
         with progress(f"get {info.name}") as cb:
-            res = extract(vol, path, dest or ".", cb)
+            res = extract(vol, path, dest or ".", cb, overwrite=overwrite)
     for vpath, host in res.renamed:
         warn(f"{vpath}: saved as {host!r} (name not safe on the host)")
     report(f"{res.files} file(s), {res.bytes} bytes",

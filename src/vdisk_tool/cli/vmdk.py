@@ -14,6 +14,7 @@ from .choices import Adapter, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
+    OVERWRITE,
     emit_json,
     handle_errors,
     parse_size,
@@ -178,7 +179,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
-           json_out: bool = JSON) -> None:
+           overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Create an empty disk with geometry and descriptor as VMware writes them.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
@@ -186,7 +187,8 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     n = parse_size(size)
     n = -(-n // 512) * 512
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
-    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force)
+    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force,
+                         overwrite=overwrite)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
     else:
@@ -204,7 +206,8 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
-            json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+            overwrite: bool = OVERWRITE, json_out: bool = JSON,
+            allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
@@ -218,7 +221,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
                                        else "monolithicSparse")
         with progress(f"converting to {sub}", not json_out) as cb:
             files = create_image(dst, disk.size_bytes, sub, value(adapter) or shape["adapter"],
-                                 source=disk, progress=cb, force=force)
+                                 source=disk, progress=cb, force=force, overwrite=overwrite)
         report(None, {"path": dst, "files": files, "subformat": sub,
                       "virtual_size_bytes": disk.size_bytes})
 
