@@ -23,9 +23,11 @@ from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    EXIT_USAGE,
     OVERWRITE,
     confirm,
     emit_json,
+    fail,
     handle_errors,
     print_findings,
     progress,
@@ -142,9 +144,50 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
             "renamed": [{"path": v, "host": h} for v, h in res.renamed]})
 
 
+@fs_app.command("cat")
+@handle_errors
+def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the volume."),
+        partition: int | None = PART) -> None:
+    """Write a file of the volume to stdout.
+
+    Example: vdisk fs cat hd-cf.vmdk /LOGS/SYSLOG.TXT | less
+    """
+    with _read(image, partition) as vol:
+        info = vol.stat(path)
+        if info.is_dir:
+            raise fail(f"{path}: is a directory", EXIT_USAGE, "`vdisk fs ls` lists it")
+        out = sys.stdout.buffer
+        for piece in vol.iter_file(info):
+            out.write(piece)
+        out.flush()
+
+
+@fs_app.command("df")
+@handle_errors
+def df(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
+    """Show the volume's size, used and free space and its clusters (as mdir's summary).
+
+    Example: vdisk fs df hd-cf.vmdk
+    """
+    with _read(image, partition) as vol:
+        lay = vol.layout
+        free = vol.fat.count_free()
+        label = vol.label
+    cb, total = lay.cluster_bytes, lay.cluster_count
+    data = {"label": label or None, "fat_type": lay.fat_type, "size_bytes": total * cb,
+            "used_bytes": (total - free) * cb, "free_bytes": free * cb, "cluster_bytes": cb,
+            "clusters_total": total, "clusters_used": total - free, "clusters_free": free}
+    pct = 100 * (total - free) // total if total else 0
+    report(f"{'volume':<12} {'type':<6} {'size':>14} {'used':>14} {'free':>14} use%\n"
+           f"{label or '-':<12} FAT{lay.fat_type:<3} {total * cb:>14} {(total - free) * cb:>14} "
+           f"{free * cb:>14} {pct:>3}%\n"
+           f"clusters: {total} of {cb} bytes, {total - free} used, {free} free", data)
+
+
 @fs_app.command("put")
 @handle_errors
-def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
+def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory; '-' "
+                                                    "reads stdin."),
         path: str = typer.Argument(..., help="Target path on the volume."),
         partition: int | None = PART, dry_run: bool = DRY,
         backup: str | None = BACKUP, force: bool = FORCE, json_out: bool = JSON) -> None:
@@ -153,7 +196,11 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
     Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
     """
     with _edit(image, partition, dry_run, backup, force) as vol:
-        if os.path.isdir(src):
+        if src == "-":
+            if path.endswith("/") or (vol.exists(path) and vol.stat(path).is_dir):
+                raise fail("stdin has no name: give the file's path on the volume", EXIT_USAGE)
+            vol.write_file(path, sys.stdin.buffer)
+        elif os.path.isdir(src):
             for root, _dirs, files in os.walk(src):
                 rel = os.path.relpath(root, src)
                 base = path.rstrip("/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
