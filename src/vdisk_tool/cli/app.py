@@ -125,7 +125,7 @@ app = typer.Typer(
          "Example: vdisk verify hd-boot.vmdk",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
