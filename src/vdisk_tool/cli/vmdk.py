@@ -1,14 +1,11 @@
-"""Image commands: info, map, compare, check, create, convert."""
+"""Image commands: info, map, compare, check, create, convert. The library modules only some
+commands need are imported inside them, so `vdisk info` starts fast."""
 from __future__ import annotations
 
 import typer
 
-from ..image.check import check_image
-from ..image.create import create_image, like
 from ..image.disk import open_image
-from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
-from ..image.repair import apply_repair, plan_repair
 from .app import app
 from .choices import Adapter, Subformat, value
 from .common import (
@@ -124,6 +121,8 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
 
     Example: vdisk check hd-flash.vmdk --repair --backup hd-flash.bak
     """
+    from ..image.check import check_image
+    from ..image.repair import apply_repair, plan_repair
     report = check_image(image, allow_outside=allow_outside)
     if not repair:
         _print_report(report, json_out)
@@ -184,6 +183,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     """
+    from ..image.create import create_image
     n = parse_size(size)
     n = -(-n // 512) * 512
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
@@ -212,6 +212,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     """
+    from ..image.create import create_image, like
     with open_image(src, allow_outside=allow_outside) as disk:
         shape = like(disk)
         if raw or dst.lower().endswith((".img", ".raw")):
@@ -239,6 +240,7 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
 
     Example: vdisk grow hd-cf.vmdk --size 8G --backup hd-cf.bak
     """
+    from ..image.grow import apply_grow, plan_grow
     plan = plan_grow(image, parse_size(size), allow_outside=allow_outside)
     if not json_out:
         for line in plan.describe():
