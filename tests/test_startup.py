@@ -40,3 +40,4 @@ def test_info_loads_one_group_and_no_rich() -> None:
 def test_version_loads_no_group() -> None:
     mods = _modules("--version")
     assert "vdisk_tool.cli.vmdk" not in mods and "vdisk_tool.fs" not in mods
+    assert "vdisk_tool.api" not in mods          # the script API is imported on first use
