@@ -65,7 +65,7 @@ CASES = [
     ["fs", "tree", "{s}/ipva/hd-boot.vmdk"],
     ["fs", "get", "{s}/ipva/hd-boot.vmdk", "/IPVA.BIN", "{t}/ipva.bin"],
     ["fs", "put", "{s}/ipva/hd-cf.vmdk", "{s}/README.md", "/README.TXT"],
-    ["fs", "mkdir", "{s}/ipva/hd-cf.vmdk", "/logs"],
+    ["fs", "mkdir", "{s}/ipva/hd-cf.vmdk", "/new"],
     ["fs", "label", "{s}/ipva/hd-cf.vmdk"],
     ["fs", "label", "{s}/ipva/hd-cf.vmdk", "NEWCF", "--dry-run"],
     ["fs", "format", "{s}/ipva/hd-cf.vmdk", "--yes", "--dry-run"],
