@@ -77,9 +77,43 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+# Commands that write an image, with the position (among the arguments after the command
+# words) of the image they write. After each one that succeeds on a sparse VMDK, `vdisk()`
+# runs `vdisk check` on it: its two grain tables, the grain directory and the header must
+# agree (qemu-img check does not compare the redundant table).
+WRITERS: dict[tuple[str, ...], int] = {
+    ("fs", "put"): 0, ("fs", "rm"): 0, ("fs", "mkdir"): 0, ("fs", "mv"): 0, ("fs", "label"): 0,
+    ("fs", "format"): 0, ("boot", "restore"): 0, ("boot", "create"): 0, ("flash", "restore"): 0,
+    ("flash", "reset"): 0, ("dump", "write"): 0, ("dump", "clear"): 0, ("dump", "init"): 0,
+    ("cf", "grow"): 0, ("cf", "format"): 0, ("grow",): 0, ("create",): 0, ("convert",): 1,
+    ("check",): 0,
+}
+
+
+def written_sparse_image(args: list[str]) -> str | None:
+    """The sparse VMDK a successful command line wrote, if any (see WRITERS)."""
+    if "--dry-run" in args or (args[:1] == ["check"] and "--repair" not in args):
+        return None
+    for words, pos in WRITERS.items():
+        if tuple(args[:len(words)]) == words:
+            rest = args[len(words):]
+            target = rest[pos] if len(rest) > pos and not rest[pos].startswith("-") else None
+            if target and os.path.isfile(target):
+                with open(target, "rb") as f:
+                    if f.read(4) == b"KDMV":
+                        return target
+    return None
+
+
 def vdisk(runner: CliRunner, *args: str):
-    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
-    return runner.invoke(app, list(args), catch_exceptions=False)
+    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr).
+    A command that wrote a sparse VMDK must leave it clean for `vdisk check`."""
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    target = written_sparse_image(list(args)) if result.exit_code == 0 else None
+    if target:
+        check = runner.invoke(app, ["check", target], catch_exceptions=False)
+        assert check.exit_code == 0, f"vdisk {' '.join(args)} left {target} unclean:\n{check.stdout}"
+    return result
 
 
 def break_grain_table_and_flag(path) -> None:
@@ -97,3 +131,26 @@ def break_grain_table_and_flag(path) -> None:
         f.write(struct.pack("<I", 0x7FFFFFF0))
         f.seek(72)
         f.write(b"\x01")
+
+
+def descriptor_lines(path) -> list[str]:
+    """The descriptor of a VMDK, as lines: the text file, or the area embedded in a sparse
+    extent (read directly, not through vdisk)."""
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    if head[:4] == b"KDMV":
+        offset = int.from_bytes(head[28:36], "little") * 512
+        sectors = int.from_bytes(head[36:44], "little")
+        head = head[offset:offset + sectors * 512]
+    return head.split(b"\0", 1)[0].decode().splitlines()
+
+
+def assert_cid_renewed(before: list[str], after: list[str]) -> None:
+    """The content changed: the descriptor keeps every line but CID, which is new."""
+    def cid(lines: list[str]) -> str:
+        found = [ln for ln in lines if ln.startswith("CID=")]
+        assert len(found) == 1, lines
+        return found[0]
+    assert cid(after) != cid(before), "the CID was not renewed"
+    assert [ln for ln in after if not ln.startswith("CID=")] == \
+        [ln for ln in before if not ln.startswith("CID=")]

@@ -60,11 +60,12 @@ class CrashResult:
 
 
 def crash_test(make: Callable[[Path], None], args: list[str], is_complete: Callable[[Path], bool],
-               work: Path, points: int = 20, recover: list[str] | None = None) -> CrashResult:
+               work: Path, points: int = 20, recover: list[str] | None = None,
+               env: dict[str, str] | None = None) -> CrashResult:
     """`make(folder)` builds the pristine input; `args` run inside that folder;
     `is_complete(folder)` says whether a folder holds a complete, valid new result.
     `recover` is the command a user runs next (e.g. `check --repair`), which must undo what
-    an interrupted run left half done."""
+    an interrupted run left half done. `env` is added to the environment of the runs."""
     template = work / "template"
     template.mkdir()
     make(template)
@@ -72,7 +73,7 @@ def crash_test(make: Callable[[Path], None], args: list[str], is_complete: Calla
     count_file = work / "count"
     probe = work / "probe"
     shutil.copytree(template, probe)
-    r = run_vdisk(args, probe, {"VDISK_CRASH_COUNT": str(count_file)})
+    r = run_vdisk(args, probe, dict(env or {}, VDISK_CRASH_COUNT=str(count_file)))
     assert r.returncode in (0, 1), f"uninterrupted run failed: {r.stderr}"
     assert is_complete(probe), "uninterrupted run did not produce a complete result"
     total = int(count_file.read_text())
@@ -80,7 +81,7 @@ def crash_test(make: Callable[[Path], None], args: list[str], is_complete: Calla
     for k in spread(total, points):
         run_dir = work / f"kill{k}"
         shutil.copytree(template, run_dir)
-        r = run_vdisk(args, run_dir, {"VDISK_CRASH_AT": str(k)})
+        r = run_vdisk(args, run_dir, dict(env or {}, VDISK_CRASH_AT=str(k)))
         result.tried += 1
         if recover and r.returncode < 0:
             run_vdisk(recover, run_dir, {})

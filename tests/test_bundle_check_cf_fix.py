@@ -1,4 +1,4 @@
-"""The doctor's fix for CF FAT findings (`vdisk fs check <cf> --repair`) repairs what it names,
+"""The doctor's fix for CF FAT findings (`vdisk fs check <cf> --repair --yes`) repairs what it names,
 with fsck.fat as the judge before and after."""
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def test_cf_fat_findings_carry_a_repair_that_works(tmp_path, runner):
     cf = os.path.join(b, "hd-cf.vmdk")
     found = _cf_fat_issues(b)
     assert found
-    want = f"vdisk fs check {shlex.quote(cf)} --repair"
+    want = f"vdisk fs check {shlex.quote(cf)} --repair --yes"
     assert {i.fix for i in found} == {want}, [i.to_dict() for i in found]
 
-    res = vdisk(runner, *shlex.split(want)[1:])
+    res = vdisk(runner, *shlex.split(want)[1:], "--yes")   # the answer a user gives at the prompt
     assert res.exit_code == 0, res.output
     assert _cf_fat_issues(b) == []
     _cf_raw(b, raw)

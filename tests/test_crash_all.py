@@ -21,7 +21,7 @@ from pathlib import Path
 
 import fwbuilder
 import pytest
-from conftest import need_tool, run
+from conftest import assert_cid_renewed, descriptor_lines, need_tool, run
 from crashharness import CrashResult, crash_test, leftovers, run_vdisk
 from dumpbuilder import StoreBuilder, dump_text, record_header, store_header
 from fatutil import fsck, mtools_fill
@@ -265,7 +265,7 @@ def test_fs_check_repair(tmp_path: Path) -> None:
     def want(raw: Path, off: int) -> bool:
         return _cat(raw, off, "/README.TXT") == FILES["README.TXT"]
 
-    res = crash_test(make, ["fs", "check", "d.vmdk", "--repair"],
+    res = crash_test(make, ["fs", "check", "d.vmdk", "--repair", "--yes"],
                      _fat_result("d.vmdk", want), tmp_path, points=POINTS)
     _finish("fs check --repair", res)
 
@@ -313,17 +313,12 @@ def _flash_disk(folder: Path) -> None:
     run(qemu_io, "-f", "vmdk", "-c", "write -P 0xab 1M 3M", "-c", "write -P 0x11 70M 64k", disk)
 
 
-def _descriptor(path: Path) -> list[str]:
-    text = path.read_bytes()[512:0x10000].split(b"\0", 1)[0].decode()
-    return [ln for ln in text.splitlines() if not ln.startswith("CID=")]
-
-
 def test_flash_reset(tmp_path: Path) -> None:
     old_desc: list[list[str]] = []
 
     def make(folder: Path) -> None:
         _flash_disk(folder)
-        old_desc.append(_descriptor(folder / "hd-flash.vmdk"))
+        old_desc.append(descriptor_lines(folder / "hd-flash.vmdk"))
 
     def complete(folder: Path) -> bool:
         disk = folder / "hd-flash.vmdk"
@@ -331,8 +326,8 @@ def test_flash_reset(tmp_path: Path) -> None:
             return False
         info = json.loads(run("qemu-img", "info", "--output=json", str(disk)).stdout)
         runs = json.loads(run("qemu-img", "map", "--output=json", str(disk)).stdout)
-        return (info["virtual-size"] == 100 * MIB and _descriptor(disk) == old_desc[0]
-                and not any(r["data"] for r in runs))
+        assert_cid_renewed(old_desc[0], descriptor_lines(disk))
+        return info["virtual-size"] == 100 * MIB and not any(r["data"] for r in runs)
 
     res = crash_test(make, ["flash", "reset", "hd-flash.vmdk", "--yes"], _safe(complete),
                      tmp_path, points=POINTS)

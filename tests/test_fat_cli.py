@@ -84,7 +84,7 @@ def test_check_and_repair_cli(tmp_path: Path, runner) -> None:
     r = vdisk(runner, "fs", "check", str(img), "--repair", "--dry-run")
     assert r.exit_code == 0 and "would set the size of /FILE.BIN to" in r.stdout
     assert vdisk(runner, "fs", "check", str(img)).exit_code == 1
-    r = vdisk(runner, "fs", "check", str(img), "--repair")
+    r = vdisk(runner, "fs", "check", str(img), "--repair", "--yes")
     assert r.exit_code == 0 and "repaired" in r.stdout
     assert vdisk(runner, "fs", "check", str(img)).exit_code == 0
     fsck_clean(img)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run, vdisk
+from conftest import assert_cid_renewed, descriptor_lines, run, vdisk
 
 from vdisk_tool.image import base, sparse
 from vdisk_tool.ipva import flash as fl
@@ -96,15 +96,6 @@ def test_reset_monolithic_sparse_acceptance(tmp_path, runner, qemu_img, qemu_io,
     assert json.loads(vdisk(runner, "flash", "info", disk, "--json").stdout)["blank"]
 
 
-def _descriptor_lines(path: str) -> list[str]:
-    with open(path, "rb") as f:
-        head = f.read(64 * 1024)
-    if head[:4] == b"KDMV":
-        head = head[512:512 + 20 * 512]
-    text = head.split(b"\0", 1)[0].decode()
-    return [ln for ln in text.splitlines() if not ln.startswith("CID=")]
-
-
 def test_reset_reads_no_data(tmp_path, qemu_img, qemu_io, monkeypatch):
     """The cost does not depend on the data: a reset never reads a data grain or block."""
     disk = _flash(tmp_path, qemu_img, qemu_io, writes=(("0xcd", "0", "40M"),))
@@ -133,12 +124,13 @@ def test_reset_other_subformats(tmp_path, runner, qemu_img, qemu_io, subformat):
         disk = _flash(tmp_path, qemu_img, qemu_io, subformat=subformat,
                       name="hd-flash.img" if subformat == "raw" else "hd-flash.vmdk")
     names = sorted(os.listdir(tmp_path))
-    desc_before = _descriptor_lines(disk) if subformat != "raw" else None
+    desc_before = descriptor_lines(disk) if subformat != "raw" else None
     r = vdisk(runner, "flash", "reset", disk, "--yes")
     assert r.exit_code == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == names
     if subformat != "raw":
-        assert _descriptor_lines(disk) == desc_before
+        assert desc_before is not None
+        assert_cid_renewed(desc_before, descriptor_lines(disk))
         assert run(qemu_img, "check", disk, check=False).returncode == 0
     assert _qinfo(qemu_img, disk)["virtual-size"] == 100 * MiB
     blank = str(tmp_path / "blank.raw")
@@ -226,10 +218,10 @@ def test_reset_vmfs_descriptor_and_flat(tmp_path, runner, qemu_img):
     with base.FileDevice(raw) as src:
         create_image(disk, 100 * MiB, "vmfs", "lsilogic", source=src)
     os.unlink(raw)
-    desc_before = _descriptor_lines(disk)
+    desc_before = descriptor_lines(disk)
     assert any('createType="vmfs"' in ln for ln in desc_before)
     assert vdisk(runner, "flash", "reset", disk, "--yes").exit_code == 0
-    assert _descriptor_lines(disk) == desc_before
+    assert_cid_renewed(desc_before, descriptor_lines(disk))
     flat = tmp_path / "hd-flash-flat.vmdk"
     assert flat.stat().st_size == 100 * MiB and flat.stat().st_blocks == 0
     d = json.loads(vdisk(runner, "flash", "info", disk, "--json").stdout)

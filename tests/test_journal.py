@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import need_tool, run
 from crashharness import crash_test, run_vdisk
+from powerloss import child_env, record, rewritten_after_fsync
 
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.image.journal import journal_path
@@ -16,13 +17,13 @@ from vdisk_tool.image.journal import journal_path
 MiB = 1 << 20
 
 
-def _flat_fat(folder: Path, subformat: str = "monolithicFlat") -> Path:
+def _flat_fat(folder: Path, subformat: str = "monolithicFlat", mib: int = 32) -> Path:
     """A FAT16 volume (mkfs.fat) in a flat VMDK written by qemu-img."""
     need_tool("mkfs.fat")
     qemu_img = need_tool("qemu-img")
     raw = folder / "v.raw"
     with open(raw, "wb") as f:
-        f.truncate(32 * MiB)
+        f.truncate(mib * MiB)
     run("mkfs.fat", "-F", "16", "-n", "FLATVOL", str(raw))
     disk = folder / "d.vmdk"
     if subformat == "raw":
@@ -81,3 +82,35 @@ def test_interrupted_edit_is_undone_by_check_repair(tmp_path):
     assert res.old_kept > 0 and res.new_complete > 0
     with open_image(str(disk)) as d:
         assert d.read_at(0, 32 * MiB) == before
+
+
+def test_multi_batch_edit_is_rolled_back_newest_first(tmp_path):
+    """An edit journalled in many batches (the batch size is lowered in the child) journals
+    some blocks twice; a run killed after several batches must come back as the old image,
+    which needs the undo records applied newest first."""
+    _flat_fat(tmp_path, mib=16)
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(1_500_000))   # several 512 KiB write chunks
+    env = dict(child_env(), VDISK_JOURNAL_MIN_BYTES="0",
+               VDISK_TEST_SETATTR="vdisk_tool.image.journal.BATCH_BYTES=16384")
+    args = ["fs", "put", "d.vmdk", "big.bin", "/BIG.BIN"]
+
+    def make(folder: Path) -> None:
+        for p in tmp_path.iterdir():
+            if p.is_file():
+                (folder / p.name).write_bytes(p.read_bytes())
+
+    rec = record(make, args, tmp_path / "rec", env)
+    assert rec.result.returncode == 0, rec.result.stderr
+    assert rewritten_after_fsync(rec, "d-flat.vmdk"), "no block is journalled in two batches"
+
+    def complete(folder: Path) -> bool:
+        r = subprocess.run(["mtype", "-i", str(folder / "d-flat.vmdk"), "::/BIG.BIN"],
+                           capture_output=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        return r.returncode == 0 and r.stdout == payload.read_bytes()
+
+    (tmp_path / "crash").mkdir()
+    res = crash_test(make, args, complete, tmp_path / "crash", points=12,
+                     recover=["check", "d.vmdk", "--repair"], env=env)
+    assert res.corrupt == [], res.corrupt
+    assert res.old_kept >= 8 and res.new_complete > 0

@@ -126,7 +126,7 @@ CMDS: dict[str, Cmd] = {
     "fs mkdir": Cmd("fat", ("fs", "mkdir", "d.vmdk", "/new"), "d.vmdk"),
     "fs label": Cmd("fat", ("fs", "label", "d.vmdk", "NEWLABEL"), "d.vmdk"),
     "fs format": Cmd("fat", ("fs", "format", "d.vmdk", "--yes"), "d.vmdk"),
-    "fs check --repair": Cmd("fat-bad", ("fs", "check", "d.vmdk", "--repair"), "d.vmdk"),
+    "fs check --repair": Cmd("fat-bad", ("fs", "check", "d.vmdk", "--repair", "--yes"), "d.vmdk"),
     "check --repair": Cmd("vmdk-bad", ("check", "d.vmdk", "--repair"), "d.vmdk"),
     "grow": Cmd("fat", ("grow", "d.vmdk", "--size", "32M"), "d.vmdk"),
     "create": Cmd("empty", ("create", "new.vmdk", "--size", "10M"), "new.vmdk"),

@@ -120,6 +120,17 @@ def test_symlinked_extent_resolving_outside(flat_vm, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_symlinked_extent_in_a_sibling_folder_sharing_the_prefix(flat_vm, tmp_path):
+    """vm/disk-flat.vmdk -> vm2/real-flat.vmdk: "vm2" starts with "vm" but is not inside."""
+    sibling = tmp_path / (flat_vm.parent.name + "2")
+    sibling.mkdir()
+    real = sibling / "real-flat.vmdk"
+    shutil.move(flat_vm.parent / "disk-flat.vmdk", real)
+    (flat_vm.parent / "disk-flat.vmdk").symlink_to(real)
+    r = vdisk("info", str(flat_vm))
+    assert refused(r), r.stderr
+
+
 def test_symlinked_extent_inside_folder_is_fine(flat_vm):
     folder = flat_vm.parent
     (folder / "disk-flat.vmdk").rename(folder / "real-flat.vmdk")
@@ -424,7 +435,7 @@ def test_temporaries_beside_the_target_with_o_excl(tmp_path, args):
 
 
 # -- the findings catalogue stays complete ----------------------------------------------------------
-CODE_RE = re.compile(r"""(?<!startswith\()["']((?:vmdk|fat|fw|boot|mbr|dump|flash|vmx|bundle)"""
+CODE_RE = re.compile(r"""(?<!startswith\()["']((?:vmdk|fat|fw|boot|mbr|dump|flash|vmx|bundle|ova)"""
                      r"""\.[a-z0-9]+(?:-[a-z0-9]+)*)["']""")
 NOT_CODES = {"ipva.bin"}
 
@@ -438,7 +449,7 @@ def source_codes() -> set[str]:
 
 def test_findings_catalogue_is_complete():
     text = (ROOT / "specs" / "findings.md").read_text()
-    listed = set(re.findall(r"`((?:vmdk|fat|fw|boot|mbr|dump|flash|vmx|bundle)\.[a-z0-9-]+)`", text))
+    listed = set(re.findall(r"`((?:vmdk|fat|fw|boot|mbr|dump|flash|vmx|bundle|ova)\.[a-z0-9-]+)`", text))
     codes = source_codes()
     assert len(codes) > 50
     assert codes - listed == set(), "codes missing from specs/findings.md"

@@ -149,6 +149,30 @@ def test_pointwise_reads(made, sub):
 
 
 @pytest.mark.parametrize("sub", SUBFORMATS)
+def test_access_past_the_end_is_refused(made, sub):
+    """The last byte reads; a byte past it, or a read that starts inside and runs out, is
+    refused with a VdiskError, whatever the backend (no short read, no zeros made up)."""
+    image, raw = made[sub]
+    with open_image(image) as disk, open(raw, "rb") as fh:
+        end = disk.size_bytes
+        assert disk.read_at(end - 1, 1) == os.pread(fh.fileno(), 1, end - 1)
+        for off, n in ((end, 1), (end - 1, 2), (end - 512, 4096), (end + 4096, 1), (-1, 1)):
+            with pytest.raises(VdiskError):
+                disk.read_at(off, n)
+
+
+def test_write_past_the_end_is_refused_and_changes_nothing(tools, tmp_path):
+    img = vc.qemu_create(tmp_path / "d.vmdk", 3 * MIB)
+    before = img.read_bytes()
+    with open_image(img, writable=True) as disk:
+        for off, n in ((3 * MIB, 1), (3 * MIB - 100, 200), (3 * MIB - 512, 4096)):
+            with pytest.raises(VdiskError):
+                disk.write_at(off, b"\x77" * n)
+        disk.flush()
+    assert img.read_bytes() == before
+
+
+@pytest.mark.parametrize("sub", SUBFORMATS)
 def test_vmdkinfo_reads_qemu_images(made, sub):
     """libvmdk (an independent reader) accepts what qemu wrote: the corpus is sane."""
     need_tool("vmdkinfo")

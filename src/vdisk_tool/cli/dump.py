@@ -13,6 +13,7 @@ from ..formats.dump_store import MAX_SLOT_SECTORS
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import dump as dp
+from ..ipva.locate import open_named
 from .app import app
 from .common import (
     EXIT_ERROR,
@@ -53,7 +54,7 @@ def _when(t: int) -> str:
 
 
 def _read(path: str) -> dp.DumpStore:
-    with open_image(path) as disk:
+    with open_named(path) as disk:
         return dp.read_store(disk)
 
 
@@ -145,7 +146,7 @@ def extract(disk: str = DISK,
     """
     if all_dir is not None and sequence is not None:
         raise fail("--all and --sequence exclude each other", 2)
-    with open_image(disk) as dev:
+    with open_named(disk) as dev:
         store = dp.read_store(dev)
         for f in store.findings:
             if f.code.startswith("dump.header") and f.severity.value == "error":

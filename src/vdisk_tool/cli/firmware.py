@@ -13,18 +13,24 @@ from ..image.base import FileDevice
 from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
+from ..ipva.ova import is_package
+from ..ipva.ova_check import verify_package
+from ..ipva.upgrade import FlashUpgradeCheck, check_restore
 from .app import app
 from .choices import Adapter, Subformat
 from .common import (
+    EXIT_ERROR,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
     OVERWRITE,
     emit_json,
+    fail,
     handle_errors,
     print_findings,
     progress,
     refuse_existing,
+    warn,
 )
 
 firmware_grp = typer.Typer(help="The firmware image ipva.bin: describe it, pack a new one.",
@@ -66,8 +72,8 @@ def _print_steps(rep: FirmwareReport) -> None:
 
 @app.command()
 @handle_errors
-def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder "
-                                                  "or its .vmx."),
+def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an appliance folder, "
+                                                  "its .vmx, or an .ova/.ovf/.zip package."),
            json_out: bool = JSON,
            verbose: bool = typer.Option(False, "--verbose", "-v",
                                         help="List every check, also when all pass."),
@@ -79,7 +85,8 @@ def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an app
     Example: vdisk verify hd-boot.vmdk
     """
     with progress("verifying", not json_out) as cb:
-        res = bootmod.verify_target(target, cb, allow_outside=allow_outside)
+        res = (verify_package(target, cb) if is_package(target)
+               else bootmod.verify_target(target, cb, allow_outside=allow_outside))
     if json_out:
         emit_json(res.to_dict())
         raise typer.Exit(EXIT_OK if res.ok else EXIT_FINDINGS)
@@ -228,16 +235,22 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
                                                       help="Keep the old disk here."),
                  force: bool = typer.Option(False, "--force",
                                             help="Write even though a VMware lock exists."),
-                 json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+                 json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE,
+                 yes: bool = typer.Option(False, "--yes", "-y",
+                                          help="Go on although the upgrade would lose PBX "
+                                               "objects (the flash backed up first).")) -> None:
     """Write a verified ipva.bin as IPVA.BIN on the boot disk, crash-safely.
 
     The new firmware is verified first and refused if bad. When the boot volume is gone or
     its FAT cannot be trusted, the disk is rebuilt (MBR + FAT16 IPVABOOT, same capacity,
-    subformat and adapter) with the firmware on it.
+    subformat and adapter) with the firmware on it. An upgrade across 9.00 hotfix1 with more
+    flash in use than the RAM then allows is refused without --yes.
 
     Example: vdisk boot restore hd-boot.vmdk --firmware ipva.bin --backup hd-boot.old.vmdk
     """
     plan = bootmod.plan_restore(disk, firmware, allow_outside)
+    flash_check = _guard_flash_upgrade(disk, firmware, plan, yes=yes, dry_run=dry_run,
+                                       json_out=json_out)
     if not json_out:
         if plan.action == "replace":
             typer.echo(f"plan: write {firmware} as IPVA.BIN on {disk}"
@@ -253,13 +266,33 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
     res = bootmod.apply_restore(plan, backup=backup, force=force, dry_run=dry_run,
                                 allow_outside=allow_outside)
     if json_out:
-        emit_json({"plan": plan.to_dict(), "dry_run": dry_run,
+        emit_json({"plan": plan.to_dict(), "dry_run": dry_run, "flash_check": flash_check.to_dict(),
                    "result": None if res is None else res.to_dict()})
     elif res is None:
         typer.echo("dry run: nothing was changed")
     else:
         _print_result(res)
     raise typer.Exit(EXIT_OK if res is None or res.ok else EXIT_REPAIR_FAILED)
+
+
+def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *, yes: bool,
+                         dry_run: bool, json_out: bool) -> FlashUpgradeCheck:
+    """The V9HF1 trap: warn with the numbers; without --yes refuse (exit 3), on a terminal
+    too, since the loss comes at the next boot, long after any prompt."""
+    chk = check_restore(disk, firmware)
+    if not chk.risk:
+        if not json_out and chk.status == "skipped":
+            typer.echo(f"note: {chk.reason}")
+        return chk
+    warn(chk.reason)
+    typer.echo(f"hint: back the flash up first: {chk.backup_command()}", err=True)
+    if yes or dry_run:
+        return chk
+    if json_out:
+        emit_json({"plan": plan.to_dict(), "dry_run": False, "flash_check": chk.to_dict(),
+                   "refused": True, "result": None})
+    raise fail(f"refusing to install {firmware}: the upgrade would lose PBX objects",
+               EXIT_ERROR, "save the configuration and back the flash up, then pass --yes to go on")
 
 
 @boot_grp.command("create")

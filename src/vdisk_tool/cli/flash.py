@@ -6,6 +6,7 @@ import typer
 from ..image.disk import open_image
 from ..image.edit import edit_image
 from ..ipva import flash as fl
+from ..ipva.locate import open_named
 from .app import app
 from .common import (
     OVERWRITE,
@@ -56,7 +57,7 @@ def info(disk: str = DISK,
         mem = fl.read_memsize(vmx)
         if mem is None:
             warn(f"{vmx} has no memsize; the directory size is not shown")
-    with open_image(disk) as dev:
+    with open_named(disk) as dev:
         res = fl.read_flash_info(dev, mem)
     if json_out:
         emit_json(res)
@@ -81,7 +82,7 @@ def backup(disk: str = DISK,
     Example: vdisk flash backup hd-flash.vmdk -o flash.img
     """
     refuse_existing(output, overwrite)
-    with open_image(disk) as dev, progress("backup", not json_out) as cb:
+    with open_named(disk) as dev, progress("backup", not json_out) as cb:
         n = fl.write_backup(dev, output, cb)
     report(f"wrote {output}: {n} segment(s) in use", {"output": output, "segments_in_use": n})
 

@@ -15,8 +15,8 @@ from ..fs.format import format_volume
 from ..fs.repair import repair_volume
 from ..fs.transfer import extract
 from ..fs.volume import FatVolume, open_volume
-from ..image.disk import open_image
 from ..image.edit import edit_image
+from ..ipva.locate import open_named
 from .app import app
 from .choices import FatBits
 from .common import (
@@ -50,7 +50,7 @@ YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 
 @contextmanager
 def _read(image: str, partition: int | None) -> Iterator[FatVolume]:
-    with open_image(image) as disk:
+    with open_named(image) as disk:
         yield open_volume(disk, partition, image)
 
 
@@ -272,13 +272,15 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
 def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, json_out: bool = JSON) -> None:
-    """Show or set the volume label.
+    """Show or set the volume label. The label is the root directory's label entry, as
+    Windows and fatlabel read it (nothing when it is absent or erased); setting it writes
+    that entry and the boot sector's copy.
 
     Example: vdisk fs label hd-boot.vmdk IPVABOOT
     """
     if new is None:
         with _read(image, partition) as vol:
-            report(vol.label, {"label": vol.label})
+            report(vol.label, {"label": vol.label})   # the root directory's label entry
         return
     with _edit(image, partition, dry_run, backup, force) as vol:
         vol.set_label(new)
@@ -320,26 +322,33 @@ def fmt(image: str = IMAGE,
 @handle_errors
 def check(image: str = IMAGE, json_out: bool = JSON,
           repair: bool = typer.Option(False, "--repair", help="Repair what can be repaired."),
+          discard_lost: bool = typer.Option(
+              False, "--discard-lost",
+              help="Free lost cluster chains instead of saving them as /FSCKnnnn.REC files."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE) -> None:
-    """Check the FAT volume (FAT copies, chains, directory entries, long names, FSInfo,
-    backup boot sector); with --repair fix what was found, crash-safely.
+          force: bool = FORCE, yes: bool = YES) -> None:
+    """Check the FAT volume (FAT copies, chains, directory entries, long and duplicate
+    names, dot entries, label, dirty flags, FSInfo, backup boot sector); with --repair fix
+    what was found, crash-safely. Lost chains are saved as /FSCK0000.REC, ... unless
+    --discard-lost. A repair asks first on a terminal (--yes skips the question).
 
-    Example: vdisk fs check hd-cf.vmdk --repair --backup hd-cf.old.vmdk
+    Example: vdisk fs check hd-cf.vmdk --repair --yes --backup hd-cf.old.vmdk
     """
-    if not repair:
-        with open_image(image) as disk:
+    if not repair or (not dry_run and not yes):
+        with open_named(image) as disk:
             res = check_volume(disk, partition, image)
-        if json_out:
-            emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1,
-                       "clean": not res.findings})
-        else:
-            print_findings(res.findings)
-            if not res.findings:
-                typer.echo("clean")
-        raise typer.Exit(EXIT_FINDINGS if res.findings else EXIT_OK)
+        if not repair or not res.findings:
+            if json_out:
+                emit_json({"findings": res.findings, "trusted_fat": res.fat_copy + 1,
+                           "clean": not res.findings})
+            else:
+                print_findings(res.findings)
+                if not res.findings:
+                    typer.echo("clean")
+            raise typer.Exit(EXIT_FINDINGS if res.findings else EXIT_OK)
+        confirm(f"repair {len(res.findings)} finding(s) on {image}", yes)
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
-        rep = repair_volume(disk, partition, image)
+        rep = repair_volume(disk, partition, image, discard_lost=discard_lost)
     if json_out:
         emit_json(dict(rep.to_dict(), dry_run=dry_run), ok=not rep.remaining, findings=rep.found)
     else:

@@ -6,6 +6,7 @@ import typer
 
 from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
+from ..ipva.ova import is_package
 from .app import app
 from .choices import Adapter, Subformat, value
 from .common import (
@@ -35,12 +36,17 @@ def _size(n: int) -> str:
 
 @app.command()
 @handle_errors
-def info(image: str = typer.Argument(..., help="A raw image or any VMDK (descriptor or sparse file)."),
+def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descriptor or sparse "
+                                     "file), or an .ova/.ovf/.zip package."),
          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Describe an image: subformat, sizes, extents, CID chain, adapter, geometry.
 
     Example: vdisk info hd-cf.vmdk --json
     """
+    if is_package(image):
+        from .package_view import show_package
+        show_package(image, json_out)
+        return
     with open_image(image, allow_outside=allow_outside) as disk:
         d = describe(disk)
     if json_out:

@@ -51,6 +51,20 @@ FSINFO_STRUCT_SIG = 0x61417272
 FSINFO_TRAIL_SIG = 0xAA550000
 FSINFO_UNKNOWN = 0xFFFFFFFF
 
+#: BS_Reserved1 (fatgen103 §3.2: "Reserved. Must be set to 0x0"): Windows NT and Linux keep
+#: the volume-dirty flag in its bit 0. Offset in the boot sector by FAT type.
+BOOT_FLAGS_OFFSET = {12: 0x25, 16: 0x25, 32: 0x41}
+BOOT_FLAG_DIRTY = 0x01
+#: FAT[1] (fatgen103 §4.1): the clean-shutdown bit (set = clean) and the hard-error bit
+#: (set = no disk I/O error was met). FAT12 has neither.
+FAT1_CLEAN_SHUTDOWN = {16: 0x8000, 32: 0x08000000}
+FAT1_NO_HARD_ERROR = {16: 0x4000, 32: 0x04000000}
+#: BS_VolLab when a volume has no label.
+NO_NAME_LABEL = b"NO NAME    "
+#: Offsets of BS_BootSig and BS_VolLab in the boot sector by FAT type (fatgen103 §3.2-3.3).
+BOOT_SIG_OFFSET = {12: 0x26, 16: 0x26, 32: 0x42}
+BOOT_LABEL_OFFSET = {12: 0x2B, 16: 0x2B, 32: 0x47}
+
 BiosParameterBlock = Struct(
     "jump" / Bytes(3) * "BS_jmpBoot",
     "oem_name" / Bytes(8) * "BS_OEMName",

@@ -6,11 +6,13 @@ problems is trusted (fsck.fat always trusts FAT #1, losing files whose chain onl
 still holds)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import Finding, FormatError, Severity
 from ..formats import fat as ff
 from ..image.base import BlockDevice
+from .check_dirs import check_dots, check_duplicates, check_lfn_fields
+from .check_lost import check_lost
 from .dirent import DirEntryInfo, with_cluster_and_size
 from .volume import Directory, FatVolume, open_volume
 
@@ -38,15 +40,19 @@ def _base(vol: FatVolume) -> int:
 
 
 def _fat_entry_offset(vol: FatVolume, cluster: int) -> int:
-    pos = cluster * 3 // 2 if vol.fat_type == 12 else cluster * vol.fat_type // 8
-    return vol.layout.fat_offset + pos
+    return vol.layout.fat_entry_offset(cluster)
 
 
 def _follow(w: _Walk, first: int, what: str, path: str, limit: int | None) -> tuple[list[int], str]:
     """Walk a chain, claiming clusters; returns (clusters, how it ended): 'eoc', 'range',
-    'cross', 'limit'. With fix, cuts the chain where it goes wrong."""
+    'cross', 'free', 'bad', 'limit'. With fix, cuts the chain where it goes wrong.
+
+    A cluster whose own FAT entry is free (0) or bad ends the chain before it, as
+    fsck.fat does ("Contains a free cluster. Assuming EOF."): its entry says it holds no data
+    of any file."""
     vol, fat = w.vol, w.vol.fat
     clusters: list[int] = []
+    bad = ff.BAD_CLUSTER[vol.fat_type]
     c = first
     while True:
         if not 2 <= c <= vol.layout.max_cluster:
@@ -55,27 +61,41 @@ def _follow(w: _Walk, first: int, what: str, path: str, limit: int | None) -> tu
         if w.used[c]:
             end = "cross"
             break
+        nxt = fat.get(c)
+        if nxt in (0, bad):
+            end = "free" if nxt == 0 else "bad"
+            break
         w.used[c] = 1
         clusters.append(c)
         if limit is not None and len(clusters) >= limit:
             end = "limit"
             break
-        nxt = fat.get(c)
         if fat.is_eoc(nxt):
             return clusters, "eoc"
         c = nxt
     prev = clusters[-1] if clusters else None
-    if end == "range":
+    if end in ("free", "bad"):
+        w.add("fat.chain-free-cluster" if end == "free" else "fat.chain-bad-cluster",
+              f"{what} {path}: the chain runs into cluster {c}, which the FAT marks {end}",
+              _fat_entry_offset(vol, prev if prev else c), path,
+              action=f"end the chain of {path} at cluster {prev}" if prev else
+              f"mark cluster {c}, the first of {path}, as the end of its chain"
+              if what == "directory" and end == "free" else f"clear the first cluster of {path}")
+    elif end == "range":
         w.add("fat.cluster-out-of-range",
               f"{what} {path}: chain points to cluster {c:#x}, outside 2..{vol.layout.max_cluster:#x}",
               _fat_entry_offset(vol, prev) if prev else None, path,
               action=f"end the chain of {path} at cluster {prev}" if prev else
               f"clear the first cluster of {path}")
+    elif end == "cross" and c in clusters:
+        w.add("fat.chain-loop", f"{what} {path}: the chain loops back to its own cluster {c}",
+              _fat_entry_offset(vol, prev) if prev else None, path,
+              action=f"end the chain of {path} at cluster {prev}")
     elif end == "cross":
         w.add("fat.cross-linked", f"{what} {path}: cluster {c} already belongs to another chain",
               _fat_entry_offset(vol, prev) if prev else None, path,
               action=f"end the chain of {path} before the shared cluster {c}")
-    if w.fix and prev is not None and end in ("range", "cross"):
+    if w.fix and prev is not None and end in ("range", "cross", "free", "bad"):
         fat.set(prev, fat.eoc)
     return clusters, end
 
@@ -89,6 +109,7 @@ def _check_entry(w: _Walk, d: Directory, info: DirEntryInfo) -> DirEntryInfo | N
               info.entry_offset, info.path, action=f"rename {info.path} to a valid 8.3 name")
         if w.fix:
             _rename_short(d, info)
+            info = replace(info, raw_entry=d.raw(info.slot), raw_name=d.raw(info.slot)[0:11])
     if info.is_dir:
         if info.size_bytes:
             w.add("fat.bad-entry", f"{info.path}: directory entry with size {info.size_bytes}",
@@ -154,7 +175,8 @@ def _check_entry(w: _Walk, d: Directory, info: DirEntryInfo) -> DirEntryInfo | N
               f"{have} bytes", info.entry_offset, info.path,
               action=f"set the size of {info.path} to {have}")
         if w.fix:
-            d.write_slot(info.slot, with_cluster_and_size(info.raw_entry, info.first_cluster, have))
+            d.write_slot(info.slot, with_cluster_and_size(
+                info.raw_entry, info.first_cluster if clusters else 0, have))
     return None
 
 
@@ -194,24 +216,6 @@ def _rename_short(d: Directory, info: DirEntryInfo) -> None:
         d.write_slot(s, bytes(lfn))
 
 
-def _check_dots(w: _Walk, d: Directory, info: DirEntryInfo, parent_cluster: int) -> None:
-    vol = w.vol
-    want_parent = 0 if parent_cluster == vol.root_first_cluster else parent_cluster
-    for slot, name, want in ((0, b".          ", info.first_cluster), (1, b"..         ", want_parent)):
-        raw = d.raw(slot) if d.slots > slot else bytes(E)
-        from .dirent import entry_cluster
-        if raw[0:11] != name or not raw[11] & ff.ATTR_DIRECTORY or \
-                entry_cluster(raw, vol.fat_type) != want:
-            w.add("fat.dot-entries", f"{info.path}: '{name.decode().strip()}' entry missing or "
-                  f"not pointing to cluster {want}", d.slot_offset(slot) if d.slots > slot else None,
-                  info.path, action=f"rewrite the '{name.decode().strip()}' entry of {info.path}")
-            if w.fix and d.slots > slot:
-                fixed = bytearray(with_cluster_and_size(info.raw_entry, want, 0))
-                fixed[0:11], fixed[12] = name, 0
-                fixed[11] = ff.ATTR_DIRECTORY
-                d.write_slot(slot, bytes(fixed))
-
-
 def _walk_dir(w: _Walk, first: int, path: str, parent_cluster: int | None,
               info: DirEntryInfo | None) -> None:
     vol = w.vol
@@ -221,10 +225,14 @@ def _walk_dir(w: _Walk, first: int, path: str, parent_cluster: int | None,
         if first or vol.fat_type == 32:
             limit = max(1, 65536 * E // vol.layout.cluster_bytes)
             start = first or vol.layout.root_cluster
-            _follow(w, start, "directory", path, limit)
+            clusters, end = _follow(w, start, "directory", path, limit)
+            if not clusters and end == "free" and w.fix:
+                vol.fat.set(start, vol.fat.eoc)     # keep the directory's first cluster
+                w.used[start] = 1
         d = vol.directory(first)
         if info is not None and parent_cluster is not None:
-            _check_dots(w, d, info, parent_cluster)
+            check_dots(w, d, info, parent_cluster)
+        check_lfn_fields(w, d, path)
         for item in d.items():
             if item.kind == "orphan-lfn":
                 w.add("fat.lfn-orphan", f"{path}: {len(item.lfn_slots)} long-name slot(s) that "
@@ -235,7 +243,7 @@ def _walk_dir(w: _Walk, first: int, path: str, parent_cluster: int | None,
                         raw = bytearray(d.raw(s))
                         raw[0] = ff.DELETED_MARK
                         d.write_slot(s, bytes(raw))
-        entries = list(d.entries(path))
+        entries = check_duplicates(w, d, list(d.entries(path)), path)
         for e in entries:
             if e.is_label and not e.is_dir or e.raw_name[:1] == b"." and e.slot < 2 and first:
                 continue
@@ -257,27 +265,10 @@ def _lfn_bad(d: Directory, e: DirEntryInfo) -> bool:
     return d.raw(e.lfn_slots[0])[13] != ff.lfn_checksum(e.raw_name)
 
 
-def _lost(w: _Walk) -> None:
-    vol, fat = w.vol, w.vol.fat
-    bad, used = ff.BAD_CLUSTER[vol.fat_type], w.used
-    found = [(c, v) for c, v in fat.entries() if not used[c] and v != bad]
-    if not found:
-        return
-    lost = [c for c, _v in found]
-    targets = {v for _c, v in found}
-    heads = sum(1 for c in lost if c not in targets)
-    w.add("fat.lost-clusters", f"{len(lost)} cluster(s) in {max(heads, 1)} chain(s) belong to "
-          "no file", _fat_entry_offset(vol, lost[0]), None,
-          action=f"free {len(lost)} lost cluster(s)")
-    if w.fix:
-        for c in lost:
-            fat.set(c, 0)
-
-
-def _walk_volume(vol: FatVolume, fix: bool) -> _Walk:
+def _walk_volume(vol: FatVolume, fix: bool, discard_lost: bool = False) -> _Walk:
     w = _Walk(vol, fix, used=bytearray(vol.layout.max_cluster + 1))
     _walk_dir(w, vol.root_first_cluster if vol.fat_type == 32 else 0, "/", None, None)
-    _lost(w)
+    check_lost(w, discard_lost)
     media = vol.fat.get(0) & 0xFF
     if media != vol.layout.media:
         w.add("fat.media-mismatch", f"FAT[0] holds media byte {media:#04x}, the boot sector "
@@ -300,9 +291,19 @@ class CheckResult:
 
 
 def check_volume(target: FatVolume | BlockDevice, partition: int | None = None,
-                 path: str | None = None, fix: bool = False) -> CheckResult:
-    """Every finding of a volume (and, with fix, repair them on its device)."""
-    from .check_meta import check_backup_boot, check_fat_copies, check_fsinfo, recover_boot_sector
+                 path: str | None = None, fix: bool = False,
+                 discard_lost: bool = False) -> CheckResult:
+    """Every finding of a volume (and, with fix, repair them on its device; lost chains
+    are saved as files unless `discard_lost`). The dirty flags are cleared last, once
+    everything else is repaired."""
+    from .check_meta import (
+        check_backup_boot,
+        check_dirty,
+        check_fat_copies,
+        check_fsinfo,
+        check_label,
+        recover_boot_sector,
+    )
     findings: list[Finding] = []
     actions: list[str] = []
     if isinstance(target, FatVolume):
@@ -331,12 +332,14 @@ def check_volume(target: FatVolume | BlockDevice, partition: int | None = None,
     work = FatVolume(vol.dev, vol.layout, vol.path, vol.partition, copy)
     if fix and differ:
         work.fat.mark_all_dirty()
-    w = _walk_volume(work, fix)
+    w = _walk_volume(work, fix, discard_lost)
     findings += w.findings
     actions += w.actions
     if fix:
         work.fat.flush()
+    findings += check_label(work, fix, actions)
     findings += check_fsinfo(work, fix, actions)
+    findings += check_dirty(work, fix, actions)
     if fix:
         work.dev.flush()
         if vol is target:

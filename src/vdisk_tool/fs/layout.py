@@ -79,6 +79,11 @@ class FatLayout:
     def fat_copy_offset(self, index: int) -> int:
         return self.fat_offset + index * self.fat_bytes
 
+    def fat_entry_offset(self, cluster: int) -> int:
+        """Where FAT #1 holds the entry of `cluster` (FAT12 entries take 1.5 bytes)."""
+        pos = cluster * 3 // 2 if self.fat_type == 12 else cluster * self.fat_type // 8
+        return self.fat_offset + pos
+
 
 def _bad(field: str, offset: int, msg: str, path: str | None) -> FormatError:
     return FormatError(f"BiosParameterBlock.{field} at 0x{offset:x}: {msg}", path=path)

@@ -78,13 +78,15 @@ class RepairResult:
 
 
 def repair_volume(dev: BlockDevice, partition: int | None = None, path: str | None = None,
-                  dry_run: bool = False) -> RepairResult:
+                  dry_run: bool = False, discard_lost: bool = False) -> RepairResult:
     """Repair every fixable finding; raises RepairError when the volume cannot be opened
-    even from a backup. With dry_run nothing is written to `dev`."""
+    even from a backup. With dry_run nothing is written to `dev`. Lost chains become files
+    FSCKnnnn.REC in the root directory, or with `discard_lost` free space."""
     target: BlockDevice = OverlayDevice(dev) if dry_run else dev
     if not dry_run and not dev.writable:
         raise RepairError("device is read-only", path=path)
-    first: CheckResult = check_volume(target, partition, path, fix=True)
+    first: CheckResult = check_volume(target, partition, path, fix=True,
+                                      discard_lost=discard_lost)
     if any(f.code == "fat.boot-sector-invalid" and not f.fixable for f in first.findings):
         raise RepairError("the boot sector is unusable and has no good backup; nothing repaired",
                           path=path)

@@ -35,6 +35,13 @@ class RootFileChain:
         return len(self.chain) < self.needed_clusters
 
 
+def label_text(raw: bytes) -> str:
+    """An 11-byte label as text (0x05 in the first byte stands for 0xE5, fatgen103 §6.1)."""
+    if raw[:1] == bytes([ff.KANJI_E5]):
+        raw = bytes([ff.DELETED_MARK]) + raw[1:]
+    return raw.decode("cp437").rstrip(" ")
+
+
 def normalize_path(path: str) -> list[str]:
     """Components of a volume path ('/a/b', 'a\\b'); '..' above the root is refused."""
     path = path.replace("\\", "/")
@@ -209,11 +216,18 @@ class FatVolume(VolumeWriter):
 
     @property
     def label(self) -> str:
-        """The root directory's label entry (what DOS/Windows show), else the BPB's."""
+        """The volume label as Windows and fatlabel read it: the root directory's label entry;
+        none ("") when there is no such entry or it is erased (0xE5). The boot sector's
+        BS_VolLab is only a copy (fatgen103 §3.2) and is not consulted."""
+        info = self.root_label_entry()
+        return "" if info is None else label_text(info.raw_name)
+
+    def root_label_entry(self) -> DirEntryInfo | None:
+        """The live volume-label entry of the root directory (ATTR_VOLUME_ID, not a long name)."""
         for info in self.directory(self.root_first_cluster).entries():
             if info.is_label and not info.has_long_name:
-                return info.raw_name.decode("cp437").rstrip()
-        return "" if self.layout.label == "NO NAME" else self.layout.label
+                return info
+        return None
 
     def find_root_entry(self, raw_name: bytes) -> RootFileChain | None:
         """The root-directory file whose DIR_Name is exactly `raw_name` (e.g. b'IPVA    BIN'),

@@ -27,13 +27,30 @@ if TYPE_CHECKING:
     from .layout import FatLayout
     from .table import FatTable
 
-__all__ = ["VolumeWriter", "encode_label"]
+__all__ = ["VolumeWriter", "boot_sectors", "encode_label", "write_boot_label"]
 
 E = ff.DIR_ENTRY_BYTES
 WRITE_CHUNK_BYTES = 512 << 10
 MAX_FILE_BYTES = 0xFFFFFFFF
 #: File content: bytes, a binary file object, or an iterable of byte strings.
 Source = bytes | bytearray | memoryview | IO[bytes] | Iterable[bytes]
+
+
+def boot_sectors(layout: FatLayout) -> list[int]:
+    """Sector 0 and, on FAT32, its backup (BPB_BkBootSec) when the reserved area holds it."""
+    backup = layout.backup_boot_sector
+    return [0] + ([backup] if layout.fat_type == 32 and 0 < backup < layout.reserved_sectors
+                  else [])
+
+
+def write_boot_label(dev: BlockDevice, layout: FatLayout, raw: bytes) -> None:
+    """Write BS_VolLab (11 bytes) into the boot sector and its backup, where the extended
+    boot signature says the field exists (fatgen103 §3.2-3.3)."""
+    t = layout.fat_type
+    for s in boot_sectors(layout):
+        base = s * layout.bytes_per_sector
+        if dev.read_at(base + ff.BOOT_SIG_OFFSET[t], 1)[0] == ff.EXT_BOOT_SIGNATURE:
+            dev.write_at(base + ff.BOOT_LABEL_OFFSET[t], raw)
 
 
 class VolumeWriter:
@@ -122,16 +139,17 @@ class VolumeWriter:
         return parent, validate_long_name(parts[-1])
 
     # -- directory slots ------------------------------------------------------------------
-    def _free_run(self, d: Directory, need: int) -> int:
-        """Index of `need` consecutive free slots, growing a cluster directory if needed:
-        the first run of deleted slots long enough, else the end marker when the room after
-        it suffices."""
+    def _free_run(self, d: Directory, need: int, start: int = 0) -> int:
+        """Index (from `start` on) of `need` consecutive free slots, growing a cluster
+        directory if needed: the first run of deleted slots long enough, else the end marker
+        (or `start`, when the end marker lies before it) when the room after it suffices."""
         firsts = bytes(d.data[0::E])          # the first byte of every slot
         end = firsts.find(0)
-        deleted = firsts.find(bytes([ff.DELETED_MARK]) * need, 0, end if end >= 0 else len(firsts))
+        deleted = firsts.find(bytes([ff.DELETED_MARK]) * need, start,
+                              end if end >= 0 else len(firsts))
         if deleted >= 0:
             return deleted
-        run_start = end if end >= 0 else d.slots
+        run_start = max(end, start) if end >= 0 else d.slots
         if d.slots - run_start >= need:
             return run_start
         if d.fixed:
@@ -367,15 +385,7 @@ class VolumeWriter:
         """Set (or with '' remove) the volume label in the root directory and the BPB."""
         self._begin()
         raw = encode_label(label)
-        lay = self.layout
-        off = 71 if lay.fat_type == 32 else 43
-        bpb_label = raw if label else b"NO NAME    "
-        sectors = [0] + ([lay.backup_boot_sector] if lay.fat_type == 32 and
-                         0 < lay.backup_boot_sector < lay.reserved_sectors else [])
-        for s in sectors:
-            base = s * lay.bytes_per_sector
-            if self.dev.read_at(base + off - 5, 1)[0] == ff.EXT_BOOT_SIGNATURE:
-                self.dev.write_at(base + off, bpb_label)
+        write_boot_label(self.dev, self.layout, raw if label else ff.NO_NAME_LABEL)
         d = self.directory(self.root_first_cluster)
         current = next((i for i in d.entries() if i.is_label and not i.has_long_name), None)
         if current is not None:

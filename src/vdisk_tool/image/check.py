@@ -81,6 +81,11 @@ def check_image(path: str, allow_outside: bool = False) -> CheckReport:
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)
     disk = open_image(path, allow_outside=allow_outside, follow_parent=False)
+    return check_disk(disk, report, allow_outside)
+
+
+def check_disk(disk: Disk, report: CheckReport, allow_outside: bool = False) -> CheckReport:
+    """Check an opened disk (closing it): also a disk inside a package (image.disk.open_window)."""
     for f in disk.files:
         folder, name = os.path.split(os.path.abspath(f))
         for tmp in leftover_temps(folder):
@@ -428,10 +433,10 @@ def _check_compressed_grain(ext: SparseExtent, grain: int, entry: int, r: CheckR
         r.add("vmdk.stream-grain", E, exc.message, entry * SECTOR, path=ext.path)
 
 
-def _next_nonzero_sector(fd: int, pos: int, fb: int) -> int:
+def _next_nonzero_sector(ext: SparseExtent, pos: int, fb: int) -> int:
     """The first sector at or after pos holding a non-zero byte (fb when none)."""
     while pos < fb:
-        block = os.pread(fd, min(1 << 16, fb - pos), pos)
+        block = ext.pread(min(1 << 16, fb - pos), pos)
         if not block:
             return fb
         stripped = block.lstrip(b"\0")
@@ -446,17 +451,17 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
 
     A zero sector is the end-of-stream marker only when nothing but zeros follows it
     (qemu pads between grains with zeros)."""
-    geo, p, fd, fb = ext.geo, ext.path, ext.fd, ext.file_bytes
+    geo, p, fb = ext.geo, ext.path, ext.file_bytes
     pos = geo.overhead_sectors * SECTOR
     saw_eos = saw_footer = False
     while pos + SECTOR <= fb:
-        head = os.pread(fd, 16, pos)
+        head = ext.pread(16, pos)
         val, size, mtype = struct.unpack("<QII", head)
         if size:
             pos += -(-(12 + size) // SECTOR) * SECTOR
             continue
         if mtype == vs.MARKER_EOS and val == 0:
-            nxt = _next_nonzero_sector(fd, pos, fb)
+            nxt = _next_nonzero_sector(ext, pos, fb)
             if nxt >= fb:
                 saw_eos = True
                 break
@@ -467,7 +472,7 @@ def _check_stream(ext: SparseExtent, r: CheckReport) -> None:
             pos = nxt
             continue
         if mtype in (vs.MARKER_GT, vs.MARKER_GD, vs.MARKER_FOOTER):
-            if os.pread(fd, 496, pos + 16).count(0) != 496:
+            if ext.pread(496, pos + 16).count(0) != 496:
                 r.add("vmdk.stream-marker", W, "metadata marker padding is not zero", pos, path=p)
             saw_footer |= mtype == vs.MARKER_FOOTER
             pos += SECTOR * (1 + min(val, fb // SECTOR))

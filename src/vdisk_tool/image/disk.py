@@ -312,9 +312,25 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
     return disk
 
 
+def open_window(path: str, start_bytes: int, length_bytes: int, name: str) -> Disk:
+    """A sparse VMDK (streamOptimized, as OVF packages hold them) stored at [start_bytes,
+    start_bytes + length_bytes) of `path`, read in place and read-only. `name` is how
+    messages call it (e.g. `ipva.ova#hd-boot.vmdk`)."""
+    with open(path, "rb") as f:
+        f.seek(start_bytes)
+        magic = f.read(4)
+    if magic != vs.MAGIC:
+        raise UnsupportedError(f"{name} is not a sparse VMDK (magic {magic!r}); only "
+                               "streamOptimized and other KDMV disks are read inside packages",
+                               path=path, offset=start_bytes)
+    disk = _open_sparse(path, False, False, 0, frozenset(), (start_bytes, length_bytes))
+    disk.path = name
+    return disk
+
+
 def _open_sparse(path: str, writable: bool, allow_outside: bool, depth: int,
-                 seen: frozenset[str]) -> Disk:
-    ext = SparseExtent(path, writable=writable)
+                 seen: frozenset[str], window: tuple[int, int] | None = None) -> Disk:
+    ext = SparseExtent(path, writable=writable, window=window)
     try:
         raw_desc = ext.read_embedded_descriptor()
         desc = vd.parse_descriptor(raw_desc, path) if raw_desc and raw_desc.strip(b"\0") else None

@@ -56,9 +56,11 @@ class SparseGeometry:
         return self.gd_entries * 4
 
 
-def read_header(fd: int, path: str) -> tuple[Any, Any]:
-    """Return (header, footer-or-None). The footer of a stream file takes precedence."""
-    raw = os.pread(fd, SECTOR, 0)
+def read_header(fd: int, path: str, base: int = 0, file_bytes: int | None = None
+                ) -> tuple[Any, Any]:
+    """Return (header, footer-or-None). The footer of a stream file takes precedence.
+    `base`/`file_bytes` describe an extent that lies inside a larger file (an OVA member)."""
+    raw = os.pread(fd, SECTOR, base) if file_bytes is None or file_bytes >= SECTOR else b""
     if len(raw) < SECTOR:
         raise FormatError("file shorter than one sparse header (512 bytes)", path=path, offset=0)
     hdr = vs.parse_header(raw)
@@ -66,9 +68,10 @@ def read_header(fd: int, path: str) -> tuple[Any, Any]:
         raise FormatError(f"SparseExtentHeader.magicNumber: expected 'KDMV', got {hdr.magic_number!r}",
                           path=path, offset=0)
     footer = None
-    file_bytes = os.fstat(fd).st_size
+    if file_bytes is None:
+        file_bytes = os.fstat(fd).st_size
     if file_bytes >= 3 * SECTOR and (hdr.flags & vs.FLAG_MARKERS):
-        tail = os.pread(fd, 3 * SECTOR, file_bytes - 3 * SECTOR)
+        tail = os.pread(fd, 3 * SECTOR, base + file_bytes - 3 * SECTOR)
         marker = struct.unpack_from("<QII", tail, 0)
         if marker[1] == 0 and marker[2] == vs.MARKER_FOOTER and tail[SECTOR:SECTOR + 4] == vs.MAGIC:
             footer = vs.parse_header(tail[SECTOR:2 * SECTOR])
@@ -144,19 +147,28 @@ class SparseExtent:
     """One KDMV file as a device of capacity_sectors × 512 bytes.
 
     `parent` (optional) is the device that unallocated grains read through to, at
-    `parent_base` bytes (the extent's position in the whole disk).
+    `parent_base` bytes (the extent's position in the whole disk). `window` (start, length
+    in bytes) opens an extent stored inside a larger file, read-only: a member of an OVA.
     """
 
-    def __init__(self, path: str, writable: bool = False) -> None:
+    def __init__(self, path: str, writable: bool = False,
+                 window: tuple[int, int] | None = None) -> None:
         self.path = path
         self.writable = writable
+        self.base = window[0] if window else 0
+        if window and writable:
+            raise UnsupportedError("an extent inside another file is read-only", path=path)
         try:
             self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise ImageError(f"cannot open: {exc.strerror}", path=path) from None
         try:
-            self.file_bytes = os.fstat(self._fd).st_size
-            self.header, self.footer = read_header(self._fd, path)
+            host_bytes = os.fstat(self._fd).st_size
+            self.file_bytes = window[1] if window else host_bytes
+            if window and (self.base < 0 or self.base + self.file_bytes > host_bytes):
+                raise ImageError(f"window {self.base}+{self.file_bytes} lies outside the file "
+                                 f"({host_bytes} bytes)", path=path)
+            self.header, self.footer = read_header(self._fd, path, self.base, self.file_bytes)
             active = self.footer if self.footer is not None else self.header
             self.geo = validate_geometry(active, path, self.file_bytes)
         except Exception:
@@ -177,10 +189,14 @@ class SparseExtent:
         if offset < 0 or offset + length > self.file_bytes:
             raise ImageError(f"{what} at 0x{offset:x} ({length} bytes) lies past the end of the file",
                              path=self.path, offset=offset)
-        data = os.pread(self._fd, length, offset)
+        data = self.pread(length, offset)
         if len(data) != length:
             raise ImageError(f"short read of {what}", path=self.path, offset=offset)
         return data
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Bytes of the extent file (of its window) at `offset`; short at its end."""
+        return os.pread(self._fd, max(0, min(length, self.file_bytes - offset)), self.base + offset)
 
     def _read_dir(self, sector: int) -> array:
         gd = array("I")
@@ -325,7 +341,7 @@ class SparseExtent:
         if offset < 0 or offset + n > self.file_bytes:
             raise ImageError(f"{what} at 0x{offset:x} ({n} bytes) lies past the end of the file",
                              path=self.path, offset=offset)
-        got = os.preadv(self._fd, [buf], offset)
+        got = os.preadv(self._fd, [buf], self.base + offset)
         if got != n:
             raise ImageError(f"short read of {what}", path=self.path, offset=offset)
 
@@ -359,7 +375,7 @@ class SparseExtent:
                     yield Run(start, n, RunKind.ZERO)
                 else:
                     yield Run(start, n, RunKind.DATA, self.path,
-                              None if self.geo.compressed else entry * SECTOR)
+                              None if self.geo.compressed else self.base + entry * SECTOR)
 
     # -- writing (uncompressed sparse only) -----------------------------------------------
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -439,4 +455,4 @@ class SparseExtent:
         if off + n > self.file_bytes:
             raise FormatError(f"embedded descriptor ({n} bytes at 0x{off:x}) runs past the end of the file",
                               path=self.path, offset=off)
-        return os.pread(self._fd, n, off)
+        return self.pread(n, off)

@@ -314,18 +314,24 @@ def _compare_fats(vol: BlockDevice, layout: FatLayout, path: str | None,
 def verify_boot_disk(target: str, res: ResolvedTarget, progress: Progress | None,
                      allow_outside: bool) -> VerifyResult:
     with open_image(res.path, allow_outside=allow_outside) as disk:
-        volinfo, file, findings = inspect_boot_volume(disk, res.path)
-        report = None
-        if volinfo is not None and file is not None:
-            direct = DirectReader(disk)
-            vol = SliceDevice(direct, volinfo.start_bytes, volinfo.layout.volume_bytes)
-            cb = volinfo.layout.cluster_bytes
-            size = min(file.entry.size_bytes, len(file.clusters) * cb)
-            src = ChainSource(vol, volinfo.layout, file.clusters, size)
-            try:
-                report = check_firmware(src, "IPVA.BIN", progress)
-            finally:
-                direct.close()
-            findings += report.findings
+        return verify_boot_device(disk, target, res, progress)
+
+
+def verify_boot_device(disk: BlockDevice, target: str, res: ResolvedTarget,
+                       progress: Progress | None = None) -> VerifyResult:
+    """Verify the IPVA.BIN on an opened boot disk (also one inside a package)."""
+    volinfo, file, findings = inspect_boot_volume(disk, res.path)
+    report = None
+    if volinfo is not None and file is not None:
+        direct = DirectReader(disk)
+        vol = SliceDevice(direct, volinfo.start_bytes, volinfo.layout.volume_bytes)
+        cb = volinfo.layout.cluster_bytes
+        size = min(file.entry.size_bytes, len(file.clusters) * cb)
+        src = ChainSource(vol, volinfo.layout, file.clusters, size)
+        try:
+            report = check_firmware(src, "IPVA.BIN", progress)
+        finally:
+            direct.close()
+        findings += report.findings
     return VerifyResult(target, res.kind, res.path, res.via,
                         volinfo.to_dict() if volinfo else None, report, tuple(findings))

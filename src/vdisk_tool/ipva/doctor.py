@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ..errors import FormatError, Severity, VdiskError
 from ..image import safe
 from ..image.disk import open_image
-from . import doctor_disks  # noqa: F401  (registers the disk checks)
+from . import (
+    doctor_disks,  # noqa: F401  (registers the disk checks)
+    doctor_log,  # noqa: F401  (registers the vmware.log check)
+)
 from .bundle import (
     CHECK_MAC_KEY,
     MEMSIZE_MIN_MB,
@@ -53,6 +57,15 @@ from .doctor_model import (
 )
 from .flash import MAX_SEGMENTS, SEGMENT_BYTES, directory_segments
 from .vmx import IDE_ROLES, DiskSlot, vmx_bool
+from .vmx_rules import (
+    at_path,
+    check_eth0,
+    check_eth1,
+    check_hardware,
+    check_tools,
+    eth0_present,
+    settings_of,
+)
 
 __all__ = [
     "DISK_CHECKS", "FLASH_CAPACITY_BYTES", "MEMSIZE_FULL_FLASH_MB", "MEMSIZE_MAX_USEFUL_MB",
@@ -146,10 +159,10 @@ def check_keys(ctx: Context) -> Iterator[Issue]:
 @vmx_check
 def check_nic(ctx: Context) -> Iterator[Issue]:
     vmx, vp = ctx.vmx, ctx.bundle.vmx_path
-    if not vmx_bool(vmx.get(f"{NIC}.present")):
-        yield issue("vmx.nic-missing", Severity.ERROR, f"{NIC} is not present: the appliance has "
-                    "no network adapter", "vmx", path=vp, boot=MSG_NIC,
-                    fix="add a network adapter of type vlance to the VM")
+    settings = settings_of(vmx)
+    if not eth0_present(settings):
+        for i in at_path(check_eth0(settings), vp):
+            yield replace(i, boot_message=MSG_NIC)
         return
     model = vmx.get(f"{NIC}.virtualDev")
     fix = ctx.command("bundle", "check", ctx.target, "--fix")
@@ -162,6 +175,16 @@ def check_nic(ctx: Context) -> Iterator[Issue]:
                     f"drives {' and '.join(SUPPORTED_NICS)}", "vmx", path=vp, boot=MSG_NIC,
                     fixable=True, fix=fix)
     yield from _check_mac(ctx)
+    yield from at_path(check_eth0(settings), vp)
+    yield from at_path(check_eth1(settings), vp)
+
+
+@vmx_check
+def check_platform(ctx: Context) -> Iterator[Issue]:
+    """ESX 3.x hardware and VMware Tools keys (vSphere 5 needs the firmware: check_boot)."""
+    settings = settings_of(ctx.vmx)
+    yield from at_path(check_hardware(settings), ctx.bundle.vmx_path)
+    yield from at_path(check_tools(settings), ctx.bundle.vmx_path)
 
 
 def _check_mac(ctx: Context) -> Iterator[Issue]:

@@ -6,7 +6,9 @@ Importing this module registers the checks (`doctor` does so); each one reads a 
 """
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ..errors import FormatError, Severity
 from ..fs.check import check_volume
@@ -24,6 +26,10 @@ from .doctor_model import (
     issue,
 )
 from .flash import find_children
+from .fwversion import V9HF1, firmware_id, older_than
+from .upgrade import BACKUP_NAME, judge
+from .upgrade import CODE as UPGRADE_CODE
+from .vmx_rules import at_path, check_vsphere5_firmware, settings_of
 
 FLASH_CAPACITY_BYTES = 100 << 20
 MSG_FIRMWARE = "checksum wrong! Loading failed for image=IPVA    BIN"
@@ -79,10 +85,15 @@ def check_boot(ctx: Context, d: DiskContext) -> Iterator[Issue]:
     from .boot_verify import verify_target
 
     fix = ctx.command("boot", "restore", d.path, "--firmware", "ipva.bin")
-    for f in verify_target(d.path).findings:
+    res = verify_target(d.path)
+    for f in res.findings:
         bad = f.severity == Severity.ERROR
         loader = bad and (f.code.startswith("fw.") or f.code.startswith("boot.chain"))
         yield adopt(f, d, fix if bad else None, MSG_FIRMWARE if loader else None)
+    ctx.firmware = firmware_id(res.firmware)
+    for i in at_path(check_vsphere5_firmware(settings_of(ctx.vmx), ctx.firmware),
+                     ctx.bundle.vmx_path):
+        yield replace(i, fix=i.fix.replace("BOOT_DISK", shlex.quote(d.path)) if i.fix else None)
 
 
 @disk_check("cf")
@@ -109,13 +120,14 @@ def _fat_findings(ctx: Context, d: DiskContext, vol: FatVolume) -> Iterator[Issu
     """fs.check: boot sector copies, FAT copies, chains, directories, FSInfo; `vdisk fs check
     --repair` fixes what it can (the same volume: the disk's default partition)."""
     for f in check_volume(vol, path=d.path).findings:
-        yield adopt(f, d, ctx.command("fs", "check", d.path, "--repair") if f.fixable
+        yield adopt(f, d, ctx.command("fs", "check", d.path, "--repair", "--yes") if f.fixable
                     else ctx.command("fs", "check", d.path))
 
 
 @disk_check("flash")
 def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """Flash in use against the directory the memsize allows."""
+    """Flash in use against the directory the memsize allows; with a firmware older than
+    V9HF1 (the boot disk is checked first), against the directory an upgrade would allow."""
     from .flash import read_flash_info
 
     info = read_flash_info(d.disk, ctx.memsize_mb())
@@ -123,10 +135,20 @@ def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
         f"; memsize {info.memsize_mb} MB allows a directory of {info.directory_segments}"
     yield issue("bundle.flash-usage", Severity.INFO, f"{info.segments_in_use} of "
                 f"{info.segments_total} flash segments in use{limit}", d.role, path=d.path)
+    trap = None
+    if ctx.firmware is not None and older_than(ctx.firmware, V9HF1) is not False:
+        trap = judge(ctx.firmware, None, info.segments_in_use, ctx.memsize_mb(),
+                     ctx.bundle.vmx_path, d.path)
     for f in info.findings:
+        if trap is not None and f.code == "flash.directory-overflow":
+            continue           # the installed firmware does not size the directory by RAM yet
         fix = f'set memsize = "{MEMSIZE_FULL_FLASH_MB}"' if f.code == "flash.directory-overflow" \
             else None
         yield adopt(f, d, fix)
+    if trap is not None and trap.risk:
+        yield issue(UPGRADE_CODE, Severity.WARNING, trap.reason, d.role, path=d.path,
+                    fix=ctx.command("flash", "backup", d.path, "-o", BACKUP_NAME)
+                    + " and save the configuration before the upgrade")
 
 
 @disk_check("dump")

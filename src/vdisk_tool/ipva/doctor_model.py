@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import Finding, Severity
 from ..image.disk import Disk
 from .bundle import Bundle, relpath_in
+from .fwversion import FirmwareId
 from .vmx import IDE_ROLES, DiskSlot, Vmx
 
 MEMSIZE_MAX_USEFUL_MB = 3072
@@ -81,6 +82,8 @@ class Context:
 
     bundle: Bundle
     target: str
+    #: the firmware on the boot disk, once its check has read a trustworthy header
+    firmware: FirmwareId | None = None
 
     @property
     def vmx(self) -> Vmx:

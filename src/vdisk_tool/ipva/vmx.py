@@ -36,6 +36,13 @@ def vmx_bool(value: str | None) -> bool:
     return value is not None and value.strip().lower() in _TRUE
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """Text from a file as a message quotes it: at most `limit` characters, and those that
+    are not printable (escape sequences, tabs, bidi controls) as `?`."""
+    out = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return out + ("…" if len(text) > limit else "")
+
+
 def decode_value(raw: str) -> str:
     """A value as written (quotes and `|XX` hex escapes) -> its text."""
     if len(raw) >= 2 and raw.startswith('"') and raw.endswith('"'):
