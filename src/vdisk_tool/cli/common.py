@@ -35,6 +35,7 @@ def begin(argv: list[str]) -> list[str]:
     """Read the flags that count anywhere on the command line (--debug, --quiet/-q) and
     note --json for the error path; return the arguments without the global flags."""
     MODE.update(json=False, quiet=False, command="")
+    DEBUG["on"] = os.environ.get("VDISK_DEBUG", "") not in ("", "0")
     out: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
