@@ -134,7 +134,7 @@ def test_errors_under_json_are_the_error_envelope(tmp_path, runner, path) -> Non
     doc = json.loads(r.stdout)
     _valid(doc)
     assert doc["ok"] is False and doc["error"]["message"]
-    assert "vdisk: error" not in r.stderr
+    assert r.stderr.startswith("vdisk: error: ")      # the same line as without --json
 
 
 def test_usage_error_under_json(runner) -> None:

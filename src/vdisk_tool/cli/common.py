@@ -55,14 +55,13 @@ def begin(argv: list[str]) -> list[str]:
 
 def error(message: str, hint: str | None = None, path: str | None = None,
           offset: int | None = None) -> None:
-    """The one place an error is reported: a line on stderr (plus a hint), or under --json
+    """The one place an error is reported: a line on stderr (plus a hint); under --json also
     the error envelope on stdout (specs/json.md)."""
     if MODE["json"]:
         head = {"schema": SCHEMA, "command": MODE["command"]} if MODE.get("command") else \
             {"schema": SCHEMA}
         typer.echo(json.dumps({**head, "ok": False, "error": {
             "message": message, "hint": hint, "path": path, "offset": offset}}, indent=2))
-        return
     typer.echo(f"vdisk: error: {message}", err=True)
     if hint:
         typer.echo(f"hint: {hint}", err=True)

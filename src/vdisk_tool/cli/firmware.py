@@ -288,11 +288,14 @@ def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *,
     typer.echo(f"hint: back the flash up first: {chk.backup_command()}", err=True)
     if yes or dry_run:
         return chk
-    if json_out:
+    message = f"refusing to install {firmware}: the upgrade would lose PBX objects"
+    hint = "save the configuration and back the flash up, then pass --yes to go on"
+    if json_out:        # one document: the refused plan (the error line stays on stderr)
         emit_json({"plan": plan.to_dict(), "dry_run": False, "flash_check": chk.to_dict(),
-                   "refused": True, "result": None})
-    raise fail(f"refusing to install {firmware}: the upgrade would lose PBX objects",
-               EXIT_ERROR, "save the configuration and back the flash up, then pass --yes to go on")
+                   "refused": True, "result": None}, ok=False)
+        typer.echo(f"vdisk: error: {message}\nhint: {hint}", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    raise fail(message, EXIT_ERROR, hint)
 
 
 @boot_grp.command("create")
