@@ -127,7 +127,7 @@ def test_vsphere_renamed_bundle_problems_and_messages(tmp_path, runner):
     assert f"fix: vdisk bundle check {b} --fix" in r.output
     data = json.loads(vdisk(runner, "bundle", "check", b, "--json").stdout)
     assert data["healthy"] is False
-    perf = next(i for i in data["issues"] if i["code"] == "vmx.perfctr-missing")
+    perf = next(i for i in data["findings"] if i["code"] == "vmx.perfctr-missing")
     assert perf["fixable"] and perf["boot_message"] == "perfcounter-not enabled!!!"
 
 

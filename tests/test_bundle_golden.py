@@ -163,9 +163,10 @@ def test_create_refusals_leave_nothing(tmp_path, runner, firmware):
     assert r.exit_code == 3 and "Traceback" not in r.output
     assert not dst.exists()
     assert [p.name for p in tmp_path.iterdir() if "vdisk-tmp" in p.name] == []
-    for args in (["--mac", "00:0c:29:00:00:01"], ["--memsize", "62"], ["--target", "kvm"]):
+    for args, code in ((["--mac", "00:0c:29:00:00:01"], 2), (["--memsize", "62"], 3),
+                       (["--target", "kvm"], 2)):
         r = vdisk(runner, "bundle", "create", str(dst), "--firmware", firmware, *args)
-        assert r.exit_code == 3, args
+        assert r.exit_code == code, args
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(RefusedError, match="not an empty folder"):
@@ -214,3 +215,32 @@ def test_clone_refusals(tmp_path, runner, firmware):
     os.unlink(os.path.join(src, "hd-dump.vmdk"))
     r = vdisk(runner, "bundle", "clone", src, str(tmp_path / "c"))
     assert r.exit_code == 3 and not (tmp_path / "c").exists()
+
+
+def test_create_and_clone_show_the_mac_and_uuid_they_write(tmp_path, runner, firmware,
+                                                           monkeypatch):
+    """A dry run and the real run (same seed) show the same identity, and it is what the
+    vmx holds; the text output names both."""
+    import json
+
+    from vdisk_tool import clock
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    dst = tmp_path / "new"
+    args = ["bundle", "create", str(dst), "--firmware", firmware, "--cf-size", "16M", "--json"]
+    clock._SEEDED.clear()                        # each run starts the seeded generator afresh
+    dry = json.loads(vdisk(runner, *args, "--dry-run").stdout)
+    clock._SEEDED.clear()
+    real = json.loads(vdisk(runner, *args).stdout)
+    vmx = (dst / "ipva.vmx").read_text()
+    assert (dry["mac"], dry["uuid_bios"]) == (real["mac"], real["uuid_bios"])
+    assert f'ethernet0.address = "{real["mac"]}"' in vmx
+    assert f'uuid.bios = "{real["uuid_bios"]}"' in vmx
+    clock._SEEDED.clear()
+    r = vdisk(runner, "bundle", "clone", str(dst), str(tmp_path / "c"), "--dry-run")
+    mac = r.stdout.split("MAC: ")[1].split()[0]
+    uuid = r.stdout.split("uuid.bios: ")[1].splitlines()[0]
+    clock._SEEDED.clear()
+    r = vdisk(runner, "bundle", "clone", str(dst), str(tmp_path / "c"))
+    assert f"MAC: {mac} (static)" in r.stdout and f"uuid.bios: {uuid}" in r.stdout
+    vmx = (tmp_path / "c" / "ipva.vmx").read_text()
+    assert f'ethernet0.address = "{mac}"' in vmx and f'uuid.bios = "{uuid}"' in vmx

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,9 @@ def test_set_mac_dry_run_random_and_refusals(tmp_path, runner):
     assert Path(vmx).read_bytes() == VSPHERE_VMX.encode()
 
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "00:0c:29:01:02:03")
-    assert r.exit_code == 3 and "outside VMware's static range" in r.stderr
+    assert r.exit_code == 2 and "outside VMware's static range" in r.stderr
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "nonsense")
-    assert r.exit_code == 3 and "not a MAC address" in r.stderr
+    assert r.exit_code == 2 and "not a MAC address" in r.stderr
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path))
     assert r.exit_code == 2
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--random", "--mac", "00:50:56:00:00:01")
@@ -113,3 +114,25 @@ def test_set_mac_dry_run_random_and_refusals(tmp_path, runner):
     assert in_static_range(parse_mac(v.get("ethernet0.address")))
     mac_tail = v.get("ethernet0.address").replace(":", "")[-6:].lower()
     assert v.get("uuid.bios").replace(" ", "")[-6:] == mac_tail
+
+
+def test_a_generated_mac_is_frozen_not_replaced(tmp_path, runner):
+    """bundle check's fix for a generated MAC keeps it (the licence is bound to it); the
+    frozen MAC outside the static range is accepted by VMware with checkMACAddress FALSE."""
+    vmx = tmp_path / "ipva.vmx"
+    vmx.write_text(VSPHERE_VMX)
+    r = vdisk(runner, "bundle", "check", str(tmp_path), "--json")
+    fix = next(f["fix"] for f in json.loads(r.stdout)["findings"] if f["code"] == "vmx.mac-generated")
+    assert "--random" not in fix and "--mac" in fix
+    current = fix.split("--mac ")[1].strip()
+    r = vdisk(runner, *shlex.split(fix)[1:])
+    assert r.exit_code == 0, r.output
+    text = vmx.read_text()
+    assert f'ethernet0.address = "{current.upper()}"' in text
+    assert 'ethernet0.addressType = "static"' in text and 'checkMACAddress = "FALSE"' in text
+    r = vdisk(runner, "bundle", "check", str(tmp_path), "--json")
+    codes = {f["code"] for f in json.loads(r.stdout)["findings"]}
+    assert not codes & {"vmx.mac-generated", "vmx.mac-range"}
+    # any other MAC outside the range is still refused
+    r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "00:0c:29:99:99:99")
+    assert r.exit_code == 2 and "static range" in r.stderr

@@ -143,7 +143,7 @@ def test_tools_keys(tmp_path, runner):
     rep = doctor.check_bundle(b)
     assert problems(rep) == {"vmx.tools-unsupported"}
     data = json.loads(vdisk(runner, "bundle", "check", b, "--json").stdout)
-    [t] = [i for i in data["issues"] if i["code"] == "vmx.tools-unsupported"]
+    [t] = [i for i in data["findings"] if i["code"] == "vmx.tools-unsupported"]
     assert t["severity"] == "warning" and 'tools.synctime = "TRUE"' in t["message"]
 
 

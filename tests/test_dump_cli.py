@@ -50,8 +50,12 @@ def test_list_and_extract_across_subformats(tmp_path, runner, qemu_img, subforma
     assert d["records"][0]["version"] == "13r2 sr11" and d["records"][0]["build"] == 90468
     out = tmp_path / "crash_dump.txt"
     r = vdisk(runner, "dump", "extract", disk, "-o", str(out))
-    assert r.exit_code == 0
+    assert r.exit_code == 1 and "newest record 3 (slot 2) is torn" in r.stderr   # said, exit 1
     assert out.read_bytes() == texts[2]          # newest good, never the torn one
+    r = vdisk(runner, "dump", "extract", disk, "-o", str(out))
+    assert r.exit_code == 3 and "--overwrite" in r.stderr       # never overwritten silently
+    r = vdisk(runner, "dump", "extract", disk, "-o", str(out), "--overwrite", "--sequence", "1")
+    assert r.exit_code == 0 and out.read_bytes() == texts[1]
 
 
 @pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
@@ -93,9 +97,13 @@ def test_extract_sequence_all_and_salvage(tmp_path, runner):
     r = vdisk(runner, "dump", "extract", raw, "--sequence", "9", "-o", str(tmp_path / "n"))
     assert r.exit_code == 3
     r = vdisk(runner, "dump", "extract", raw, "--all", str(tmp_path / "all"))
+    assert r.exit_code == 1 and "record 3 (slot 2) is torn: skipped" in r.stderr
+    assert sorted(os.listdir(tmp_path / "all")) == ["crash_dump_1.txt", "crash_dump_2.txt"]
+    r = vdisk(runner, "dump", "extract", raw, "--all", str(tmp_path / "all"), "--salvage",
+              "--overwrite")
     assert r.exit_code == 0
-    assert sorted(os.listdir(tmp_path / "all")) == ["crash_dump_1-slot0.txt",
-                                                   "crash_dump_2-slot1.txt"]
+    assert sorted(os.listdir(tmp_path / "all")) == ["crash_dump_1.txt", "crash_dump_2.txt",
+                                                   "crash_dump_3.torn.txt"]
     r = vdisk(runner, "dump", "extract", raw, "--salvage", "-o", "-")
     assert r.stdout_bytes[:300] == texts[3][:300]
 

@@ -28,7 +28,7 @@ def test_format_put_ls_get_on_sparse_vmdk(tmp_path: Path, runner, qemu_img: str)
     assert vdisk(runner, "fs", "put", str(img), str(src), "/a/b/").exit_code == 0
     r = vdisk(runner, "fs", "ls", str(img), "/a/b", "--json")
     assert r.exit_code == 0
-    (entry,) = json.loads(r.stdout)
+    (entry,) = json.loads(r.stdout)["entries"]
     assert entry["name"] == "hello world.txt" and entry["size_bytes"] == 3000
     r = vdisk(runner, "fs", "ls", str(img), "/a/b", "-l")
     assert "HELLOW~1.TXT" in r.stdout and "3,000" in r.stdout
@@ -43,8 +43,8 @@ def test_format_put_ls_get_on_sparse_vmdk(tmp_path: Path, runner, qemu_img: str)
     assert "hello world.txt" in r.stdout and "(IPVABOOT)" in r.stdout
     assert vdisk(runner, "fs", "mv", str(img), "/a/b/hello world.txt", "/top.txt").exit_code == 0
     assert vdisk(runner, "fs", "rm", str(img), "/a", "-r", "--yes").exit_code == 0
-    assert [e["name"] for e in json.loads(vdisk(runner, "fs", "ls", str(img), "--json").stdout)] \
-        == ["top.txt"]
+    listing = json.loads(vdisk(runner, "fs", "ls", str(img), "--json").stdout)["entries"]
+    assert [e["name"] for e in listing] == ["top.txt"]
     raw = tmp_path / "d.raw"
     run(qemu_img, "convert", "-O", "raw", str(img), str(raw))
     fsck_clean(raw, 2048 * 512)

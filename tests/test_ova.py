@@ -34,7 +34,7 @@ def issues(runner, target: str) -> tuple[int, dict[str, list[dict]]]:
     res = vdisk(runner, "bundle", "check", target, "--json")
     assert res.exit_code in (0, 1), res.output
     found: dict[str, list[dict]] = {}
-    for i in json.loads(res.stdout)["issues"]:
+    for i in json.loads(res.stdout)["findings"]:
         found.setdefault(i["code"], []).append(i)
     return res.exit_code, found
 

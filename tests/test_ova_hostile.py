@@ -29,7 +29,7 @@ def check(runner, target: Path) -> tuple[int, dict[str, list[dict]]]:
     if res.exit_code == 3:
         return 3, {"error": [{"message": res.stderr}]}
     found: dict[str, list[dict]] = {}
-    for i in json.loads(res.stdout)["issues"]:
+    for i in json.loads(res.stdout)["findings"]:
         found.setdefault(i["code"], []).append(i)
     return res.exit_code, found
 

@@ -72,7 +72,7 @@ def test_bundle_check_old_firmware_warns_instead_of_overflow(tmp_path, runner):
     assert "memsize 64 MB allows 224 segments" in i.finding.message and "300 are in use" in i.finding.message
     assert i.fix.startswith(f"vdisk flash backup {os.path.join(b, 'hd-flash.vmdk')} -o ")
     data = json.loads(vdisk(runner, "bundle", "check", b, "--json").stdout)
-    assert [x["code"] for x in data["issues"] if x["severity"] != "info"] == ["bundle.upgrade-flash-limit"]
+    assert [x["code"] for x in data["findings"] if x["severity"] != "info"] == ["bundle.upgrade-flash-limit"]
 
 
 @pytest.mark.parametrize("version,build,mem,want", [

@@ -96,7 +96,7 @@ def test_map_data_runs_match_writes_and_qemu(runner, made, sub):
     image = made[sub]
     res = vdisk(runner, "map", "--json", str(image))
     assert res.exit_code == 0, res.output
-    runs = json.loads(res.stdout)
+    runs = json.loads(res.stdout)["runs"]
     # runs tile the disk exactly
     pos = 0
     for r in runs:
@@ -125,7 +125,7 @@ def test_map_shows_parent_runs(runner, tmp_path):
     vc.qemu_write(child, [vc.Write(0x20, 3 * GRAIN, 10)])
     res = vdisk(runner, "map", "--json", str(child))
     assert res.exit_code == 0, res.output
-    runs = json.loads(res.stdout)
+    runs = json.loads(res.stdout)["runs"]
     data = [(r["offset"], r["length"]) for r in runs if r["kind"] == "data"]
     assert data == [(3 * GRAIN, GRAIN)]
     # "parent": the parent stores these bytes (with its file offsets); elsewhere nothing is stored

@@ -36,7 +36,7 @@ def test_zero_extent_counts_and_reads_zero(tmp_path, runner):
     assert info["virtual_size_bytes"] == 4 * MiB
     assert [e["access"] + " " + e["type"] for e in info["extents"]] == [
         "RW FLAT", "RW ZERO", "RDONLY FLAT"]
-    runs = json.loads(vdisk(runner, "map", "--json", str(p)).stdout)
+    runs = json.loads(vdisk(runner, "map", "--json", str(p)).stdout)["runs"]
     assert any(r["kind"] == "zero" and r["offset"] == MiB and r["length"] == 2 * MiB for r in runs)
 
 

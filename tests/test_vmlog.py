@@ -92,7 +92,7 @@ def test_wiki_story_halt_then_ide_devices_gone(tmp_path, runner):
     assert "attaches hd-flash.vmdk there again" in flash.finding.message
     assert flash.fix == f"vdisk check {os.path.join(b, 'hd-flash.vmdk')}"
     data = json.loads(vdisk(runner, "bundle", "check", b, "--json").stdout)
-    got = {i["code"] for i in data["issues"]}
+    got = {i["code"] for i in data["findings"]}
     assert {"bundle.log-cpu-halted", "bundle.log-ide-destroyed"} <= got
     r = vdisk(runner, "bundle", "check", b)
     assert r.exit_code == 1 and "error: bundle.log-ide-destroyed: VMware destroyed the cf disk" in r.output

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from ..errors import Severity
+from ..errors import Severity, VdiskError
 from ..ipva import doctor, golden, ova_check, ova_deploy
 from ..ipva.bundle import (
+    CHECK_MAC_KEY,
     VmxFix,
     apply_mac,
     apply_vmx_fixes,
     format_mac,
+    in_static_range,
     mac_state,
     open_bundle,
+    parse_mac,
     plan_vmx_fixes,
     random_static_mac,
     relpath_in,
@@ -20,6 +23,7 @@ from ..ipva.bundle import (
 )
 from ..ipva.ova import is_package
 from .app import app
+from .choices import Target
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -41,6 +45,20 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the vmx changes as a diff; write nothing.")
 BACKUP = typer.Option(None, "--backup", help="Keep the old vmx under this name.")
 FORCE = typer.Option(False, "--force", help="Edit even though a VMware lock (.lck) exists.")
+
+
+def _check_mac(ctx: typer.Context, text: str | None) -> str | None:
+    """A --mac outside the static range (or no MAC at all) is a usage error (exit 2);
+    set-mac also takes the bundle's current MAC, to freeze it."""
+    if text is not None:
+        try:
+            if ctx.info_name == "set-mac":
+                parse_mac(text)
+            else:
+                validate_static_mac(text)
+        except VdiskError as exc:
+            raise typer.BadParameter(f"{exc}" + (f" ({exc.hint})" if exc.hint else "")) from None
+    return text
 
 
 def _size(n: int | None) -> str:
@@ -121,23 +139,34 @@ def check(target: str = TARGET, json_out: bool = JSON,
 @grp.command("set-mac")
 @handle_errors
 def set_mac(target: str = TARGET,
-            mac: str | None = typer.Option(None, "--mac", help="The static MAC, "
-                                              "00:50:56:00:00:00 to 00:50:56:3F:FF:FF."),
+            mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                           help="The static MAC, 00:50:56:00:00:00 to "
+                                                "00:50:56:3F:FF:FF, or the current MAC (to "
+                                                "freeze a generated one)."),
             random: bool = typer.Option(False, "--random", help="Pick a random MAC in the static range."),
             json_out: bool = JSON, dry_run: bool = DRY_RUN, backup: str | None = BACKUP,
             force: bool = FORCE) -> None:
     """Give the appliance a static MAC: addressType static, ethernet0.address set,
     generatedAddress removed, the last three bytes of uuid.bios changed to match.
-    Licences bound to the old MAC must be moved to the new one.
+    Licences bound to the old MAC must be moved to the new one; `--mac` with the current
+    (generated) MAC keeps it, so its licence stays valid.
 
     Example: vdisk bundle set-mac ./ipva --mac 00:50:56:12:34:56
     """
     if (mac is None) == (not random):
         raise fail("give exactly one of --mac and --random", EXIT_USAGE)
-    value = validate_static_mac(mac) if mac is not None else random_static_mac()
     b = open_bundle(target)
     old = mac_state(b.vmx)
+    value = parse_mac(mac) if mac is not None else random_static_mac()
+    current = old.effective is not None and parse_mac(old.effective) == value
+    if not in_static_range(value) and not current:
+        try:
+            validate_static_mac(format_mac(value))
+        except VdiskError as exc:
+            raise fail(str(exc), EXIT_USAGE, exc.hint) from None
     apply_mac(b.vmx, value)
+    if not in_static_range(value):      # freezing a generated MAC outside the static range
+        b.vmx.set(CHECK_MAC_KEY, "FALSE")
     if not dry_run and b.vmx.changed:
         for w in b.vmx.save(force=force, backup=backup):
             warn(w)
@@ -162,11 +191,12 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
                                         "(verified first)."),
            cf_size: str = typer.Option("1G", "--cf-size", help="Capacity of the CF disk."),
            memsize: int = typer.Option(64, "--memsize", help="RAM in MB (multiple of 4)."),
-           mac: str | None = typer.Option(None, "--mac", help="Static MAC (default: random "
-                                          "in 00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
-           target: str = typer.Option("workstation", "--target", help="workstation "
-                                      "(monolithicSparse), vsphere (vmfs + -flat), ova "
-                                      "(streamOptimized + .ovf + .ova)."),
+           mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                          help="Static MAC (default: random in "
+                                               "00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
+           target: Target = typer.Option(Target.workstation, "--target", help="workstation "
+                                         "(monolithicSparse), vsphere (vmfs + -flat), ova "
+                                         "(streamOptimized + .ovf + .ova)."),
            name: str = typer.Option("ipva", "--name", help="Name of the vmx/ovf/ova files."),
            json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
     """Make a complete new appliance: vmx with every required key, boot disk with the
@@ -175,10 +205,10 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
     Example: vdisk bundle create ./ipva --firmware ipva.bin --target vsphere
     """
     plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size), memsize_mb=memsize,
-                              mac=mac, target=target, name=name)
+                              mac=mac, target=target.value, name=name)
     if dry_run:
         _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
-             f"({plan.subformat}), MAC {format_mac(plan.mac)}, memsize {plan.memsize_mb} MB")
+             f"({plan.subformat}), memsize {plan.memsize_mb} MB")
         return
     files = golden.apply_create(plan)
     _report_made(plan.folder, files, json_out, plan.to_dict())
@@ -188,8 +218,9 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
 @handle_errors
 def clone(src: str = typer.Argument(..., help="The golden appliance (folder or .vmx)."),
           dst: str = typer.Argument(..., help="The new appliance folder."),
-          mac: str | None = typer.Option(None, "--mac", help="Static MAC of the clone "
-                                         "(default: random in the static range)."),
+          mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
+                                         help="Static MAC of the clone (default: random in the "
+                                              "static range)."),
           reset_flash: bool = typer.Option(False, "--reset-flash", help="Give the clone a blank "
                                            "flash (no PBX objects)."),
           json_out: bool = JSON, dry_run: bool = DRY_RUN, force: bool = FORCE) -> None:
@@ -200,8 +231,8 @@ def clone(src: str = typer.Argument(..., help="The golden appliance (folder or .
     """
     plan = golden.plan_clone(src, dst, mac=mac, reset_flash=reset_flash, force=force)
     if dry_run:
-        _dry(plan.to_dict(), json_out, f"would clone {plan.source_vmx} to {plan.folder}, MAC "
-             f"{format_mac(plan.mac)}" + (", blank flash" if plan.reset_flash else ""))
+        _dry(plan.to_dict(), json_out, f"would clone {plan.source_vmx} to {plan.folder}"
+             + (", blank flash" if plan.reset_flash else ""))
         return
     files = golden.apply_clone(plan)
     _report_made(plan.folder, files, json_out, plan.to_dict())
@@ -242,18 +273,29 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _identity(plan: dict) -> None:
+    """The MAC (the licence is bound to it) and the uuid.bios a new appliance gets."""
+    if plan.get("mac"):
+        typer.echo(f"MAC: {plan['mac']} (static)")
+    if plan.get("uuid_bios"):
+        typer.echo(f"uuid.bios: {plan['uuid_bios']}")
+
+
 def _dry(plan: dict, json_out: bool, text: str) -> None:
     if json_out:
         emit_json({**plan, "dry_run": True})
     else:
         typer.echo(text)
+        _identity(plan)
 
 
 def _report_made(folder: str, files: list[str], json_out: bool, plan: dict) -> None:
     rep = doctor.check_bundle(folder)
     if json_out:
-        emit_json({**plan, "files": files, "check": rep.to_dict()})
+        emit_json({**plan, "files": files, "check": rep.to_dict(), "dry_run": False},
+                  ok=rep.healthy, findings=rep.issues)
     else:
         typer.echo(f"created {folder}: {', '.join(files)}")
+        _identity(plan)
         _print_report(rep)
     raise typer.Exit(EXIT_OK if rep.healthy else EXIT_FINDINGS)

@@ -24,12 +24,89 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
 EXIT_REPAIR_FAILED = 4
+SCHEMA = 1          # the version of the --json envelope (specs/json.md)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
-DEBUG = {"on": bool(os.environ.get("VDISK_DEBUG"))}
+# click's ClickException (usage errors and the like) and Abort, whichever click typer uses
+CLICK_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[2], typer.Abort)
+DEBUG = {"on": os.environ.get("VDISK_DEBUG", "") not in ("", "0")}
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
+MODE: dict[str, Any] = {"json": False, "quiet": False, "command": ""}
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
+
+
+def begin(argv: list[str]) -> list[str]:
+    """Read the flags that count anywhere on the command line (--debug, --quiet/-q) and
+    note --json for the error path; return the arguments without the global flags."""
+    MODE.update(json=False, quiet=False, command="")
+    DEBUG["on"] = os.environ.get("VDISK_DEBUG", "") not in ("", "0")
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        flag = GLOBAL_FLAGS.get(arg)
+        if flag == "debug":
+            DEBUG["on"] = True
+            continue
+        if flag == "quiet":
+            MODE["quiet"] = True
+            continue
+        MODE["json"] = MODE["json"] or arg == "--json"
+        out.append(arg)
+    return out
+
+
+def error(message: str, hint: str | None = None, path: str | None = None,
+          offset: int | None = None) -> None:
+    """The one place an error is reported: a line on stderr (plus a hint); under --json also
+    the error envelope on stdout (specs/json.md)."""
+    if MODE["json"]:
+        head = {"schema": SCHEMA, "command": MODE["command"]} if MODE.get("command") else \
+            {"schema": SCHEMA}
+        typer.echo(json.dumps({**head, "ok": False, "error": {
+            "message": message, "hint": hint, "path": path, "offset": offset}}, indent=2))
+    typer.echo(f"vdisk: error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+
+
+def report_click_error(exc: BaseException) -> int:
+    """A usage error from the parser: one line and a hint, exit 2 (Abort: cancelled, 1)."""
+    if isinstance(exc, typer.Abort):
+        error("cancelled")
+        return EXIT_FINDINGS
+    show_help = type(exc).__name__ == "NoArgsIsHelpError"
+    ctx = getattr(exc, "ctx", None)
+    if show_help:
+        typer.echo(ctx.get_help() if ctx is not None else exc.format_message(), err=True)  # type: ignore[attr-defined]
+        return EXIT_USAGE
+    text = exc.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+    message, _sep, suggestion = text.partition(" Did you mean ")
+    message, _sep, possible = message.partition(" (Possible options: ")
+    suggestion = suggestion or possible.rstrip(")")
+    message = message.rstrip(".") if message.endswith(".") and message.count(".") == 1 else message
+    message = message[:1].lower() + message[1:]
+    where = ctx.command_path if ctx is not None else "vdisk"
+    hint = (f"did you mean {suggestion.rstrip('?')}?" if suggestion
+            else f"'{where} -h' shows the usage")
+    error(message, hint)
+    code = getattr(exc, "exit_code", EXIT_USAGE)
+    return EXIT_USAGE if code in (None, 2) or isinstance(exc, _USAGE_ERRORS) else int(code)
+
+
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file (never "
+                         "done without it).")
+
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """An output file that exists is replaced only with --overwrite."""
+    if not overwrite and path != "-" and os.path.lexists(path):
+        from ..errors import RefusedError
+        raise RefusedError("exists; refusing to overwrite it", path=path,
+                           hint="pass --overwrite to replace it")
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -37,11 +114,10 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_REPAIR_FAILED if isinstance(exc, RepairError) else EXIT_ERROR
 
 
-def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None) -> typer.Exit:
-    """Print one error line (and a hint) on stderr; return the Exit to raise."""
-    typer.echo(f"vdisk: error: {message}", err=True)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
+def fail(message: str, code: int = EXIT_ERROR, hint: str | None = None,
+         path: str | None = None, offset: int | None = None) -> typer.Exit:
+    """Report one error (see error()); return the Exit to raise."""
+    error(message, hint, path, offset)
     return typer.Exit(code)
 
 
@@ -71,6 +147,8 @@ def handle_errors(fn: F) -> F:
             if DEBUG["on"]:
                 traceback.print_exc()
             hint = getattr(exc, "hint", None)
+            where = getattr(exc, "path", None) or getattr(exc, "filename", None)
+            offset = getattr(exc, "offset", None)
             if isinstance(exc, VdiskError):
                 msg = str(exc)
             elif isinstance(exc, OSError):
@@ -80,7 +158,8 @@ def handle_errors(fn: F) -> F:
             else:
                 msg = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
                 hint = hint or "run with --debug for the traceback and report it"
-            raise fail(msg, exit_code_for(exc), hint) from None
+            raise fail(msg, exit_code_for(exc), hint, None if where is None else str(where),
+                       offset if isinstance(offset, int) else None) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -127,8 +206,48 @@ def takes_format(*image_params: str) -> Callable[[F], F]:
     return deco
 
 
-def emit_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+SUCCESS_KEYS = ("ok", "healthy", "clean", "same")
+
+
+def envelope(obj: Any, ok: bool | None = None, findings: Any = None) -> dict[str, Any]:
+    """The one JSON shape of every command (specs/json.md): schema, command, ok, findings,
+    then the command's own keys. `ok` defaults to the result's own verdict (ok, healthy,
+    clean, same), else to no error or warning among the findings."""
+    data = json.loads(json.dumps(obj, default=_json_default))
+    if not isinstance(data, dict):
+        data = {"result": data}
+    found = data.pop("findings", None)
+    if found is None:
+        found = data.pop("issues", None)
+    if findings is not None:
+        found = json.loads(json.dumps(list(findings), default=_json_default))
+    found = found or []
+    if ok is None:
+        verdict = next((data[k] for k in SUCCESS_KEYS if isinstance(data.get(k), bool)), None)
+        ok = verdict if verdict is not None else not any(
+            f.get("severity") in ("error", "warning") for f in found if isinstance(f, dict))
+    data.pop("ok", None)
+    return {"schema": SCHEMA, "command": MODE.get("command", ""), "ok": ok, "findings": found,
+            **data}
+
+
+def emit_json(obj: Any, ok: bool | None = None, findings: Any = None) -> None:
+    """Print a command's result in the JSON envelope (see envelope())."""
+    typer.echo(json.dumps(envelope(obj, ok, findings), indent=2))
+
+
+def report(text: str | None, data: dict[str, Any], ok: bool | None = None) -> None:
+    """A command's result: `text` for people (nothing if None), `data` under --json."""
+    if MODE["json"]:
+        emit_json(data, ok)
+    elif text is not None:
+        typer.echo(text)
+
+
+def say(text: str, err: bool = False) -> None:
+    """Chatter around the result (plans, progress notes): not under --quiet or --json."""
+    if not MODE["quiet"] and not MODE["json"]:
+        typer.echo(text, err=err)
 
 
 def _json_default(o: Any) -> Any:
@@ -165,7 +284,7 @@ def warn(message: str) -> None:
 @contextmanager
 def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A progress callback (done, total) drawn as a bar on a TTY, nothing otherwise."""
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or MODE["quiet"] or not sys.stderr.isatty():
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn

@@ -21,7 +21,9 @@ from .app import app
 from .common import (
     ALLOW_OUTSIDE,
     EXIT_ERROR,
+    EXIT_FINDINGS,
     EXIT_OK,
+    OVERWRITE,
     confirm,
     emit_json,
     fail,
@@ -29,6 +31,9 @@ from .common import (
     flag_pending_journal,
     handle_errors,
     print_findings,
+    refuse_existing,
+    report,
+    say,
     takes_format,
     warn,
 )
@@ -134,14 +139,18 @@ def extract(disk: str = DISK,
             output: str = typer.Option("crash_dump.txt", "--output", "-o",
                                        help="Output file; '-' writes to stdout."),
             sequence: int | None = typer.Option(None, "--sequence", help="Take this record."),
-            all_dir: str | None = typer.Option(None, "--all", help="Write every record to "
-                                                  "this folder as crash_dump_<sequence>.txt."),
+            all_dir: str | None = typer.Option(None, "--all", help="Write every good record "
+                                                  "to this folder as crash_dump_<sequence>.txt "
+                                                  "(with --salvage torn ones too, as "
+                                                  "crash_dump_<sequence>.torn.txt)."),
             salvage: bool = typer.Option(False, "--salvage", help="Also take torn records "
                                          "(their bytes as they are, with a warning)."),
-            allow_outside: bool = ALLOW_OUTSIDE) -> None:
+            allow_outside: bool = ALLOW_OUTSIDE,
+            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Write a crash dump out as text: the newest good record unless told otherwise.
 
     With --salvage and no --sequence, the newest record is taken even if it is torn.
+    Exit 1 (with a warning) when a torn record newer than the one written was skipped.
 
     Example: vdisk dump extract hd-dump.vmdk -o crash_dump.txt
     """
@@ -154,30 +163,52 @@ def extract(disk: str = DISK,
                 warn(f"{f.message} (records found by scanning)")
         if all_dir is not None:
             os.makedirs(all_dir, exist_ok=True)
-            n = 0
+            written: list[dict[str, object]] = []
+            skipped = 0
+            seqs = [r.sequence for r in store.used]
             for rec in sorted(store.used, key=lambda r: (r.sequence, r.slot)):
                 if rec.status == dp.RecordStatus.TORN and not salvage:
                     warn(f"record {rec.sequence} (slot {rec.slot}) is torn: skipped; "
                          "--salvage writes it")
+                    skipped += 1
                     continue
                 name = f"crash_dump_{rec.sequence}" + (
-                    ".torn" if rec.status == dp.RecordStatus.TORN else "") + f"-slot{rec.slot}.txt"
+                    f"-slot{rec.slot}" if seqs.count(rec.sequence) > 1 else "") + (
+                    ".torn" if rec.status == dp.RecordStatus.TORN else "") + ".txt"
+                refuse_existing(os.path.join(all_dir, name), overwrite)
                 _emit(dp.read_payload(dev, rec, salvage), os.path.join(all_dir, name))
                 if rec.status == dp.RecordStatus.TORN:
                     warn(f"record {rec.sequence} is torn ({rec.problem}); wrote its bytes as "
                          f"they are to {name}")
-                n += 1
-            typer.echo(f"wrote {n} crash dump(s) to {all_dir}", err=True)
-            raise typer.Exit(EXIT_OK)
+                written.append({"sequence": rec.sequence, "slot": rec.slot,
+                                "status": rec.status.value, "file": os.path.join(all_dir, name)})
+            say(f"wrote {len(written)} crash dump(s) to {all_dir}", err=True)
+            if json_out:
+                emit_json({"dir": all_dir, "records": written, "skipped_torn": skipped},
+                          ok=not skipped)
+            raise typer.Exit(EXIT_FINDINGS if skipped else EXIT_OK)
         rec = _pick(store, sequence, salvage)
+        refuse_existing(output, overwrite)
         data = dp.read_payload(dev, rec, salvage)
+    newest = store.newest
+    skipped = sequence is None and newest is not None and newest.sequence > rec.sequence
+    if skipped:
+        assert newest is not None
+        warn(f"the newest record {newest.sequence} (slot {newest.slot}) is torn; wrote record "
+             f"{rec.sequence} instead (--salvage takes the torn one)")
     if rec.status == dp.RecordStatus.TORN:
         warn(f"record {rec.sequence} (slot {rec.slot}) is torn ({rec.problem}); "
              "its bytes are written as they are and may be incomplete")
     _emit(data, output)
     if output != "-":
-        typer.echo(f"wrote record {rec.sequence} ({len(data)} bytes, {_when(rec.time)} UTC) "
-                   f"to {output}", err=True)
+        say(f"wrote record {rec.sequence} ({len(data)} bytes, {_when(rec.time)} UTC) "
+            f"to {output}", err=True)
+        if json_out:
+            emit_json({"output": output, "sequence": rec.sequence, "slot": rec.slot,
+                       "status": rec.status.value, "bytes": len(data),
+                       "skipped_torn": newest.sequence if skipped and newest else None},
+                      ok=not skipped)
+    raise typer.Exit(EXIT_FINDINGS if skipped else EXIT_OK)
 
 
 def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | None,
@@ -187,18 +218,21 @@ def _clear(disk: str, slot_sectors: int | None, dry_run: bool, backup: str | Non
     check_backup_for(backup, disk, allow_outside)
     with open_image(disk, allow_outside=allow_outside) as dev:
         plan = dp.plan_clear(dev, slot_sectors)
-    typer.echo(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
-               f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
-               "zeroed")
+    say(f"{verb}: empty store, slot size {plan.slot_sectors} sectors, {plan.slot_count} "
+        f"slots; {plan.records_lost} record(s) deleted, {len(plan.zeroed_slots)} slot(s) "
+        "zeroed")
+    result = {"path": disk, "slot_sectors": plan.slot_sectors, "slot_count": plan.slot_count,
+              "records_deleted": plan.records_lost, "slots_zeroed": len(plan.zeroed_slots),
+              "dry_run": dry_run}
     if dry_run:
-        typer.echo("dry run: nothing changed")
+        report("dry run: nothing changed", result)
         return
     confirm(f"this writes an empty store on {disk}, deleting its {plan.records_lost} crash "
             "dump(s)", yes)
     with edit_image(disk, force=force, backup=backup, allow_outside=allow_outside,
                     warnings=warn) as dev:
         dp.apply_clear(dev, dp.plan_clear(dev, plan.slot_sectors))
-    typer.echo("done")
+    report("done", result)
 
 
 @grp.command()
@@ -209,7 +243,7 @@ def init(disk: str = DISK,
                                                     help="Slot size (default: keep, else 2048)."),
          dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
          yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
-         allow_outside: bool = ALLOW_OUTSIDE) -> None:
+         allow_outside: bool = ALLOW_OUTSIDE, json_out: bool = JSON) -> None:
     """Write an empty store (a new header; any records are deleted).
 
     Example: vdisk dump init hd-dump.vmdk
@@ -222,7 +256,8 @@ def init(disk: str = DISK,
 @takes_format("disk")
 def clear(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
           force: bool = FORCE, yes: bool = YES, vmx: str | None = VMX,
-          any_disk: bool = ANY_DISK, allow_outside: bool = ALLOW_OUTSIDE) -> None:
+          any_disk: bool = ANY_DISK, allow_outside: bool = ALLOW_OUTSIDE,
+          json_out: bool = JSON) -> None:
     """Delete every crash dump (the store stays, empty, with its slot size).
 
     Example: vdisk dump clear hd-dump.vmdk --yes
@@ -241,7 +276,7 @@ def write(disk: str = DISK,
                                              "(default: now)."),
           dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
           yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
-          allow_outside: bool = ALLOW_OUTSIDE) -> None:
+          allow_outside: bool = ALLOW_OUTSIDE, json_out: bool = JSON) -> None:
     """Append a record the way the appliance does (for samples, tests and labs). When the
     ring is full the oldest record is overwritten (asked first).
 
@@ -262,9 +297,11 @@ def write(disk: str = DISK,
         raise RefusedError("the store header is missing or damaged; not appending to it",
                            hint="run `vdisk dump init` first (it deletes the records)")
     seq = max((r.sequence for r in store.used), default=0) + 1
-    typer.echo(f"write: record {seq} ({len(payload)} bytes) into slot {store.next_slot}")
+    say(f"write: record {seq} ({len(payload)} bytes) into slot {store.next_slot}")
+    result = {"path": disk, "sequence": seq, "slot": store.next_slot, "bytes": len(payload),
+              "dry_run": dry_run}
     if dry_run:
-        typer.echo("dry run: nothing changed")
+        report("dry run: nothing changed", result)
         return
     if any(r.slot == store.next_slot for r in store.used):
         confirm(f"slot {store.next_slot} of {disk} holds a crash dump; this overwrites it", yes)
@@ -273,4 +310,4 @@ def write(disk: str = DISK,
         rec = dp.write_record(dev, payload, build=build, version=version, time=stamp)
     if rec.status != dp.RecordStatus.GOOD:
         raise fail(f"the record reads back as {rec.status.value}", EXIT_ERROR)
-    typer.echo("done")
+    report("done", result)

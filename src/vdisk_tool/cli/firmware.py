@@ -20,18 +20,21 @@ from ..ipva.role import Role, identify_disk
 from ..ipva.upgrade import FlashUpgradeCheck, check_restore
 from ._role import ANY_DISK, VMX, guard
 from .app import app
+from .choices import Adapter, Subformat
 from .common import (
     ALLOW_OUTSIDE,
     EXIT_ERROR,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    OVERWRITE,
     confirm,
     emit_json,
     fail,
     handle_errors,
     print_findings,
     progress,
+    refuse_existing,
     takes_format,
     warn,
 )
@@ -176,17 +179,14 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
                   align: int = typer.Option(512, "--align", min=1,
                                             help="Align each section's start to this many "
                                                  "bytes."),
-                  force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
-                  json_out: bool = JSON) -> None:
+                  overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Make a valid firmware image from section files (for samples, tests and lab setups).
 
     Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4"
     --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
     """
     sections = _parse_sections(section)
-    if os.path.lexists(output) and not force:
-        raise RefusedError(f"{output} exists; refusing to overwrite it", path=output,
-                           hint="pass --force to replace it")
+    refuse_existing(output, overwrite)
     ts = clock.unix_time() if timestamp is None else timestamp
     rep = Replacement()
     tmp = create_temp(output)
@@ -300,11 +300,14 @@ def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *,
     typer.echo(f"hint: back the flash up first: {chk.backup_command()}", err=True)
     if yes or dry_run:
         return chk
-    if json_out:
+    message = f"refusing to install {firmware}: the upgrade would lose PBX objects"
+    hint = "save the configuration and back the flash up, then pass --yes to go on"
+    if json_out:        # one document: the refused plan (the error line stays on stderr)
         emit_json({"plan": plan.to_dict(), "dry_run": False, "flash_check": chk.to_dict(),
-                   "refused": True, "result": None})
-    raise fail(f"refusing to install {firmware}: the upgrade would lose PBX objects",
-               EXIT_ERROR, "save the configuration and back the flash up, then pass --yes to go on")
+                   "refused": True, "result": None}, ok=False)
+        typer.echo(f"vdisk: error: {message}\nhint: {hint}", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    raise fail(message, EXIT_ERROR, hint)
 
 
 def _refuse_existing(path: str) -> None:
@@ -327,16 +330,18 @@ def _refuse_existing(path: str) -> None:
 def boot_create(path: str = typer.Argument(..., help="The new boot disk to write."),
                 firmware: str = typer.Option(..., "--firmware", help="The ipva.bin to put on it."),
                 size: str = typer.Option("32M", "--size", help="Capacity, e.g. 32M."),
-                subformat: str = typer.Option("monolithicSparse", "--subformat",
-                                              help="VMDK subformat, or 'raw'."),
-                adapter: str = typer.Option("ide", "--adapter", help="ddb.adapterType."),
-                json_out: bool = JSON) -> None:
+                subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat",
+                                                     help="VMDK subformat, or raw."),
+                adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
+                overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Make a fresh boot disk (MBR, FAT16 'IPVABOOT', IPVA.BIN) to replace a broken one.
 
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
-    _refuse_existing(path)
-    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat, adapter)
+    if not overwrite:
+        _refuse_existing(path)     # says what the existing file holds
+    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value,
+                             overwrite=overwrite)
     res = bootmod.verify_target(path)
     if json_out:
         emit_json(res.to_dict())

@@ -1,11 +1,8 @@
 """`vdisk flash`: the emulated flash on hd-flash (ipva-model.md §4)."""
 from __future__ import annotations
 
-import os
-
 import typer
 
-from ..errors import RefusedError
 from ..image.backup import check_backup_for
 from ..image.disk import open_image
 from ..image.edit import edit_image
@@ -16,6 +13,7 @@ from ._role import ANY_DISK, VMX, guard
 from .app import app
 from .common import (
     ALLOW_OUTSIDE,
+    OVERWRITE,
     confirm,
     emit_json,
     findings_exit,
@@ -23,6 +21,9 @@ from .common import (
     handle_errors,
     print_findings,
     progress,
+    refuse_existing,
+    report,
+    say,
     takes_format,
     warn,
 )
@@ -84,17 +85,16 @@ def info(disk: str = DISK,
 @takes_format("disk")
 def backup(disk: str = DISK,
            output: str = typer.Option(..., "--output", "-o", help="The raw flash image to write."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+           overwrite: bool = OVERWRITE, json_out: bool = JSON,
            allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Save the flash region (64 MiB) as a raw, sparse file: save the configuration first.
 
     Example: vdisk flash backup hd-flash.vmdk -o flash.img
     """
-    if os.path.lexists(output) and not overwrite:
-        raise RefusedError(f"{output} exists", hint="pass --overwrite to replace it")
-    with open_named(disk, allow_outside) as dev, progress("backup") as cb:
+    refuse_existing(output, overwrite)
+    with open_named(disk, allow_outside) as dev, progress("backup", not json_out) as cb:
         n = fl.write_backup(dev, output, cb)
-    typer.echo(f"wrote {output}: {n} segment(s) in use")
+    report(f"wrote {output}: {n} segment(s) in use", {"output": output, "segments_in_use": n})
 
 
 @grp.command()
@@ -104,7 +104,7 @@ def restore(disk: str = DISK,
             image: str = typer.Argument(..., help="A raw flash image from `vdisk flash backup`."),
             dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
             yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
-            allow_outside: bool = ALLOW_OUTSIDE) -> None:
+            allow_outside: bool = ALLOW_OUTSIDE, json_out: bool = JSON) -> None:
     """Put a saved flash region back (the rest of the disk is kept).
 
     Example: vdisk flash restore hd-flash.vmdk flash.img
@@ -114,15 +114,17 @@ def restore(disk: str = DISK,
     with fl.open_flash_image(image) as img:
         with open_image(disk, allow_outside=allow_outside) as dev:
             plan = fl.plan_restore(dev, img)
-        typer.echo(f"restore: {len(plan.segments_written)} segment(s) change")
-        if dry_run or not plan.segments_written:
-            typer.echo("dry run: nothing changed" if dry_run else "nothing to do")
+        segments = list(plan.segments_written)
+        say(f"restore: {len(segments)} segment(s) change")
+        result = {"path": disk, "image": image, "segments_written": segments, "dry_run": dry_run}
+        if dry_run or not segments:
+            report("dry run: nothing changed" if dry_run else "nothing to do", result)
             return
         confirm(f"this overwrites the flash of {disk}", yes)
         with edit_image(disk, force=force, backup=backup, allow_outside=allow_outside,
                         warnings=warn) as dev:
             fl.apply_restore(dev, img, fl.plan_restore(dev, img))
-    typer.echo("done")
+    report("done", result)
 
 
 @grp.command()

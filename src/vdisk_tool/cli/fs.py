@@ -21,17 +21,22 @@ from ..ipva.locate import open_named
 from ..ipva.role import Role
 from ._role import ANY_DISK, VMX, guard
 from .app import app
+from .choices import FatBits
 from .common import (
     ALLOW_OUTSIDE,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_REPAIR_FAILED,
+    EXIT_USAGE,
+    OVERWRITE,
     confirm,
     emit_json,
+    fail,
     flag_pending_journal,
     handle_errors,
     print_findings,
     progress,
+    report,
     takes_format,
     warn,
 )
@@ -75,6 +80,10 @@ def _size(n: int) -> str:
     return f"{n:>12,}"
 
 
+def _done(verb: str, path: str, dry_run: bool) -> None:
+    report(verb + path, {"path": path, "dry_run": dry_run})
+
+
 @fs_app.command("ls")
 @handle_errors
 @takes_format("image")
@@ -90,7 +99,7 @@ def ls(image: str = IMAGE, path: str = typer.Argument("/", help="Directory or fi
         info = vol.stat(path)
         entries = vol.listdir(path) if info.is_dir else [info]
     if json_out:
-        emit_json([e.to_dict() for e in entries])
+        emit_json({"path": path, "entries": [e.to_dict() for e in entries]})
         return
     for e in entries:
         name = e.name + ("/" if e.is_dir else "")
@@ -129,7 +138,7 @@ def tree(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART
 @takes_format("image")
 def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
         dest: str | None = typer.Argument(None, help="Host path; '-' writes to stdout."),
-        partition: int | None = PART,
+        partition: int | None = PART, overwrite: bool = OVERWRITE, json_out: bool = JSON,
         allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy a file (or a directory, recursively) out of the volume. Names are sanitised.
 
@@ -146,26 +155,73 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
             out.flush()
             return
         with progress(f"get {info.name}") as cb:
-            res = extract(vol, path, dest or ".", cb)
+            res = extract(vol, path, dest or ".", cb, overwrite=overwrite)
     for vpath, host in res.renamed:
         warn(f"{vpath}: saved as {host!r} (name not safe on the host)")
-    typer.echo(f"{res.files} file(s), {res.bytes} bytes")
+    report(f"{res.files} file(s), {res.bytes} bytes",
+           {"path": path, "dest": dest or ".", "files": res.files, "bytes": res.bytes,
+            "renamed": [{"path": v, "host": h} for v, h in res.renamed]})
+
+
+@fs_app.command("cat")
+@handle_errors
+def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the volume."),
+        partition: int | None = PART) -> None:
+    """Write a file of the volume to stdout.
+
+    Example: vdisk fs cat hd-cf.vmdk /LOGS/SYSLOG.TXT | less
+    """
+    with _read(image, partition) as vol:
+        info = vol.stat(path)
+        if info.is_dir:
+            raise fail(f"{path}: is a directory", EXIT_USAGE, "`vdisk fs ls` lists it")
+        out = sys.stdout.buffer
+        for piece in vol.iter_file(info):
+            out.write(piece)
+        out.flush()
+
+
+@fs_app.command("df")
+@handle_errors
+def df(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
+    """Show the volume's size, used and free space and its clusters (as mdir's summary).
+
+    Example: vdisk fs df hd-cf.vmdk
+    """
+    with _read(image, partition) as vol:
+        lay = vol.layout
+        free = vol.fat.count_free()
+        label = vol.label
+    cb, total = lay.cluster_bytes, lay.cluster_count
+    data = {"label": label or None, "fat_type": lay.fat_type, "size_bytes": total * cb,
+            "used_bytes": (total - free) * cb, "free_bytes": free * cb, "cluster_bytes": cb,
+            "clusters_total": total, "clusters_used": total - free, "clusters_free": free}
+    pct = 100 * (total - free) // total if total else 0
+    report(f"{'volume':<12} {'type':<6} {'size':>14} {'used':>14} {'free':>14} use%\n"
+           f"{label or '-':<12} FAT{lay.fat_type:<3} {total * cb:>14} {(total - free) * cb:>14} "
+           f"{free * cb:>14} {pct:>3}%\n"
+           f"clusters: {total} of {cb} bytes, {total - free} used, {free} free", data)
 
 
 @fs_app.command("put")
 @handle_errors
 @takes_format("image")
-def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory."),
+def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or directory; '-' "
+                                                    "reads stdin."),
         path: str = typer.Argument(..., help="Target path on the volume."),
         partition: int | None = PART, dry_run: bool = DRY,
-        backup: str | None = BACKUP, force: bool = FORCE,
+        backup: str | None = BACKUP, force: bool = FORCE, json_out: bool = JSON,
         allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy a host file (or directory, recursively) onto the volume; replaces a file.
 
     Example: vdisk fs put hd-boot.vmdk ipva.bin /IPVA.BIN
     """
     with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
-        if os.path.isdir(src):
+        if src == "-":
+            if path.endswith("/") or (vol.exists(path) and vol.stat(path).is_dir):
+                raise fail("stdin has no name: give the file's path on the volume", EXIT_USAGE)
+            vol.write_file(path, sys.stdin.buffer)
+        elif os.path.isdir(src):
             for root, _dirs, files in os.walk(src):
                 rel = os.path.relpath(root, src)
                 base = path.rstrip("/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
@@ -179,7 +235,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
                 path = path.rstrip("/") + "/" + os.path.basename(src)
             with open(src, "rb") as f:
                 vol.write_file(path, f)
-    typer.echo(("would write " if dry_run else "wrote ") + path)
+    _done("would write " if dry_run else "wrote ", path, dry_run)
 
 
 @fs_app.command("rm")
@@ -188,7 +244,7 @@ def put(image: str = IMAGE, src: str = typer.Argument(..., help="Host file or di
 def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directory on the volume."),
        recursive: bool = typer.Option(False, "-r", "--recursive", help="Remove a directory tree."),
        partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-       force: bool = FORCE, yes: bool = YES,
+       force: bool = FORCE, yes: bool = YES, json_out: bool = JSON,
        allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Delete a file or directory from the volume.
 
@@ -198,7 +254,7 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
         confirm(f"remove {path} and everything under it", yes)
     with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.remove(path, recursive=recursive)
-    typer.echo(("would remove " if dry_run else "removed ") + path)
+    _done("would remove " if dry_run else "removed ", path, dry_run)
 
 
 @fs_app.command("mkdir")
@@ -207,7 +263,7 @@ def rm(image: str = IMAGE, path: str = typer.Argument(..., help="File or directo
 def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New directory."),
           parents: bool = typer.Option(False, "-p", "--parents", help="Create missing parents."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE,
+          force: bool = FORCE, json_out: bool = JSON,
           allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Create a directory on the volume.
 
@@ -215,7 +271,7 @@ def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New director
     """
     with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.mkdir(path, parents=parents)
-    typer.echo(("would create " if dry_run else "created ") + path)
+    _done("would create " if dry_run else "created ", path, dry_run)
 
 
 @fs_app.command("mv")
@@ -224,7 +280,7 @@ def mkdir(image: str = IMAGE, path: str = typer.Argument(..., help="New director
 def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path."),
        dst: str = typer.Argument(..., help="New path."), partition: int | None = PART,
        dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
-       allow_outside: bool = ALLOW_OUTSIDE) -> None:
+       json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Rename or move a file or directory on the volume.
 
     Example: vdisk fs mv hd-cf.vmdk /a.txt /old/a.txt
@@ -233,7 +289,8 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
         if vol.exists(dst) and vol.stat(dst).is_dir:
             dst = dst.rstrip("/") + "/" + vol.stat(src).name
         vol.rename(src, dst)
-    typer.echo(("would move " if dry_run else "moved ") + f"{src} -> {dst}")
+    report(("would move " if dry_run else "moved ") + f"{src} -> {dst}",
+           {"path": src, "new_path": dst, "dry_run": dry_run})
 
 
 @fs_app.command("label")
@@ -241,7 +298,7 @@ def mv(image: str = IMAGE, src: str = typer.Argument(..., help="Existing path.")
 @takes_format("image")
 def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New label ('' removes it)."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE,
+          force: bool = FORCE, json_out: bool = JSON,
           allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Show or set the volume label. The label is the root directory's label entry, as
     Windows and fatlabel read it (nothing when it is absent or erased); setting it writes
@@ -251,44 +308,48 @@ def label(image: str = IMAGE, new: str | None = typer.Argument(None, help="New l
     """
     if new is None:
         with _read(image, partition, allow_outside) as vol:
-            typer.echo(vol.label)      # the root directory's label entry, as Windows shows it
+            report(vol.label, {"label": vol.label})   # the root directory's label entry
         return
     with _edit(image, partition, dry_run, backup, force, allow_outside) as vol:
         vol.set_label(new)
-    typer.echo(("would set label " if dry_run else "label ") + repr(new.upper()))
+    report(("would set label " if dry_run else "label ") + repr(new.upper()),
+           {"label": new.upper(), "dry_run": dry_run})
 
 
 @fs_app.command("format")
 @handle_errors
 @takes_format("image")
 def fmt(image: str = IMAGE,
-        fat: int | None = typer.Option(None, "--fat",
-                                       help="12, 16 or 32 (default: 32 from 512 MiB on, else 16)."),
+        fat: FatBits | None = typer.Option(None, "--fat",
+                                           help="Default: 32 from 512 MiB on, else 16."),
         label_: str = typer.Option("", "--label", help="Volume label."),
         no_partition: bool = typer.Option(False, "--no-partition", help="Volume at sector 0, no MBR."),
         active: bool = typer.Option(False, "--active", help="Mark the partition active (bootable)."),
         dry_run: bool = DRY, backup: str | None = BACKUP, force: bool = FORCE,
         yes: bool = YES, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
-        allow_outside: bool = ALLOW_OUTSIDE) -> None:
+        allow_outside: bool = ALLOW_OUTSIDE, json_out: bool = JSON) -> None:
     """Make a new, empty FAT volume (erases what the image holds). A disk that holds a
     crash-dump store or flash content is refused (the FAT roles are boot and CF).
 
     Example: vdisk fs format hd-cf.vmdk --label IPVACF --yes
     """
-    if fat not in (None, 12, 16, 32):
-        raise typer.BadParameter("--fat must be 12, 16 or 32")
     guard(image, (Role.CF, Role.BOOT), vmx, any_disk, allow_outside)
     if not dry_run:
         check_backup_for(backup, image, allow_outside)
         confirm(f"format {image} (its content is lost)", yes)
     with edit_image(image, force=force, backup=backup, dry_run=dry_run,
                     allow_outside=allow_outside, warnings=warn) as disk:
-        res = format_volume(disk, fat, label_, partition=not no_partition, active=active)
+        res = format_volume(disk, None if fat is None else int(fat.value), label_,
+                            partition=not no_partition, active=active)
     lay = res.layout
     where = f"partition 1 at LBA {res.partition.first_lba}" if res.partition else "sector 0"
-    typer.echo(("would format " if dry_run else "formatted ") +
-               f"FAT{lay.fat_type} on {where}: {lay.cluster_count} clusters of "
-               f"{lay.cluster_bytes} bytes" + (f", label {res.label}" if res.label else ""))
+    report(("would format " if dry_run else "formatted ") +
+           f"FAT{lay.fat_type} on {where}: {lay.cluster_count} clusters of "
+           f"{lay.cluster_bytes} bytes" + (f", label {res.label}" if res.label else ""),
+           {"fat_type": lay.fat_type, "cluster_count": lay.cluster_count,
+            "cluster_bytes": lay.cluster_bytes, "label": res.label or None,
+            "partition_lba": res.partition.first_lba if res.partition else None,
+            "dry_run": dry_run})
 
 
 @fs_app.command("check")
@@ -316,7 +377,8 @@ def check(image: str = IMAGE, json_out: bool = JSON,
         findings = ([pending] if pending else []) + list(res.findings)
         if not repair or not res.findings:
             if json_out:
-                emit_json({"findings": findings, "trusted_fat": res.fat_copy + 1})
+                emit_json({"findings": findings, "trusted_fat": res.fat_copy + 1,
+                           "clean": not findings})
             else:
                 print_findings(findings)
                 if not findings:
@@ -326,7 +388,7 @@ def check(image: str = IMAGE, json_out: bool = JSON,
     with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
         rep = repair_volume(disk, partition, image, discard_lost=discard_lost)
     if json_out:
-        emit_json(dict(rep.to_dict(), dry_run=dry_run))
+        emit_json(dict(rep.to_dict(), dry_run=dry_run), ok=not rep.remaining, findings=rep.found)
     else:
         print_findings(rep.found)
         for a in rep.actions:

@@ -1,25 +1,25 @@
-"""Image commands: info, map, compare, check, create, convert."""
+"""Image commands: info, map, compare, check, create, convert. The library modules only some
+commands need are imported inside them, so `vdisk info` starts fast."""
 from __future__ import annotations
 
 import typer
 
 from ..image.backup import check_backup_for
-from ..image.check import check_image
-from ..image.create import SUBFORMATS, carried_ddb, create_image, like
 from ..image.disk import open_image
-from ..image.grow import apply_grow, plan_grow
 from ..image.info import allocation_map, compare_devices, describe
-from ..image.repair import apply_repair, plan_repair
 from ..ipva.ova import is_package
 from .app import app
+from .choices import Adapter, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
+    OVERWRITE,
     emit_json,
     handle_errors,
     parse_size,
     print_findings,
     progress,
+    report,
     takes_format,
     warn,
 )
@@ -95,8 +95,9 @@ def map_cmd(image: str = typer.Argument(..., help="The image to map."),
     with open_image(image, allow_outside=allow_outside) as disk:
         runs = list(allocation_map(disk))
     if json_out:
-        emit_json([{"offset": r.offset, "length": r.length_bytes, "kind": r.kind.value,
-                    "file": r.file, "file_offset": r.file_offset} for r in runs])
+        emit_json({"path": image, "runs": [
+            {"offset": r.offset, "length": r.length_bytes, "kind": r.kind.value, "file": r.file,
+             "file_offset": r.file_offset} for r in runs]})
         return
     typer.echo(f"{'offset':>14} {'length':>14}  {'kind':<12} file offset")
     for r in runs:
@@ -142,6 +143,8 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
 
     Example: vdisk check hd-flash.vmdk --repair --backup hd-flash.bak
     """
+    from ..image.check import check_image
+    from ..image.repair import apply_repair, plan_repair
     report = check_image(image, allow_outside=allow_outside)
     if not repair:
         _print_report(report, json_out)
@@ -163,7 +166,8 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
                          allow_outside=allow_outside)
     if json_out:
         emit_json({"before": report.to_dict(), "plan": list(plan.actions), "dry_run": dry_run,
-                   "after": after.to_dict()})
+                   "after": after.to_dict()}, ok=after.clean and not dry_run,
+                  findings=after.findings)
     else:
         typer.echo("dry run: nothing was changed (the plan was tried on a copy)" if dry_run
                    else f"repaired {image}")
@@ -189,25 +193,26 @@ def _print_report(report, json_out: bool) -> None:
     typer.echo(f"{n} finding(s), {fixable} fixable with --repair.")
 
 
-SUBFORMAT_HELP = "One of: " + ", ".join(SUBFORMATS) + "."
-
-
 @app.command()
 @handle_errors
 def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
            size: str = typer.Option(..., "--size", "-s", help="Capacity, e.g. 100M, 8G."),
-           subformat: str = typer.Option("monolithicSparse", "--subformat", "-F", help=SUBFORMAT_HELP),
-           adapter: str = typer.Option("ide", "--adapter", help="ide, lsilogic, buslogic or legacyESX."),
+           subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat", "-F",
+                                               help="The VMDK subformat, or raw."),
+           adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
-           json_out: bool = JSON) -> None:
+           overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Create an empty disk with geometry and descriptor as VMware writes them.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     """
+    from ..image.create import create_image
     n = parse_size(size)
     n = -(-n // 512) * 512
-    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force)
+    subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
+    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force,
+                         overwrite=overwrite)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
     else:
@@ -219,17 +224,20 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
 @takes_format("src")
 def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             dst: str = typer.Argument(..., help="The new image (.img/.raw, or --raw, for a raw image)."),
-            subformat: str = typer.Option(None, "--subformat", "-F",
-                                          help=SUBFORMAT_HELP
-                                          + " Default: the source's, else monolithicSparse."),
+            subformat: Subformat | None = typer.Option(None, "--subformat", "-F",
+                                                       help="Default: the source's, else "
+                                                            "monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
-            adapter: str = typer.Option(None, "--adapter", help="Default: the source's adapter."),
+            adapter: Adapter | None = typer.Option(None, "--adapter",
+                                                   help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
+            overwrite: bool = OVERWRITE, json_out: bool = JSON,
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     """
+    from ..image.create import carried_ddb, create_image, like
     with open_image(src, allow_outside=allow_outside) as disk:
         for w in disk.warnings:
             warn(w)
@@ -237,11 +245,15 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
         if raw or dst.lower().endswith((".img", ".raw")):
             sub = "raw"
         else:
-            sub = subformat or (shape["subformat"] if shape["subformat"] != "raw" else "monolithicSparse")
-        kept = carried_ddb(disk.descriptor, sub, adapter)
-        with progress(f"converting to {sub}") as cb:
-            create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
-                         force=force, hw_version=kept.hw_version, ddb=kept.ddb)
+            sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
+                                       else "monolithicSparse")
+        kept = carried_ddb(disk.descriptor, sub, value(adapter))
+        with progress(f"converting to {sub}", not json_out) as cb:
+            files = create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
+                                 force=force, hw_version=kept.hw_version, ddb=kept.ddb,
+                                 overwrite=overwrite)
+        report(None, {"path": dst, "files": files, "subformat": sub,
+                      "virtual_size_bytes": disk.size_bytes})
 
 
 @app.command()
@@ -258,6 +270,7 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
 
     Example: vdisk grow hd-cf.vmdk --size 8G --backup hd-cf.bak
     """
+    from ..image.grow import apply_grow, plan_grow
     plan = plan_grow(image, parse_size(size), allow_outside=allow_outside)
     if not dry_run:
         check_backup_for(backup, image, allow_outside)

@@ -28,10 +28,13 @@ def safe_host_name(name: str) -> str:
     return clean
 
 
-def _create(path: str) -> BinaryIO:
+def _create(path: str, overwrite: bool = True) -> BinaryIO:
     """Open a host file for writing without following a symbolic link at `path`."""
     if os.path.islink(path):
         raise RefusedError("refusing to write through a symbolic link", path=path)
+    if not overwrite and os.path.lexists(path):
+        raise RefusedError("exists; refusing to overwrite it", path=path,
+                           hint="pass --overwrite to replace it")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o644)
@@ -57,9 +60,11 @@ def _copy_out(vol: FatVolume, info: DirEntryInfo, out: BinaryIO) -> int:
 
 
 def extract(vol: FatVolume, path: str, dest: str,
-            progress: Callable[[int, int], None] | None = None) -> Extracted:
+            progress: Callable[[int, int], None] | None = None, *,
+            overwrite: bool = True) -> Extracted:
     """Copy a file or a directory tree from the volume to the host path `dest` (a directory
-    tree is created under `dest`; an existing directory `dest` receives the item)."""
+    tree is created under `dest`; an existing directory `dest` receives the item). Existing
+    host files are replaced only if `overwrite`."""
     info = vol.stat(path)
     renamed: list[tuple[str, str]] = []
     files = dirs = total = 0
@@ -70,7 +75,7 @@ def extract(vol: FatVolume, path: str, dest: str,
             renamed.append((info.path, name))
         top = os.path.join(dest, name)
     if not info.is_dir:
-        with _create(top) as f:
+        with _create(top, overwrite) as f:
             total = _copy_out(vol, info, f)
         return Extracted(1, 0, total, tuple(renamed))
     root = os.path.realpath(top)
@@ -95,7 +100,7 @@ def extract(vol: FatVolume, path: str, dest: str,
             if k.is_dir:
                 os.makedirs(target, exist_ok=True)
                 continue
-            with _create(target) as f:
+            with _create(target, overwrite) as f:
                 total += _copy_out(vol, k, f)
             files += 1
             if progress:

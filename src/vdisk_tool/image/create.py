@@ -159,7 +159,7 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     for t in targets:
         if os.path.lexists(t) and not overwrite:
             raise RefusedError("exists; refusing to overwrite it", path=t,
-                               hint="remove it first or choose another name")
+                               hint="choose another name, or pass --overwrite to replace it")
     check_unlocked(targets, force=force)
     for t in targets:
         clean_leftovers_for(t)

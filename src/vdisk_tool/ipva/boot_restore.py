@@ -199,7 +199,8 @@ def create_boot_disk(path: str, firmware: str, size_bytes: int = DEFAULT_BOOT_BY
         raise RefusedError(f"size must be a multiple of 512 bytes, got {size_bytes}")
     if os.path.lexists(path) and not overwrite:
         raise RefusedError(f"{path} exists; refusing to overwrite it", path=path,
-                           hint="choose another name (or use 'vdisk boot restore' on it)")
+                           hint="choose another name, pass --overwrite to replace it, or use "
+                                "'vdisk boot restore' on it")
     scratch = create_temp(path + ".raw")
     try:
         build_boot_image(scratch, size_bytes, firmware)

@@ -136,6 +136,10 @@ def mac_state(vmx: Vmx, nic: str = NIC) -> MacState:
                     vmx.get(f"{nic}.generatedAddress"))
 
 
+# VMware accepts a static address outside its range only with this key FALSE
+CHECK_MAC_KEY = f"{NIC}.checkMACAddress"
+
+
 def apply_mac(vmx: Vmx, mac: int, nic: str = NIC) -> None:
     """Make `mac` the NIC's static address; update uuid.bios's last bytes to match."""
     vmx.set(f"{nic}.addressType", "static")

@@ -24,6 +24,7 @@ from . import (
     doctor_log,  # noqa: F401  (registers the vmware.log check)
 )
 from .bundle import (
+    CHECK_MAC_KEY,
     MEMSIZE_MIN_MB,
     NIC,
     PERFCTR_KEY,
@@ -193,6 +194,8 @@ def _check_mac(ctx: Context) -> Iterator[Issue]:
     st, vp = mac_state(ctx.vmx), ctx.bundle.vmx_path
     set_mac = ctx.command("bundle", "set-mac", ctx.target, "--random")
     if not st.is_static:
+        if st.effective:        # freeze the MAC the licence is bound to
+            set_mac = ctx.command("bundle", "set-mac", ctx.target, "--mac", st.effective)
         now = f" (now {st.effective})" if st.effective else ""
         yield issue("vmx.mac-generated", Severity.WARNING,
                     f"the MAC is {st.address_type or 'generated'}{now}: it can change when the VM is "
@@ -207,7 +210,7 @@ def _check_mac(ctx: Context) -> Iterator[Issue]:
     except FormatError as exc:
         yield issue("vmx.mac-invalid", Severity.ERROR, exc.message, "vmx", path=vp, fix=set_mac)
         return
-    if not in_static_range(mac):
+    if not in_static_range(mac) and (ctx.vmx.get(CHECK_MAC_KEY) or "").upper() != "FALSE":
         yield issue("vmx.mac-range", Severity.WARNING, f"static MAC {format_mac(mac)} lies outside "
                     "VMware's static range 00:50:56:00:00:00-00:50:56:3F:FF:FF", "vmx", path=vp,
                     fix=ctx.command("bundle", "set-mac", ctx.target, "--mac", "00:50:56:XX:XX:XX"))

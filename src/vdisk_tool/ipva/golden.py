@@ -62,6 +62,7 @@ class CreatePlan:
     cf_bytes: int
     memsize_mb: int
     mac: int
+    uuid_bios: bytes = b""          # chosen with the plan, so a dry run shows what is written
 
     @property
     def subformat(self) -> str:
@@ -75,6 +76,7 @@ class CreatePlan:
         return {"folder": self.folder, "name": self.name, "firmware": self.firmware,
                 "target": self.target, "subformat": self.subformat,
                 "memsize_mb": self.memsize_mb, "mac": format_mac(self.mac),
+                "uuid_bios": format_uuid_bios(self.uuid_bios) if self.uuid_bios else None,
                 "disks": {DISK_NAMES[r]: n for r, n in self.sizes().items()}}
 
 
@@ -103,7 +105,8 @@ def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
         raise RefusedError("no such firmware file", path=firmware)
     _empty_destination(folder)
     value = validate_static_mac(mac) if mac else random_static_mac()
-    return CreatePlan(os.path.abspath(folder), name, firmware, target, cf_bytes, memsize_mb, value)
+    return CreatePlan(os.path.abspath(folder), name, firmware, target, cf_bytes, memsize_mb, value,
+                      new_uuid(value))
 
 
 def build_vmx_text(plan: CreatePlan) -> str:
@@ -119,7 +122,7 @@ def build_vmx_text(plan: CreatePlan) -> str:
         lines += [f'{slot}.present = "TRUE"', f'{slot}.fileName = "{DISK_NAMES[role]}"']
     lines += ['ethernet0.present = "TRUE"', 'ethernet0.virtualDev = "vlance"', net,
               'ethernet0.addressType = "static"', f'ethernet0.address = "{format_mac(plan.mac)}"',
-              f'uuid.bios = "{format_uuid_bios(new_uuid(plan.mac))}"']
+              f'uuid.bios = "{format_uuid_bios(plan.uuid_bios or new_uuid(plan.mac))}"']
     return "\n".join(lines) + "\n"
 
 
@@ -200,9 +203,11 @@ class ClonePlan:
     mac: int
     reset_flash: bool
     disks: tuple[tuple[str, str, tuple[str, ...]], ...]   # (slot, new fileName, files to copy)
+    uuid_bios: bytes = b""          # chosen with the plan, so a dry run shows what is written
 
     def to_dict(self) -> dict[str, object]:
         return {"source": self.source_vmx, "folder": self.folder, "mac": format_mac(self.mac),
+                "uuid_bios": format_uuid_bios(self.uuid_bios) if self.uuid_bios else None,
                 "reset_flash": self.reset_flash,
                 "disks": [{"slot": s, "file": n, "copies": list(f)} for s, n, f in self.disks]}
 
@@ -237,7 +242,8 @@ def plan_clone(src: str, dst: str, *, mac: str | None = None, reset_flash: bool 
                                        "it first", path=b.vmx_path)
         disks.append((slot_name, relpath_in(b.folder, path), tuple(files)))
     value = validate_static_mac(mac) if mac else random_static_mac()
-    return ClonePlan(b.vmx_path, os.path.abspath(dst), value, reset_flash, tuple(disks))
+    return ClonePlan(b.vmx_path, os.path.abspath(dst), value, reset_flash, tuple(disks),
+                     new_uuid(value))
 
 
 def apply_clone(plan: ClonePlan, progress: Progress | None = None) -> list[str]:
@@ -258,7 +264,7 @@ def apply_clone(plan: ClonePlan, progress: Progress | None = None) -> list[str]:
                 say(f"copying {os.path.basename(f)}")
                 safe.sparse_copy(f, os.path.join(work, os.path.basename(f)))
         apply_mac(vmx, plan.mac)
-        vmx.set("uuid.bios", format_uuid_bios(new_uuid(plan.mac)))
+        vmx.set("uuid.bios", format_uuid_bios(plan.uuid_bios or new_uuid(plan.mac)))
         for key in ("uuid.location", "vc.uuid", "sched.swap.derivedName"):
             vmx.remove(key)
         vmx.set("displayName", os.path.basename(plan.folder))
