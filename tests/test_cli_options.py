@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import vdisk
+from conftest import need_tool, run, vdisk
 from typer.main import get_command
 
 from vdisk_tool.cli.app import app, polish
@@ -34,14 +34,19 @@ WRITERS = [
 def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, runner, case) -> None:
     shutil.copytree(SAMPLES, tmp_path / "s")
     out = tmp_path / "out.vmdk"
-    out.write_bytes(b"keep me")
+    # boot create replaces only a boot disk or a blank one (test_roles.py): give it a blank one
+    if case[0] == "boot":
+        run(need_tool("qemu-img"), "create", "-q", "-f", "vmdk", str(out), "32M")
+    else:
+        out.write_bytes(b"keep me")
+    keep = out.read_bytes()
     args = [a.format(s=tmp_path / "s", o=out) for a in case]
     r = vdisk(runner, *args)
     assert r.exit_code == 3, r.output
-    assert "--overwrite" in r.stderr and out.read_bytes() == b"keep me"
+    assert "--overwrite" in r.stderr and out.read_bytes() == keep
     r = vdisk(runner, *args, "--overwrite")
     assert r.exit_code in (0, 1), r.output
-    assert out.read_bytes() != b"keep me"
+    assert out.read_bytes() != keep
 
 
 def _leaves():
@@ -73,7 +78,7 @@ def test_debug_and_quiet_count_anywhere(tmp_path, runner) -> None:
     assert r.exit_code == 3 and "Traceback" in r.stderr
     disk = tmp_path / "d.img"
     assert vdisk(runner, "create", str(disk), "-s", "64M", "-F", "raw").exit_code == 0
-    assert vdisk(runner, "dump", "init", str(disk)).exit_code == 0
+    assert vdisk(runner, "dump", "init", str(disk), "--yes").exit_code == 0
     text = tmp_path / "t.txt"
     text.write_text("crash\n")
     loud = vdisk(runner, "dump", "write", str(disk), "--text", str(text), "--time", "0")

@@ -315,8 +315,22 @@ def test_leftover_hint_works_as_printed(tmp_path: Path, runner) -> None:
     left.mkdir()
     (left / "scratch.vmdk").write_bytes(b"half a copy")
     doc = json.loads(vdisk(runner, "bundle", "check", str(folder), "--json").stdout)
-    fixes = [i["fix"] for i in doc["issues"] if i["code"] == "bundle.leftover-temp"]
+    fixes = [i["fix"] for i in doc["findings"] if i["code"] == "bundle.leftover-temp"]
     assert fixes, doc
     r = subprocess.run(fixes[0], shell=True, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not left.exists()
+
+
+def test_verify_reports_a_pending_journal(tmp_path: Path, runner) -> None:
+    """verify reads IPVA.BIN from the boot disk: with an interrupted edit pending, what it
+    read may be half changed, so it says so (exit 1) instead of a plain OK."""
+    boot = tmp_path / "hd-boot.vmdk"
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "sample_images" / "ipva" / "hd-boot.vmdk",
+                    boot)
+    assert vdisk(runner, "verify", str(boot)).exit_code == 0
+    _abandoned_edit(boot, [(30 * MIB, b"\xff" * 4096)])   # free space: the firmware still reads
+    r = vdisk(runner, "verify", str(boot))
+    assert r.exit_code == 1 and "vmdk.pending-journal" in r.output, r.output
+    doc = json.loads(vdisk(runner, "verify", str(boot), "--json").stdout)
+    assert doc["ok"] is False and doc["findings"][0]["code"] == "vmdk.pending-journal"

@@ -329,8 +329,11 @@ def test_boot_create_never_overwrites_and_says_what_is_there(appliances, runner)
     r = vdisk(runner, "boot", "create", str(cf), "--firmware",
               str(appliances["inputs"] / "ipva.bin"))
     assert r.exit_code == 3, r.output
-    assert "holds the CF's FAT volume 'IPVACF'" in r.stderr and "never overwrites" in r.stderr
+    assert "holds the CF's FAT volume 'IPVACF'" in r.stderr and "without --overwrite" in r.stderr
     assert "--any-disk" not in r.stderr and "boot restore" not in r.stderr
+    r = vdisk(runner, "boot", "create", str(cf), "--overwrite", "--firmware",
+              str(appliances["inputs"] / "ipva.bin"))
+    assert r.exit_code == 3 and "overwrites only a boot disk or a blank one" in r.stderr, r.output
     assert _state(appliances["vsphere"]) == before
 
 
@@ -343,7 +346,7 @@ def test_bundle_check_reports_a_disk_that_contradicts_its_slot(appliances, runne
                    .replace("@", "hd-dump.vmdk"))
     r = vdisk(runner, "bundle", "check", str(case), "--json")
     assert r.exit_code == 1
-    found = [i for i in json.loads(r.stdout)["issues"] if i["code"] == "bundle.role-mismatch"]
+    found = [i for i in json.loads(r.stdout)["findings"] if i["code"] == "bundle.role-mismatch"]
     assert sorted((i["subject"], os.path.basename(i["path"])) for i in found) == [
         ("cf", "hd-dump.vmdk"), ("dump", "hd-cf.vmdk")]
     assert "holds a crash-dump store" in next(i["message"] for i in found if i["subject"] == "cf")

@@ -282,7 +282,7 @@ def test_hostile_fat_name_single_file_into_dest_folder(tmp_path, name):
     make_hostile_fat(img)
     listing = vdisk("fs", "ls", str(img), "/", "--json")
     assert listing.returncode == 0, listing.stderr
-    names = [e["name"] for e in json.loads(listing.stdout)]
+    names = [e["name"] for e in json.loads(listing.stdout)["entries"]]
     if name not in names:
         pytest.fail(f"{name!r} not listed as such: {names}")
     dest = tmp_path / "dest"

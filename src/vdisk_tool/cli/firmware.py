@@ -92,9 +92,13 @@ def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an app
     with progress("verifying", not json_out) as cb:
         res = (verify_package(target, cb) if is_package(target)
                else bootmod.verify_target(target, cb, allow_outside=allow_outside))
+    # an interrupted edit of the boot disk: what was read may be half changed
+    from ..image.journal import pending_finding
+    pending = None if is_package(target) or not res.path else pending_finding(res.path)
+    findings = ([pending] if pending else []) + list(res.findings)
     if json_out:
-        emit_json(res.to_dict())
-        raise typer.Exit(EXIT_OK if res.ok else EXIT_FINDINGS)
+        emit_json(res.to_dict(), ok=res.ok and pending is None, findings=findings)
+        raise typer.Exit(EXIT_OK if res.ok and pending is None else EXIT_FINDINGS)
     rep = res.firmware
     where = res.path if res.via is None else f"{res.path} (ide0:0 of {res.via})"
     if res.volume:
@@ -104,13 +108,13 @@ def verify(target: str = typer.Argument(..., help="A boot disk, ipva.bin, an app
         typer.echo(f"{where}: OK: IPVA firmware {_summary(rep)}")
         if verbose:
             _print_steps(rep)
-        print_findings(list(res.findings))
-        raise typer.Exit(EXIT_OK if not res.findings else EXIT_FINDINGS)
+        print_findings(findings)
+        raise typer.Exit(EXIT_OK if not findings else EXIT_FINDINGS)
     typer.echo(fw.LOADER_FAILURE)
     typer.echo(f"{where}: DAMAGED" + (f": IPVA firmware {_summary(rep)}" if rep else ""))
     if rep is not None:
         _print_steps(rep)
-    print_findings(list(res.findings))
+    print_findings(findings)
     raise typer.Exit(EXIT_FINDINGS)
 
 
@@ -310,19 +314,26 @@ def _guard_flash_upgrade(disk: str, firmware: str, plan: bootmod.RestorePlan, *,
     raise fail(message, EXIT_ERROR, hint)
 
 
-def _refuse_existing(path: str) -> None:
-    """boot create never overwrites: say what the existing file holds."""
+def _refuse_existing(path: str, overwrite: bool) -> None:
+    """boot create replaces a file only with --overwrite, and then only a boot disk or a
+    blank one: another role's disk is refused, saying what it holds."""
     if not os.path.lexists(path):
         return
     try:
         ident = identify_disk(path)
         what = f" and holds {ident.evidence}{ident.where}"
-        boot = ident.role == Role.BOOT
+        role = ident.role
     except (VdiskError, OSError):
-        what, boot = "", False
-    raise RefusedError(f"{path} exists{what}; boot create never overwrites a disk, nothing was "
-                       "changed", hint="choose a new name" + (
-                           ", or put the firmware on it with `vdisk boot restore`" if boot else ""))
+        what, role = "", Role.UNKNOWN
+    if overwrite and role in (Role.BOOT, Role.BLANK):
+        return
+    if overwrite:
+        raise RefusedError(f"{path} exists{what}; boot create overwrites only a boot disk or a "
+                           "blank one, nothing was changed", hint="choose a new name")
+    raise RefusedError(f"{path} exists{what}; boot create does not overwrite it without "
+                       "--overwrite, nothing was changed", hint="choose a new name" + (
+                           ", or put the firmware on it with `vdisk boot restore`"
+                           if role == Role.BOOT else "") + "; pass --overwrite to replace it")
 
 
 @boot_grp.command("create")
@@ -338,8 +349,7 @@ def boot_create(path: str = typer.Argument(..., help="The new boot disk to write
 
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
-    if not overwrite:
-        _refuse_existing(path)     # says what the existing file holds
+    _refuse_existing(path, overwrite)     # says what the existing file holds
     bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value,
                              overwrite=overwrite)
     res = bootmod.verify_target(path)

@@ -166,12 +166,12 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 @fs_app.command("cat")
 @handle_errors
 def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the volume."),
-        partition: int | None = PART) -> None:
+        partition: int | None = PART, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Write a file of the volume to stdout.
 
     Example: vdisk fs cat hd-cf.vmdk /LOGS/SYSLOG.TXT | less
     """
-    with _read(image, partition) as vol:
+    with _read(image, partition, allow_outside) as vol:
         info = vol.stat(path)
         if info.is_dir:
             raise fail(f"{path}: is a directory", EXIT_USAGE, "`vdisk fs ls` lists it")
@@ -183,12 +183,13 @@ def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the vo
 
 @fs_app.command("df")
 @handle_errors
-def df(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART) -> None:
+def df(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART,
+       allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Show the volume's size, used and free space and its clusters (as mdir's summary).
 
     Example: vdisk fs df hd-cf.vmdk
     """
-    with _read(image, partition) as vol:
+    with _read(image, partition, allow_outside) as vol:
         lay = vol.layout
         free = vol.fat.count_free()
         label = vol.label
@@ -361,7 +362,7 @@ def check(image: str = IMAGE, json_out: bool = JSON,
               False, "--discard-lost",
               help="Free lost cluster chains instead of saving them as /FSCKnnnn.REC files."),
           partition: int | None = PART, dry_run: bool = DRY, backup: str | None = BACKUP,
-          force: bool = FORCE, yes: bool = YES) -> None:
+          force: bool = FORCE, yes: bool = YES, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Check the FAT volume (FAT copies, chains, directory entries, long and duplicate
     names, dot entries, label, dirty flags, FSInfo, backup boot sector); with --repair fix
     what was found, crash-safely. Lost chains are saved as /FSCK0000.REC, ... unless
@@ -372,7 +373,7 @@ def check(image: str = IMAGE, json_out: bool = JSON,
     if not repair or (not dry_run and not yes):
         from ..image.journal import pending_finding
         pending = pending_finding(image) if not repair else None
-        with open_named(image) as disk:
+        with open_named(image, allow_outside) as disk:
             res = check_volume(disk, partition, image)
         findings = ([pending] if pending else []) + list(res.findings)
         if not repair or not res.findings:
@@ -385,7 +386,8 @@ def check(image: str = IMAGE, json_out: bool = JSON,
                     typer.echo("clean")
             raise typer.Exit(EXIT_FINDINGS if findings else EXIT_OK)
         confirm(f"repair {len(res.findings)} finding(s) on {image}", yes)
-    with edit_image(image, force=force, backup=backup, dry_run=dry_run, warnings=warn) as disk:
+    with edit_image(image, force=force, backup=backup, dry_run=dry_run,
+                    allow_outside=allow_outside, warnings=warn) as disk:
         rep = repair_volume(disk, partition, image, discard_lost=discard_lost)
     if json_out:
         emit_json(dict(rep.to_dict(), dry_run=dry_run), ok=not rep.remaining, findings=rep.found)
