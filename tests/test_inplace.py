@@ -334,3 +334,23 @@ def test_verify_reports_a_pending_journal(tmp_path: Path, runner) -> None:
     assert r.exit_code == 1 and "vmdk.pending-journal" in r.output, r.output
     doc = json.loads(vdisk(runner, "verify", str(boot), "--json").stdout)
     assert doc["ok"] is False and doc["findings"][0]["code"] == "vmdk.pending-journal"
+
+
+def test_every_image_command_reports_leftovers_beside_the_image(tmp_path: Path, runner) -> None:
+    """A temporary file or folder an interrupted run left beside an image is named by read
+    commands too, with a removal command that works as printed."""
+    boot = tmp_path / "hd-boot.vmdk"
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "sample_images" / "ipva" / "hd-boot.vmdk",
+                    boot)
+    left = tmp_path / ".hd-boot.vmdk.vdisk-tmp-999999.d"     # no process 999999: a leftover
+    left.mkdir()
+    (left / "scratch.vmdk").write_bytes(b"x" * 4096)
+    for argv in (["fs", "ls", str(boot), "/"], ["info", str(boot)], ["verify", str(boot)],
+                 ["dump", "list", str(boot)]):
+        r = vdisk(runner, *argv)
+        assert str(left) in r.stderr and "interrupted run" in r.stderr, (argv, r.stderr)
+    hint = vdisk(runner, "fs", "ls", str(boot), "/").stderr.split("(or: ", 1)[1].split(")", 1)[0]
+    assert hint.startswith("rm -r ")
+    subprocess.run(hint, shell=True, check=True)
+    assert not left.exists()
+    assert str(left) not in vdisk(runner, "fs", "ls", str(boot), "/").stderr

@@ -183,6 +183,8 @@ def takes_format(*image_params: str) -> Callable[[F], F]:
 
     def deco(fn: F) -> F:
         sig = inspect.signature(fn)
+        # `vdisk check` reports leftovers as findings itself
+        reports_leftovers = fn.__module__.endswith(".vmdk") and fn.__name__ == "check"
         extra = inspect.Parameter(FORMAT_PARAM, inspect.Parameter.KEYWORD_ONLY,
                                   default=_format_option(), annotation=Optional[ImageFormat])  # noqa: UP045
 
@@ -191,6 +193,9 @@ def takes_format(*image_params: str) -> Callable[[F], F]:
             chosen = kwargs.pop(FORMAT_PARAM, None)
             fmt = None if chosen is None else str(getattr(chosen, "value", chosen))
             bound = sig.bind_partial(*args, **kwargs)
+            if not reports_leftovers:
+                for name in image_params:
+                    note_leftovers(bound.arguments.get(name))
             with contextlib.ExitStack() as stack:
                 for name in image_params:
                     stack.enter_context(forced_format(bound.arguments.get(name), fmt))
@@ -271,6 +276,20 @@ def print_findings(findings: list[Finding], prefix: str = "") -> None:
 
 
 _SHOWN: set[str] = set()
+
+
+def note_leftovers(path: Any) -> None:
+    """Every command that opens an image says what an interrupted run left beside it
+    (`.NAME.vdisk-tmp-PID[...]`), with the command that removes it as printed."""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return
+    import shlex
+
+    from ..image.safe import leftovers_of
+    for tmp in leftovers_of(path):
+        rm = "rm -r" if os.path.isdir(tmp) and not os.path.islink(tmp) else "rm"
+        warn(f"{tmp} was left by an interrupted run; the next change to "
+             f"{os.path.basename(path)} removes it (or: {rm} {shlex.quote(tmp)})")
 
 
 def warn(message: str) -> None:

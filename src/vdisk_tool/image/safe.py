@@ -97,6 +97,14 @@ def leftover_temps(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(folder), f".*{TMP_MARK}*")))
 
 
+def leftovers_of(path: str) -> list[str]:
+    """The temporary files and folders an interrupted run (its owner no longer running)
+    left beside `path`: `.<name>.vdisk-tmp-<pid>...`."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return [t for t in leftover_temps(folder)
+            if os.path.basename(t).startswith(f".{name}{TMP_MARK}") and not _owner_alive(t)]
+
+
 def _owner_alive(tmp: str) -> bool:
     """True when the process whose pid the temporary name carries is still running."""
     tail = tmp.rsplit(TMP_MARK, 1)[-1].split(".")[0]
