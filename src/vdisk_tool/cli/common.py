@@ -283,13 +283,10 @@ def note_leftovers(path: Any) -> None:
     (`.NAME.vdisk-tmp-PID[...]`), with the command that removes it as printed."""
     if not isinstance(path, str) or not os.path.isfile(path):
         return
-    import shlex
-
-    from ..image.safe import leftovers_of
+    from ..image.safe import leftovers_of, removal_command
     for tmp in leftovers_of(path):
-        rm = "rm -r" if os.path.isdir(tmp) and not os.path.islink(tmp) else "rm"
         warn(f"{tmp} was left by an interrupted run; the next change to "
-             f"{os.path.basename(path)} removes it (or: {rm} {shlex.quote(tmp)})")
+             f"{os.path.basename(path)} removes it (or: {removal_command(tmp)})")
 
 
 def warn(message: str) -> None:

@@ -105,6 +105,12 @@ def leftovers_of(path: str) -> list[str]:
             if os.path.basename(t).startswith(f".{name}{TMP_MARK}") and not _owner_alive(t)]
 
 
+def removal_command(tmp: str) -> str:
+    """The shell command that removes a leftover as it is (`rm -r` for a folder)."""
+    import shlex
+    return f"rm {'-r ' if os.path.isdir(tmp) and not os.path.islink(tmp) else ''}{shlex.quote(tmp)}"
+
+
 def _owner_alive(tmp: str) -> bool:
     """True when the process whose pid the temporary name carries is still running."""
     tail = tmp.rsplit(TMP_MARK, 1)[-1].split(".")[0]

@@ -12,7 +12,6 @@ The Issue/Report types and the registry live in `doctor_model`, the disk checks 
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -143,8 +142,7 @@ def check_locks(ctx: Context) -> Iterator[Issue]:
         yield issue("bundle.leftover-temp", Severity.WARNING,
                     f"{ctx.rel(tmp)} is a temporary file an interrupted vdisk run left behind",
                     "bundle", path=tmp,
-                    fix=f"rm {'-r ' if os.path.isdir(tmp) and not os.path.islink(tmp) else ''}"
-                        f"{shlex.quote(tmp)}")
+                    fix=safe.removal_command(tmp))
 
 
 @vmx_check
