@@ -72,7 +72,8 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     if d.get("geometry") and d["geometry"].get("cylinders") is not None:
         g = d["geometry"]
         typer.echo(f"geometry: {g['cylinders']}/{g['heads']}/{g['sectors']}")
-    for e in d["extents"]:
+    _echo_qcow2(d.get("qcow2"))
+    for e in d["extents"] if d["format"] != "qcow2" else ():
         typer.echo(f"extent: {e['access']} {e['sectors']} {e['type']} {e['file'] or ''}".rstrip())
     if len(d["chain"]) > 1:
         typer.echo("chain: " + " -> ".join(d["chain"]))
@@ -81,6 +82,28 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     if pending is not None:
         print_findings([pending])
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _echo_qcow2(q: dict | None) -> None:
+    """The qcow2 facts of `vdisk info`, as qemu-img info words them."""
+    if not q:
+        return
+    typer.echo(f"compat: {q['compat']}")
+    typer.echo(f"cluster size: {q['cluster_bytes']}")
+    typer.echo(f"refcount bits: {q['refcount_bits']}")
+    for key in ("lazy_refcounts", "extended_l2", "dirty", "corrupt"):
+        if q[key]:
+            typer.echo(f"{key.replace('_', ' ')}: true")
+    if q["backing_file"]:
+        fmt = f" (format {q['backing_format']})" if q["backing_format"] else ""
+        typer.echo(f"backing file: {q['backing_file']}{fmt}")
+    if q["bitmaps"]:
+        typer.echo(f"bitmaps: {q['bitmaps']} (kept, not read)")
+    if q["snapshots"]:
+        typer.echo("snapshots (internal; vdisk reads and writes the active layer):")
+        for s in q["snapshots"]:
+            size = "" if s["disk_size_bytes"] is None else f" disk {s['disk_size_bytes']} bytes"
+            typer.echo(f"  {s['id']:>4} {s['name']} vm state {s['vm_state_bytes']} bytes{size}")
 
 
 @app.command("map")

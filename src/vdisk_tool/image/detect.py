@@ -16,8 +16,8 @@ from contextvars import ContextVar
 from ..errors import FormatError, ImageError, UnsupportedError, WrongFormatError
 from ..formats import containers as ct
 
-FORMATS = ("raw", "vmdk")
-READS = "vdisk reads VMDK and raw images"
+FORMATS = ("raw", "vmdk", "qcow2")
+READS = "vdisk reads VMDK, qcow2 and raw images"
 
 
 # -f given for a file the user named: honoured wherever that file is opened during the
@@ -27,12 +27,12 @@ _FORCED: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("vdisk_forced_form
 
 @contextmanager
 def forced_format(path: str | os.PathLike[str] | None, fmt: str | None) -> Iterator[None]:
-    """Within the block, open `path` as `fmt` ('raw' or 'vmdk') whatever its bytes say."""
+    """Within the block, open `path` as `fmt` (one of FORMATS) whatever its bytes say."""
     if path is None or fmt is None:
         yield
         return
     if fmt not in FORMATS:
-        raise UnsupportedError(f"unknown format {fmt!r}; -f takes raw or vmdk")
+        raise UnsupportedError(f"unknown format {fmt!r}; -f takes {' or '.join(FORMATS)}")
     token = _FORCED.set((*_FORCED.get(), (os.path.realpath(path), fmt)))
     try:
         yield
@@ -60,11 +60,11 @@ def detect(path: str) -> ct.Container:
 
 
 def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Container]:
-    """('vmdk' or 'raw', what was found) for the file at `path`; raises for anything vdisk
+    """('vmdk', 'qcow2' or 'raw', what was found) for the file at `path`; raises for anything vdisk
     cannot read, naming what the file is."""
     forced = forced or dict(_FORCED.get()).get(os.path.realpath(path))
     if forced is not None and forced not in FORMATS:
-        raise UnsupportedError(f"unknown format {forced!r}; -f takes raw or vmdk", path=path)
+        raise UnsupportedError(f"unknown format {forced!r}; -f takes {' or '.join(FORMATS)}", path=path)
     found = detect(path)
     if found is ct.EMPTY:
         raise WrongFormatError("is empty (0 bytes): not a disk image", path, found.key)
@@ -74,6 +74,11 @@ def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Contain
         return "vmdk", found
     if found.family is ct.Family.VMDK_UNSUPPORTED:
         _refuse_vmdk_kind(path, found)
+    if found is ct.QCOW2:
+        if forced in (None, "qcow2"):
+            return "qcow2", found
+    elif forced == "qcow2":
+        raise WrongFormatError(f"is {found.name}, not a qcow2 image (-f qcow2)", path, found.key)
     if forced == "vmdk":
         raise WrongFormatError(f"is {found.name}, not a VMDK (-f vmdk)", path, found.key)
     if found.family is ct.Family.PACKAGE:
@@ -94,7 +99,7 @@ def _foreign_hint(path: str, found: ct.Container) -> str | None:
     if found is ct.VHD_FIXED:
         return (f"convert it first (qemu-img convert -O vmdk {path} disk.vmdk), or pass -f raw "
                 "to read its disk bytes and the 512-byte footer after them")
-    if found.key in ("qcow2", "qcow", "vhdx", "vhd-dynamic", "vhd-fixed", "vdi", "qed"):
+    if found.key in ("qcow", "vhdx", "vhd-dynamic", "vhd-fixed", "vdi", "qed"):
         return f"convert it first, e.g. qemu-img convert -O vmdk {path} disk.vmdk"
     if found.family is ct.Family.FOREIGN and found.key != "luks":
         return "decompress it first"
