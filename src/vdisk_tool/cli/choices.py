@@ -16,6 +16,13 @@ class Subformat(str, Enum):
     raw = "raw"
 
 
+class OutputFormat(str, Enum):
+    """The containers vdisk writes (image.create: the VMDK subformats, raw, qcow2)."""
+    vmdk = "vmdk"
+    raw = "raw"
+    qcow2 = "qcow2"
+
+
 class Adapter(str, Enum):
     """ddb.adapterType values (image.create.ADAPTERS)."""
     ide = "ide"

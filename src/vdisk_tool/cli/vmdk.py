@@ -9,7 +9,7 @@ from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
 from ..ipva.ova import is_package
 from .app import app
-from .choices import Adapter, Subformat, value
+from .choices import Adapter, OutputFormat, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -27,6 +27,24 @@ from .common import (
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+OUTPUT_FORMAT = typer.Option(None, "--output-format", "-O",
+                             help="The container to write (as qemu-img -O): vmdk (see "
+                                  "--subformat), raw or qcow2.")
+QCOW2_OPTIONS = typer.Option(None, "--options", "-o",
+                             help="qcow2 options as qemu-img -o takes them: cluster_size=64k,"
+                                  "compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on"
+                                  " (create also backing_file=...,backing_fmt=...).")
+
+
+def _qcow2_options(fmt: str, text: str | None, base=None):
+    """The Qcow2Options of `-o` (refused for another output format)."""
+    from ..errors import RefusedError
+    from ..image.qcow2.create import parse_options
+    if fmt != "qcow2":
+        if text:
+            raise RefusedError("-o/--options applies to -O qcow2 only")
+        return None
+    return parse_options(text, base)
 
 
 def _size(n: int) -> str:
@@ -224,22 +242,34 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
                                                help="The VMDK subformat, or raw."),
            adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
+           output_format: OutputFormat | None = OUTPUT_FORMAT,
+           options: str | None = QCOW2_OPTIONS,
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
-    """Create an empty disk with geometry and descriptor as VMware writes them.
+    """Create an empty disk: a VMDK with geometry and descriptor as VMware writes them, a raw
+    image, or a qcow2 as qemu-img lays it out.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
+    Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
     """
     from ..image.create import create_image
     n = parse_size(size)
     n = -(-n // 512) * 512
+    fmt = value(output_format) or ("qcow2" if file.lower().endswith(".qcow2") else "vmdk")
+    opts = _qcow2_options(fmt, options)
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
+    if fmt != "vmdk":
+        subformat = fmt  # type: ignore[assignment]
     files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force,
-                         overwrite=overwrite)
+                         overwrite=overwrite, options=opts)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
+    elif fmt == "qcow2":
+        assert opts is not None
+        typer.echo(f"Formatting '{file}', fmt=qcow2 cluster_size={opts.cluster_bytes} "
+                   f"compat={opts.compat} refcount_bits={opts.refcount_bits} size={n}")
     else:
-        typer.echo(f"Formatting '{file}', fmt=vmdk size={n} subformat={subformat} adapter={adapter}")
+        typer.echo(f"Formatting '{file}', fmt={fmt} size={n} subformat={subformat} adapter={adapter}")
 
 
 @app.command()
@@ -251,30 +281,40 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
                                                        help="Default: the source's, else "
                                                             "monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
+            output_format: OutputFormat | None = OUTPUT_FORMAT,
+            options: str | None = QCOW2_OPTIONS,
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
             overwrite: bool = OVERWRITE, json_out: bool = JSON,
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
+    The container follows -O, else the name (.img/.raw raw, .qcow2 qcow2), else the source.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
+    Example: vdisk convert hd-cf.vmdk hd-cf.qcow2 -O qcow2 -o compat=1.1
     """
     from ..image.create import carried_ddb, create_image, like
     with open_image(src, allow_outside=allow_outside) as disk:
         for w in disk.warnings:
             warn(w)
         shape = like(disk)
-        if raw or dst.lower().endswith((".img", ".raw")):
+        fmt = value(output_format)
+        if fmt is None and dst.lower().endswith(".qcow2"):
+            fmt = "qcow2"
+        if raw or fmt == "raw" or (fmt is None and dst.lower().endswith((".img", ".raw"))):
             sub = "raw"
+        elif fmt == "qcow2" or (fmt is None and subformat is None and disk.format == "qcow2"):
+            sub = "qcow2"
         else:
-            sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
-                                       else "monolithicSparse")
+            sub = value(subformat) or (shape["subformat"] if shape["subformat"] not in
+                                       ("raw", "qcow2") else "monolithicSparse")
+        opts = _qcow2_options(sub, options, shape["options"])
         kept = carried_ddb(disk.descriptor, sub, value(adapter))
         with progress(f"converting to {sub}", not json_out) as cb:
             files = create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
                                  force=force, hw_version=kept.hw_version, ddb=kept.ddb,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, options=opts)
         report(None, {"path": dst, "files": files, "subformat": sub,
                       "virtual_size_bytes": disk.size_bytes})
 

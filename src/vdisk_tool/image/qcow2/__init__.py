@@ -4,18 +4,21 @@ depth/loop limits as VMDK parents (image/disk.py)."""
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 
 from ...errors import ImageError, UnsupportedError
 from .device import Qcow2Device
 
 BACKING_FORMATS = ("raw", "vmdk", "qcow2")
+# set by a repair: the image with the corrupt bit may be opened for writing
+REPAIRING: ContextVar[bool] = ContextVar("vdisk_qcow2_repairing", default=False)
 
 
 def open_qcow2(path: str, writable: bool = False, allow_outside: bool = False,
                follow_parent: bool = True, depth: int = 0,
                seen: frozenset[str] = frozenset(), allow_corrupt: bool = False):
     from ..disk import Disk, Extent
-    dev = Qcow2Device(path, writable=writable, allow_corrupt=allow_corrupt)
+    dev = Qcow2Device(path, writable=writable, allow_corrupt=allow_corrupt or REPAIRING.get())
     disk = Disk(path, "qcow2", "qcow2", None, None, [Extent(None, 0, dev.size_bytes, dev, path)],
                 writable=writable)
     m = dev.meta
@@ -59,4 +62,4 @@ def _attach_backing(disk, dev: Qcow2Device, allow_outside: bool, depth: int,
     dev.backing = _Padded(parent, dev.size_bytes)
 
 
-__all__ = ["Qcow2Device", "open_qcow2", "backing_path", "BACKING_FORMATS"]
+__all__ = ["Qcow2Device", "open_qcow2", "backing_path", "BACKING_FORMATS", "REPAIRING"]

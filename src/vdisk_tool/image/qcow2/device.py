@@ -315,7 +315,7 @@ class Qcow2Device(ReopenableFile):
         old = entry & q.L2E_OFFSET_MASK
         reuse = kind in (DATA, MIXED, ZERO) and not entry & q.OFLAG_COMPRESSED and old \
             and entry & q.OFLAG_COPIED
-        host = self._host(entry) if reuse else self.refs.alloc(1)
+        host = self._host(entry) if reuse else self.refs.alloc(1, zero=False)
         self.pwrite(content, host)
         self._set_entry(vc, table_off, host | q.OFLAG_COPIED, ALL_ALLOC)
         if reuse:
@@ -405,6 +405,11 @@ class Qcow2Device(ReopenableFile):
             self.pwrite(need.to_bytes(4, "big"), q.L1_SIZE_OFFSET)
         self.pwrite(new_bytes.to_bytes(8, "big"), q.SIZE_OFFSET)
         m.size_bytes = self.size_bytes = new_bytes
+
+    def reset_caches(self) -> None:
+        """Forget cached tables after they were rewritten underneath (a repair)."""
+        self._l2.clear()
+        self._refs = None
 
     # -- the rest of the protocol ----------------------------------------------------------
     def flush(self) -> None:

@@ -111,8 +111,9 @@ class Refcounts:
         self.host.pwrite(blk[lo:hi], off + lo)
         return value
 
-    def alloc(self, n: int = 1) -> int:
-        """n contiguous new clusters at the end of the file, each with refcount 1, zeroed."""
+    def alloc(self, n: int = 1, zero: bool = True) -> int:
+        """n contiguous new clusters at the end of the file, each with refcount 1 (zeroed
+        unless the caller writes them whole)."""
         while True:
             start = self.end
             first, last = (start >> self.cb) // self.rbe, ((start >> self.cb) + n - 1) // self.rbe
@@ -122,7 +123,8 @@ class Refcounts:
                 break
             self._new_block(missing[0])
         self.end = start + n * self.cs
-        self.host.pwrite(bytes(n * self.cs), start)
+        if zero:
+            self.host.pwrite(bytes(n * self.cs), start)
         for k in range(n):
             self.add(start + k * self.cs, 1)
         return start
