@@ -41,3 +41,10 @@ class FatBits(str, Enum):
 def value(choice: Enum | None) -> str | None:
     """The plain string of a chosen value (None stays None)."""
     return None if choice is None else str(choice.value)
+
+
+class OutFormat(str, Enum):
+    """The containers `create` and `convert` write (-O, as qemu-img)."""
+    vmdk = "vmdk"
+    vhdx = "vhdx"
+    raw = "raw"

@@ -9,7 +9,7 @@ from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
 from ..ipva.ova import is_package
 from .app import app
-from .choices import Adapter, Subformat, value
+from .choices import Adapter, OutFormat, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -27,6 +27,41 @@ from .common import (
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+OUT_FORMAT = typer.Option(None, "--output-format", "-O", case_sensitive=False,
+                          help="The container to write (as qemu-img -O). Default: vhdx for a "
+                               "*.vhdx name, else vmdk.")
+OPTIONS = typer.Option("", "--options", "-o",
+                       help="Container options, as qemu-img -o: vhdx takes "
+                            "subformat=dynamic|fixed and block_size=1M..256M.")
+
+
+def output_choice(path: str, out_format: OutFormat | None, options: str,
+                  subformat: str | None, default_opts: dict[str, str] | None = None
+                  ) -> tuple[str, str, dict[str, str] | None]:
+    """(container, subformat, creation options) from -O, -o and the target's name."""
+    fmt = value(out_format) or ("vhdx" if path.lower().endswith(".vhdx") else
+                                "raw" if subformat == "raw" else "vmdk")
+    opts: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in options.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"-o takes key=value pairs, got {item!r}")
+        opts[key.strip()] = val.strip()
+    if fmt == "vhdx":
+        merged = {**(default_opts or {}), **opts} if (subformat or "").startswith("vhdx") or \
+            default_opts else opts
+        given = subformat if subformat and subformat.startswith("vhdx") else "vhdx-dynamic"
+        kind = merged.pop("subformat", given.removeprefix("vhdx-"))
+        if kind not in ("dynamic", "fixed"):
+            raise typer.BadParameter(f"VHDX subformat is dynamic or fixed, not {kind!r}")
+        return fmt, f"vhdx-{kind}", merged
+    if opts and set(opts) != {"subformat"}:
+        raise typer.BadParameter(f"-o {', '.join(opts)}: only vhdx takes creation options")
+    if fmt == "raw":
+        return fmt, "raw", None
+    sub = opts.get("subformat") or (subformat if subformat and not subformat.startswith("vhdx")
+                                    and subformat != "raw" else "monolithicSparse")
+    return fmt, sub, None
 
 
 def _size(n: int) -> str:
@@ -202,21 +237,24 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
+           out_format: OutFormat | None = OUT_FORMAT, options: str = OPTIONS,
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Create an empty disk with geometry and descriptor as VMware writes them.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
+    (or: vdisk create hd-flash.vhdx -O vhdx -o subformat=dynamic,block_size=1M --size 100M)
     """
     from ..image.create import create_image
     n = parse_size(size)
     n = -(-n // 512) * 512
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
-    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force,
-                         overwrite=overwrite)
+    fmt, sub, opts = output_choice(file, out_format, options, str(subformat))
+    files = create_image(file, n, sub, adapter, hw_version=hw_version, force=force,
+                         overwrite=overwrite, options=opts)
     if json_out:
-        emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
+        emit_json({"files": files, "virtual_size_bytes": n, "subformat": sub})
     else:
-        typer.echo(f"Formatting '{file}', fmt=vmdk size={n} subformat={subformat} adapter={adapter}")
+        typer.echo(f"Formatting '{file}', fmt={fmt} size={n} subformat={sub} adapter={adapter}")
 
 
 @app.command()
@@ -231,27 +269,32 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
+            out_format: OutFormat | None = OUT_FORMAT, options: str = OPTIONS,
             overwrite: bool = OVERWRITE, json_out: bool = JSON,
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     """
-    from ..image.create import carried_ddb, create_image, like
+    from ..image.create import SUBFORMATS, carried_ddb, create_image, like
     with open_image(src, allow_outside=allow_outside) as disk:
         for w in disk.warnings:
             warn(w)
         shape = like(disk)
+        opts = None
         if raw or dst.lower().endswith((".img", ".raw")):
             sub = "raw"
         else:
-            sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
+            sub = value(subformat) or (shape["subformat"] if shape["subformat"] in SUBFORMATS
                                        else "monolithicSparse")
+        if out_format is not None or dst.lower().endswith(".vhdx") or sub.startswith("vhdx"):
+            _, sub, opts = output_choice(dst, out_format, options, value(subformat),
+                                         shape.get("options"))
         kept = carried_ddb(disk.descriptor, sub, value(adapter))
         with progress(f"converting to {sub}", not json_out) as cb:
             files = create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
                                  force=force, hw_version=kept.hw_version, ddb=kept.ddb,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, options=opts)
         report(None, {"path": dst, "files": files, "subformat": sub,
                       "virtual_size_bytes": disk.size_bytes})
 

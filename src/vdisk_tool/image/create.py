@@ -49,6 +49,9 @@ def like(disk) -> dict:
     desc = disk.descriptor
     sub = disk.subformat if disk.subformat in SUBFORMATS else (
         "raw" if disk.format == "raw" else "monolithicSparse")
+    if disk.format == "vhdx":
+        from .vhdx import shape_of
+        return shape_of(disk)
     return {"size_bytes": disk.size_bytes, "subformat": sub,
             "adapter": (desc.get("ddb.adapterType") if desc else None) or "ide",
             "template": desc}
@@ -130,14 +133,17 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  template: vd.Descriptor | None = None, hw_version: str = "4",
                  force: bool = False, backup: str | None = None,
                  parent_hint: str | None = None, parent_cid: int | None = None,
-                 ddb: dict[str, str] | None = None) -> list[str]:
+                 ddb: dict[str, str] | None = None, options: dict[str, str] | None = None
+                 ) -> list[str]:
     """Create a disk (raw when subformat == 'raw'); fill it from `source` if given.
+    `options` are the container's creation options, as qemu-img's -o (vhdx: block_size).
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
     and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
     (see carried_ddb). Returns the files written (descriptor last).
     """
-    if subformat != "raw" and subformat not in SUBFORMATS:
+    vhdx = subformat.startswith("vhdx")
+    if subformat != "raw" and subformat not in SUBFORMATS and not vhdx:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
     if adapter not in ADAPTERS:
         raise RefusedError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
@@ -163,6 +169,10 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     check_unlocked(targets, force=force)
     for t in targets:
         clean_leftovers_for(t)
+    if vhdx:
+        from .vhdx.create import create_vhdx, parse_options
+        return create_vhdx(path, size_bytes, subformat, source=source, progress=progress,
+                           backup=backup, **parse_options(options))
     cid = new_cid()
     rep = Replacement()
     try:

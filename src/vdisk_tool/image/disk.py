@@ -291,6 +291,10 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
     fmt, found = choose_format(path, format)
     if fmt == "raw":
         return _open_raw(path, writable)
+    if fmt == "vhdx":
+        from .vhdx import open_vhdx
+        return open_vhdx(path, writable, allow_outside, parent_dir, follow_parent, _depth,
+                         _seen | {real})
     if found is ct.SPARSE:
         disk = _open_sparse(path, writable, require_eos)
     else:
