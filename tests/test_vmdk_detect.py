@@ -33,7 +33,7 @@ def qemu_create(tmp_path: Path, fmt: str, name: str, *opts: str) -> Path:
     return out
 
 
-FOREIGN = [("vhdx", "d.vhdx", (), "a VHDX image"),
+FOREIGN = [
            ("vpc", "dyn.vhd", ("subformat=dynamic",), "a dynamic VHD (vpc) image"),
            ("vpc", "fixed.vhd", ("subformat=fixed",), "a fixed VHD (vpc) image"),
            ("vdi", "d.vdi", (), "a VirtualBox VDI image"),

@@ -17,10 +17,12 @@ class Subformat(str, Enum):
 
 
 class OutputFormat(str, Enum):
-    """The containers vdisk writes (image.create: the VMDK subformats, raw, qcow2)."""
+    """The containers `create` and `convert` write (-O, as qemu-img): the VMDK subformats,
+    raw, qcow2, VHDX."""
     vmdk = "vmdk"
     raw = "raw"
     qcow2 = "qcow2"
+    vhdx = "vhdx"
 
 
 class Adapter(str, Enum):

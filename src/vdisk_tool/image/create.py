@@ -57,6 +57,9 @@ def like(disk) -> dict:
         from .qcow2.create import Qcow2Options
         m = disk.extents[0].device.meta
         options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts)
+    if disk.format == "vhdx":
+        from .vhdx import shape_of
+        return shape_of(disk)
     return {"size_bytes": disk.size_bytes, "subformat": sub,
             "adapter": (desc.get("ddb.adapterType") if desc else None) or "ide",
             "template": desc, "options": options}
@@ -139,14 +142,16 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  force: bool = False, backup: str | None = None,
                  parent_hint: str | None = None, parent_cid: int | None = None,
                  ddb: dict[str, str] | None = None, options: object = None) -> list[str]:
-    """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2' with `options` a
-    Qcow2Options); fill it from `source` if given.
+    """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2', VHDX when 'vhdx-dynamic'
+    or 'vhdx-fixed'); fill it from `source` if given. `options` are the container's creation
+    options: a Qcow2Options for qcow2, qemu-img -o pairs (block_size=...) for VHDX.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
     and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
     (see carried_ddb). Returns the files written (descriptor last).
     """
-    if subformat != "raw" and subformat not in SUBFORMATS + FORMAT_SUBFORMATS:
+    vhdx = subformat.startswith("vhdx")
+    if subformat != "raw" and subformat not in SUBFORMATS + FORMAT_SUBFORMATS and not vhdx:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
     if adapter not in ADAPTERS:
         raise RefusedError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
@@ -172,6 +177,11 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     check_unlocked(targets, force=force)
     for t in targets:
         clean_leftovers_for(t)
+    if vhdx:
+        from .vhdx.create import create_vhdx, parse_options
+        return create_vhdx(path, size_bytes, subformat, source=source, progress=progress,
+                           backup=backup,
+                           **parse_options(options if isinstance(options, dict) else None))
     cid = new_cid()
     rep = Replacement()
     try:

@@ -16,8 +16,9 @@ from contextvars import ContextVar
 from ..errors import FormatError, ImageError, UnsupportedError, WrongFormatError
 from ..formats import containers as ct
 
-FORMATS = ("raw", "vmdk", "qcow2")
-READS = "vdisk reads VMDK, qcow2 and raw images"
+FORMATS = ("raw", "vmdk", "qcow2", "vhdx")
+FORMAT_LIST = "raw, vmdk, qcow2 or vhdx"
+READS = "vdisk reads VMDK, qcow2, VHDX and raw images"
 
 
 # -f given for a file the user named: honoured wherever that file is opened during the
@@ -32,7 +33,7 @@ def forced_format(path: str | os.PathLike[str] | None, fmt: str | None) -> Itera
         yield
         return
     if fmt not in FORMATS:
-        raise UnsupportedError(f"unknown format {fmt!r}; -f takes {' or '.join(FORMATS)}")
+        raise UnsupportedError(f"unknown format {fmt!r}; -f takes {FORMAT_LIST}")
     token = _FORCED.set((*_FORCED.get(), (os.path.realpath(path), fmt)))
     try:
         yield
@@ -60,11 +61,11 @@ def detect(path: str) -> ct.Container:
 
 
 def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Container]:
-    """('vmdk', 'qcow2' or 'raw', what was found) for the file at `path`; raises for anything vdisk
-    cannot read, naming what the file is."""
+    """('vmdk', 'qcow2', 'vhdx' or 'raw', what was found) for the file at `path`; raises for
+    anything vdisk cannot read, naming what the file is."""
     forced = forced or dict(_FORCED.get()).get(os.path.realpath(path))
     if forced is not None and forced not in FORMATS:
-        raise UnsupportedError(f"unknown format {forced!r}; -f takes {' or '.join(FORMATS)}", path=path)
+        raise UnsupportedError(f"unknown format {forced!r}; -f takes {FORMAT_LIST}", path=path)
     found = detect(path)
     if found is ct.EMPTY:
         raise WrongFormatError("is empty (0 bytes): not a disk image", path, found.key)
@@ -72,6 +73,10 @@ def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Contain
         return "raw", found
     if found.family is ct.Family.VMDK:
         return "vmdk", found
+    if found is ct.VHDX and forced in (None, "vhdx"):
+        return "vhdx", found
+    if forced == "vhdx":
+        raise WrongFormatError(f"is {found.name}, not a VHDX image (-f vhdx)", path, found.key)
     if found.family is ct.Family.VMDK_UNSUPPORTED:
         _refuse_vmdk_kind(path, found)
     if found is ct.QCOW2:

@@ -295,6 +295,10 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
     if fmt == "qcow2":
         from .qcow2 import open_qcow2
         return open_qcow2(path, writable, allow_outside, follow_parent, _depth, _seen | {real})
+    if fmt == "vhdx":
+        from .vhdx import open_vhdx
+        return open_vhdx(path, writable, allow_outside, parent_dir, follow_parent, _depth,
+                         _seen | {real})
     if found is ct.SPARSE:
         disk = _open_sparse(path, writable, require_eos)
     else:

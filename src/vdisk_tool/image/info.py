@@ -58,6 +58,9 @@ def describe(disk: Disk) -> dict:
                       "unclean_shutdown": bool(ext.device.header.unclean_shutdown)})
         extents.append(e)
     out["extents"] = extents
+    if disk.format == "vhdx":
+        from .vhdx import describe_vhdx
+        out.update(describe_vhdx(disk))
     sparse = disk.sparse_extents
     if sparse:
         out["grain_bytes"] = sparse[0].geo.grain_bytes
