@@ -21,7 +21,7 @@ from ..ipva.bundle import (
     relpath_in,
     validate_static_mac,
 )
-from ..ipva.ova import is_package
+from ..ipva.packages import is_package
 from .app import app
 from .choices import Target
 from .common import (

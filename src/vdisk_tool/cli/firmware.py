@@ -14,8 +14,8 @@ from ..image.base import FileDevice
 from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
-from ..ipva.ova import is_package
 from ..ipva.ova_check import verify_package
+from ..ipva.packages import is_package
 from ..ipva.role import Role, identify_disk
 from ..ipva.upgrade import FlashUpgradeCheck, check_restore
 from ._role import ANY_DISK, VMX, guard

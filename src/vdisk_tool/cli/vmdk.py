@@ -7,7 +7,7 @@ import typer
 from ..image.backup import check_backup_for
 from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
-from ..ipva.ova import is_package
+from ..ipva.packages import is_package
 from .app import app
 from .choices import Adapter, Subformat, value
 from .common import (
