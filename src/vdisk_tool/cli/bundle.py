@@ -28,11 +28,13 @@ from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_USAGE,
+    MODE,
     emit_json,
     fail,
     handle_errors,
     parse_size,
     progress,
+    say,
     warn,
 )
 
@@ -272,7 +274,7 @@ def deploy(package: str = typer.Argument(..., help="The OVF package: .ova, .ovf 
 
 
 def _say(message: str) -> None:
-    typer.echo(message, err=True)
+    say(message, err=True)
 
 
 def _identity(plan: dict) -> None:
@@ -299,5 +301,6 @@ def _report_made(folder: str, files: list[str], json_out: bool, plan: dict) -> N
     else:
         typer.echo(f"created {folder}: {', '.join(files)}")
         _identity(plan)
-        _print_report(rep)
+        if not (MODE["quiet"] and rep.healthy):   # the check of what was made: chatter if healthy
+            _print_report(rep)
     raise typer.Exit(EXIT_OK if rep.healthy else EXIT_FINDINGS)

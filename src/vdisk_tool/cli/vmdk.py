@@ -20,6 +20,7 @@ from .common import (
     print_findings,
     progress,
     report,
+    show_plan,
     takes_format,
     warn,
 )
@@ -275,8 +276,7 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
     if not dry_run:
         check_backup_for(backup, image, allow_outside)
     if not json_out:
-        for line in plan.describe():
-            typer.echo(line)
+        show_plan(list(plan.describe()), dry_run)
     if not dry_run:
         with progress("growing", not json_out) as cb:
             apply_grow(plan, force=force, backup=backup, progress=cb)
