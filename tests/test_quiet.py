@@ -41,7 +41,7 @@ CASES: dict[str, tuple[list[str], bool]] = {
     "cf format": (["{d}/hd-cf.vmdk", "--yes"], False),
     "cf grow": (["{d}/hd-cf.vmdk", "--size", "2G", "--yes"], False),
     "dump list": (["{d}/hd-dump.vmdk"], True),
-    "dump extract": (["{d}/hd-dump.vmdk", "-o", "{t}/crash.txt"], False),
+    "dump extract": (["{d}/hd-dump.vmdk", "--sequence", "1", "-o", "{t}/crash.txt"], False),
     "dump write": (["{d}/hd-dump.vmdk", "--text", "{d}/ipva.vmx"], False),
     "dump init": (["{d}/hd-dump.vmdk", "--yes"], False),
     "dump clear": (["{d}/hd-dump.vmdk", "--yes"], False),
@@ -62,6 +62,8 @@ CASES: dict[str, tuple[list[str], bool]] = {
     "fs check": (["{d}/hd-cf.vmdk"], True),
     "fs format": (["{d}/hd-cf.vmdk", "--yes"], False),
 }
+# Exit codes other than 0: the sample's dump store holds a torn record (a finding).
+EXIT = {"dump list": 1}
 # Result lines of the changing commands that print more than one.
 RESULT_LINES = {"bundle create": 3, "bundle clone": 3, "bundle deploy": 2, "bundle set-mac": 2}
 # What a command needs made first (with -q too), by command words.
@@ -90,7 +92,7 @@ def test_quiet_prints_only_the_result(tmp_path, runner, words) -> None:
         first = run(*BEFORE[words])
         assert first.exit_code == 0 and first.stderr == "", first.output
     r = run(*words.split(), *args)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == EXIT.get(words, 0), r.output
     assert r.stderr == "", r.stderr
     if not reads:
         assert len(r.stdout.splitlines()) <= RESULT_LINES.get(words, 1), r.stdout
