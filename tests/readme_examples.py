@@ -96,7 +96,8 @@ def _env() -> dict[str, str]:
 
 
 def run_shell(command: str, work: Path) -> list[str]:
-    r = subprocess.run(command + " 2>&1", shell=True, cwd=work, env=_env(), text=True,
+    # the whole line's stderr, also of `A || B`
+    r = subprocess.run("{ " + command + "\n} 2>&1", shell=True, cwd=work, env=_env(), text=True,
                        stdout=subprocess.PIPE)
     return normalise(r.stdout, work)
 

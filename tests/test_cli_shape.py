@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from enum import Enum
 
 import pytest
 from conftest import vdisk
@@ -15,6 +16,7 @@ from vdisk_tool.cli import choices
 from vdisk_tool.cli.app import app, polish
 from vdisk_tool.image.create import ADAPTERS, SUBFORMATS
 from vdisk_tool.ipva.golden import TARGETS
+from vdisk_tool.ipva.ova_deploy import DEPLOY_TARGETS
 
 
 def _tree():
@@ -70,6 +72,7 @@ def test_suggestion_goes_to_the_hint(runner) -> None:
     (["convert"], ["a", "b", "--subformat", "bogus"], (*SUBFORMATS, "raw")),
     (["boot", "create"], ["b.vmdk", "--firmware", "f", "--subformat", "bogus"], (*SUBFORMATS, "raw")),
     (["bundle", "create"], ["d", "--firmware", "f", "--target", "kvm"], tuple(TARGETS)),
+    (["bundle", "deploy"], ["p.ova", "d", "--target", "ova"], tuple(DEPLOY_TARGETS)),
     (["fs", "format"], ["x.img", "--fat", "13"], ("12", "16", "32")),
 ])
 def test_a_bad_choice_lists_the_valid_values(tmp_path, runner, cmd, args, values) -> None:
@@ -85,6 +88,33 @@ def test_choice_enums_mirror_the_library() -> None:
     assert [c.value for c in choices.Subformat] == [*SUBFORMATS, "raw"]
     assert [c.value for c in choices.Adapter] == list(ADAPTERS)
     assert [c.value for c in choices.Target] == list(TARGETS)
+    assert [c.value for c in choices.DeployTarget] == list(DEPLOY_TARGETS)
+
+
+# Options that take free text (a path, a size, a MAC, a name...), by parameter name. Any
+# other text option is a choice in disguise: make it an enum (cli/choices.py) so that -h
+# and the error list its values, or add it here if its value really is free.
+FREE_TEXT_OPTIONS = {"all_dir", "backup", "cf_size", "firmware", "hw_version", "label_", "mac",
+                     "name", "output", "size", "text", "version", "vmx"}
+
+
+def test_every_choice_valued_option_is_an_enum() -> None:
+    """Walk every command: an option is a flag, a number, an enum, or free text listed
+    above; every enum option lists its values in -h."""
+    loose, unlisted = [], []
+    for path, cmd in TREE:
+        for p in cmd.params:
+            if p.param_type_name != "option" or p.is_flag:
+                continue
+            annotation = p.type_descriptor.annotation
+            where = f"{' '.join(path)} {p.opts[0]}"
+            if annotation is str and p.name not in FREE_TEXT_OPTIONS:
+                loose.append(where)
+            values = [c.value for c in annotation] if isinstance(annotation, type) and \
+                issubclass(annotation, Enum) else None
+            if values and f"One of: {', '.join(values)}." not in (p.help or ""):
+                unlisted.append(where)
+    assert loose == [] and unlisted == []
 
 
 @pytest.mark.parametrize("args", [

@@ -107,6 +107,18 @@ def test_header_bytes_round_trip(raw):
 
 
 @PROPS
+@given(st.binary(min_size=512, max_size=512))
+def test_header_struct_reads_as_the_construct_schema(raw):
+    """parse_header's struct layout (which spares start-up loading construct) reads every
+    field as vmdk_sparse.SparseExtentHeader does, name by name and value by value."""
+    theirs = vs.SparseExtentHeader.parse(raw)
+    ours = vs.parse_header(raw)
+    assert list(ours) == [k for k in theirs if not k.startswith("_")]
+    assert all(ours[k] == theirs[k] for k in ours)
+    assert vs.HEADER_STRUCT.size == vs.SparseExtentHeader.sizeof() == 512
+
+
+@PROPS
 @given(headers, st.one_of(st.integers(0, 1 << 24), interesting64))
 @example({"magic": b"KDMV", "version": 1, "flags": 3, "capacity": 1 << 63, "grain_size": 128,
           "descriptor_offset": 1, "descriptor_size": 20, "gtes_per_gt": 512, "rgd_offset": 21,

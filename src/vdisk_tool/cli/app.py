@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import common
+from . import _coerce, common
 
 
 class VdiskGroup(TyperGroup):
@@ -107,7 +107,9 @@ def polish(group) -> None:  # noqa: ANN001
             cmd.rich_markup_mode = None
         if not cmd.short_help:
             cmd.short_help = _one_line(cmd.help)
+        _coerce.install_on_help(cmd)
         for param in cmd.params:
+            _coerce.install(param)
             if param.param_type_name == "argument":
                 _plain_argument(param)
             values = _choices(param)

@@ -8,7 +8,16 @@ from ..ipva.cf import apply_cf, plan_cf
 from ..ipva.role import Role
 from ._role import ANY_DISK, VMX, guard
 from .app import app
-from .common import ALLOW_OUTSIDE, confirm, emit_json, handle_errors, parse_size, progress, takes_format
+from .common import (
+    ALLOW_OUTSIDE,
+    confirm,
+    emit_json,
+    handle_errors,
+    parse_size,
+    progress,
+    show_plan,
+    takes_format,
+)
 
 cf_app = typer.Typer(help="hd-cf, the emulated CompactFlash: grow it keeping its files, or "
                           "format it.\n\nExample: vdisk cf grow hd-cf.vmdk --size 4G",
@@ -33,8 +42,7 @@ def _run(plan, dry_run: bool, yes: bool, force: bool, backup: str | None, json_o
     if json_out:
         emit_json({k: getattr(plan, k) for k in plan.__dataclass_fields__} | {"dry_run": dry_run})
     else:
-        for line in plan.describe():
-            typer.echo(line)
+        show_plan(list(plan.describe()), dry_run)
     if dry_run:
         if not json_out:
             typer.echo("dry run: nothing was changed")

@@ -40,6 +40,12 @@ class Target(str, Enum):
     ova = "ova"
 
 
+class DeployTarget(str, Enum):
+    """Where a deployed OVF package runs (ipva.ova_deploy.DEPLOY_TARGETS)."""
+    workstation = "workstation"
+    vsphere = "vsphere"
+
+
 class FatBits(str, Enum):
     """FAT12, FAT16 or FAT32."""
     fat12 = "12"

@@ -255,6 +255,16 @@ def say(text: str, err: bool = False) -> None:
         typer.echo(text, err=err)
 
 
+def show_plan(lines: str | list[str], dry_run: bool) -> None:
+    """A plan printed before it is applied: the result of a dry run, chatter otherwise
+    (not under --quiet). Callers print it only without --json."""
+    for line in [lines] if isinstance(lines, str) else lines:
+        if dry_run:
+            typer.echo(line)
+        else:
+            say(line)
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()

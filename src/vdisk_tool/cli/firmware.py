@@ -14,8 +14,8 @@ from ..image.base import FileDevice
 from ..image.safe import Replacement, create_temp
 from ..ipva import boot as bootmod
 from ..ipva.firmware import FirmwareReport, SectionInput, Status, check_firmware, write_firmware
-from ..ipva.ova import is_package
 from ..ipva.ova_check import verify_package
+from ..ipva.packages import is_package
 from ..ipva.role import Role, identify_disk
 from ..ipva.upgrade import FlashUpgradeCheck, check_restore
 from ._role import ANY_DISK, VMX, guard
@@ -35,6 +35,8 @@ from .common import (
     print_findings,
     progress,
     refuse_existing,
+    say,
+    show_plan,
     takes_format,
     warn,
 )
@@ -212,8 +214,8 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
         return
     typer.echo(f"{output}: wrote IPVA firmware {_summary(check)}")
     for s in check.sections:
-        typer.echo(f"  {s.name:<8} offset 0x{s.offset:08x} size {s.size_bytes:>10} "
-                   f"crc32 0x{s.expected_crc32:08x}")
+        say(f"  {s.name:<8} offset 0x{s.offset:08x} size {s.size_bytes:>10} "
+            f"crc32 0x{s.expected_crc32:08x}")
 
 
 def _parse_size(text: str) -> int:
@@ -266,16 +268,15 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
                                        json_out=json_out)
     if not json_out:
         if plan.action == "replace":
-            typer.echo(f"plan: write {firmware} as IPVA.BIN on {disk}"
-                       + (f" (partition {plan.partition})" if plan.partition else ""))
+            lines = [f"plan: write {firmware} as IPVA.BIN on {disk}"
+                     + (f" (partition {plan.partition})" if plan.partition else "")]
         else:
-            typer.echo(f"plan: rebuild {disk} as a fresh boot disk ({plan.shape['size_bytes']} "
-                       f"bytes, {plan.shape['subformat']}, adapter {plan.shape['adapter']}) "
-                       f"with {firmware} as IPVA.BIN, because:")
-            for r in plan.reasons or ("no boot volume was found",):
-                typer.echo(f"  - {r}")
-        for f in plan.before:
-            typer.echo(f"  before: {f.code}: {f.message}")
+            lines = [f"plan: rebuild {disk} as a fresh boot disk ({plan.shape['size_bytes']} "
+                     f"bytes, {plan.shape['subformat']}, adapter {plan.shape['adapter']}) "
+                     f"with {firmware} as IPVA.BIN, because:"]
+            lines += [f"  - {r}" for r in plan.reasons or ("no boot volume was found",)]
+        lines += [f"  before: {f.code}: {f.message}" for f in plan.before]
+        show_plan(lines, dry_run)
     if not dry_run:
         confirm(f"this replaces the firmware on {disk}" if plan.action == "replace" else
                 f"this rebuilds {disk} (everything on it is lost)", yes)
@@ -357,5 +358,8 @@ def boot_create(path: str = typer.Argument(..., help="The new boot disk to write
         emit_json(res.to_dict())
     else:
         typer.echo(f"{path}: created")
-        _print_result(res)
+        if res.ok:
+            say(f"verify: OK: IPVA firmware {_summary(res.firmware)}")
+        else:
+            _print_result(res)
     raise typer.Exit(EXIT_OK if res.ok else EXIT_REPAIR_FAILED)

@@ -24,6 +24,7 @@ from .common import (
     refuse_existing,
     report,
     say,
+    show_plan,
     takes_format,
     warn,
 )
@@ -149,10 +150,8 @@ def reset(disk: str = DISK, dry_run: bool = DRY, backup: str | None = BACKUP,
     if json_out:
         emit_json(plan)
     else:
-        typer.echo(f"reset: {plan.path} -> blank {plan.subformat}, {plan.size_bytes} bytes, "
-                   f"adapter {plan.adapter}")
-        for f in plan.files:
-            typer.echo(f"  replace {f}")
+        show_plan([f"reset: {plan.path} -> blank {plan.subformat}, {plan.size_bytes} bytes, "
+                   f"adapter {plan.adapter}", *(f"  replace {f}" for f in plan.files)], dry_run)
     if dry_run:
         if not json_out:
             typer.echo("dry run: nothing changed")

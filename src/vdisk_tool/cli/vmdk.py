@@ -9,7 +9,7 @@ import typer
 from ..image.backup import check_backup_for
 from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
-from ..ipva.ova import is_package
+from ..ipva.packages import is_package
 from .app import app
 from .choices import Adapter, OutputFormat, Subformat, value
 from .common import (
@@ -22,6 +22,7 @@ from .common import (
     print_findings,
     progress,
     report,
+    show_plan,
     takes_format,
     warn,
 )
@@ -369,8 +370,7 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
     if not dry_run:
         check_backup_for(backup, image, allow_outside)
     if not json_out:
-        for line in plan.describe():
-            typer.echo(line)
+        show_plan(list(plan.describe()), dry_run)
     if not dry_run:
         with progress("growing", not json_out) as cb:
             apply_grow(plan, force=force, backup=backup, progress=cb)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-
-from construct import GreedyBytes, NullStripped, Struct
+from typing import Any
 
 from ..errors import FormatError
 
@@ -45,8 +44,16 @@ DDB_VALUE_FORMS: dict[str, tuple[str, str]] = {
     "ddb.deletable": ("(?i:true|false)", "true or false"),
 }
 
-# The embedded descriptor area: text, NUL-padded to descriptorSize sectors.
-EmbeddedDescriptor = Struct("text" / NullStripped(GreedyBytes) * "descriptor text, NUL padded")
+
+
+def __getattr__(name: str) -> Any:
+    """EmbeddedDescriptor (the embedded descriptor area: text, NUL-padded to descriptorSize
+    sectors), built when first asked for so that importing this module loads no construct."""
+    if name == "EmbeddedDescriptor":
+        from construct import GreedyBytes, NullStripped, Struct
+        return Struct("text" / NullStripped(GreedyBytes) * "descriptor text, NUL padded")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _KV = re.compile(r'^\s*([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$')
 _EXTENT = re.compile(

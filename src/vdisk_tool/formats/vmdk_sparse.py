@@ -4,7 +4,8 @@ Schemas only: no file I/O. Field docs carry the spec's own names.
 """
 from __future__ import annotations
 
-from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct, this
+import struct
+from typing import Any
 
 SECTOR_BYTES = 512
 MAGIC = b"KDMV"
@@ -36,55 +37,96 @@ MAX_GD_ENTRIES = 32 * 1024 * 1024     # qemu's L1 limit
 MAX_EMBEDDED_DESCRIPTOR_SECTORS = 20480
 ZERO_GRAIN_GTE = 1
 
-SparseExtentHeader = Struct(
-    "magic_number" / Bytes(4) * "magicNumber",
-    "version" / Int32ul * "version",
-    "flags" / Int32ul * "flags",
-    "capacity_sectors" / Int64ul * "capacity",
-    "grain_sectors" / Int64ul * "grainSize",
-    "descriptor_offset_sectors" / Int64ul * "descriptorOffset",
-    "descriptor_sectors" / Int64ul * "descriptorSize",
-    "gtes_per_gt" / Int32ul * "numGTEsPerGT",
-    "rgd_offset_sectors" / Int64ul * "rgdOffset",
-    "gd_offset_sectors" / Int64ul * "gdOffset",
-    "overhead_sectors" / Int64ul * "overHead",
-    "unclean_shutdown" / Int8ul * "uncleanShutdown",
-    "single_end_line_char" / Bytes(1) * "singleEndLineChar",
-    "non_end_line_char" / Bytes(1) * "nonEndLineChar",
-    "double_end_line_char1" / Bytes(1) * "doubleEndLineChar1",
-    "double_end_line_char2" / Bytes(1) * "doubleEndLineChar2",
-    "compress_algorithm" / Int16ul * "compressAlgorithm",
-    "pad" / Bytes(433) * "pad",
-)
-assert SparseExtentHeader.sizeof() == SECTOR_BYTES
 UNCLEAN_SHUTDOWN_OFFSET = 72   # SparseExtentHeader.uncleanShutdown
-
-GrainMarker = Struct(
-    "lba" / Int64ul * "lba: first virtual sector of the grain",
-    "compressed_bytes" / Int32ul * "size",
-    "data" / Bytes(this.compressed_bytes),
-)
 GRAIN_MARKER_HEADER_BYTES = 12
 
-MetadataMarker = Struct(
-    "num_sectors" / Int64ul * "numSectors",
-    "size" / Const(0, Int32ul) * "size (0 for metadata markers)",
-    "marker_type" / Int32ul * "type",
-    "pad" / Bytes(496),
-)
-assert MetadataMarker.sizeof() == SECTOR_BYTES
+#: SparseExtentHeader as one struct format, to read headers without loading construct
+#: (every command opens one; `vdisk info` starts faster). A test holds it against the
+#: construct schema field by field.
+HEADER_STRUCT = struct.Struct("<4sIIQQQQIQQQB1s1s1s1sH433s")
+HEADER_FIELDS = ("magic_number", "version", "flags", "capacity_sectors", "grain_sectors",
+                 "descriptor_offset_sectors", "descriptor_sectors", "gtes_per_gt",
+                 "rgd_offset_sectors", "gd_offset_sectors", "overhead_sectors",
+                 "unclean_shutdown", "single_end_line_char", "non_end_line_char",
+                 "double_end_line_char1", "double_end_line_char2", "compress_algorithm", "pad")
+SCHEMA_NAMES = ("SparseExtentHeader", "GrainMarker", "MetadataMarker", "CowdHeader")
+_SCHEMAS: dict[str, Any] = {}
 
-CowdHeader = Struct(
-    "magic_number" / Const(COWD_MAGIC) * "magicNumber",
-    "version" / Int32ul,
-    "flags" / Int32ul,
-    "capacity_sectors" / Int32ul * "numSectors",
-    "grain_sectors" / Int32ul * "grainSize",
-    "gd_offset_sectors" / Int32ul * "gdOffset",
-    "gd_entries" / Int32ul * "numGDEntries",
-    "free_sector" / Int32ul * "freeSector",
-    Padding(2048 - 32),
-)
+
+def _build_schemas() -> dict[str, Any]:
+    """The construct schemas, built on first use (see __getattr__)."""
+    from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct, this
+
+    SparseExtentHeader = Struct(
+        "magic_number" / Bytes(4) * "magicNumber",
+        "version" / Int32ul * "version",
+        "flags" / Int32ul * "flags",
+        "capacity_sectors" / Int64ul * "capacity",
+        "grain_sectors" / Int64ul * "grainSize",
+        "descriptor_offset_sectors" / Int64ul * "descriptorOffset",
+        "descriptor_sectors" / Int64ul * "descriptorSize",
+        "gtes_per_gt" / Int32ul * "numGTEsPerGT",
+        "rgd_offset_sectors" / Int64ul * "rgdOffset",
+        "gd_offset_sectors" / Int64ul * "gdOffset",
+        "overhead_sectors" / Int64ul * "overHead",
+        "unclean_shutdown" / Int8ul * "uncleanShutdown",
+        "single_end_line_char" / Bytes(1) * "singleEndLineChar",
+        "non_end_line_char" / Bytes(1) * "nonEndLineChar",
+        "double_end_line_char1" / Bytes(1) * "doubleEndLineChar1",
+        "double_end_line_char2" / Bytes(1) * "doubleEndLineChar2",
+        "compress_algorithm" / Int16ul * "compressAlgorithm",
+        "pad" / Bytes(433) * "pad",
+    )
+    assert SparseExtentHeader.sizeof() == SECTOR_BYTES
+
+    GrainMarker = Struct(
+        "lba" / Int64ul * "lba: first virtual sector of the grain",
+        "compressed_bytes" / Int32ul * "size",
+        "data" / Bytes(this.compressed_bytes),
+    )
+
+    MetadataMarker = Struct(
+        "num_sectors" / Int64ul * "numSectors",
+        "size" / Const(0, Int32ul) * "size (0 for metadata markers)",
+        "marker_type" / Int32ul * "type",
+        "pad" / Bytes(496),
+    )
+    assert MetadataMarker.sizeof() == SECTOR_BYTES
+
+    CowdHeader = Struct(
+        "magic_number" / Const(COWD_MAGIC) * "magicNumber",
+        "version" / Int32ul,
+        "flags" / Int32ul,
+        "capacity_sectors" / Int32ul * "numSectors",
+        "grain_sectors" / Int32ul * "grainSize",
+        "gd_offset_sectors" / Int32ul * "gdOffset",
+        "gd_entries" / Int32ul * "numGDEntries",
+        "free_sector" / Int32ul * "freeSector",
+        Padding(2048 - 32),
+    )
+    return {"SparseExtentHeader": SparseExtentHeader, "GrainMarker": GrainMarker,
+            "MetadataMarker": MetadataMarker, "CowdHeader": CowdHeader}
+
+
+def __getattr__(name: str) -> Any:
+    """SparseExtentHeader, GrainMarker, MetadataMarker and CowdHeader, built when first
+    asked for (PEP 562), so that importing this module does not load construct."""
+    if name in SCHEMA_NAMES:
+        if not _SCHEMAS:
+            _SCHEMAS.update(_build_schemas())
+        return _SCHEMAS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class Header(dict):
+    """A parsed SparseExtentHeader: a dict of its fields that also reads as attributes,
+    like construct's Container (and accepted by build_header)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def header_defaults(capacity_sectors: int, *, grain_sectors: int = DEFAULT_GRAIN_SECTORS,
@@ -104,17 +146,19 @@ def header_defaults(capacity_sectors: int, *, grain_sectors: int = DEFAULT_GRAIN
     )
 
 
-def parse_header(data: bytes):
+def parse_header(data: bytes) -> Header:
     """Parse the 512-byte SparseExtentHeader (no validation; see image/sparse.validate)."""
-    return SparseExtentHeader.parse(data)
+    if len(data) < HEADER_STRUCT.size:
+        raise ValueError(f"a SparseExtentHeader is {HEADER_STRUCT.size} bytes, got {len(data)}")
+    return Header(zip(HEADER_FIELDS, HEADER_STRUCT.unpack_from(data), strict=True))
 
 
 def build_header(fields: dict) -> bytes:
-    return SparseExtentHeader.build(fields)
+    return __getattr__("SparseExtentHeader").build(fields)
 
 
 def build_metadata_marker(marker_type: int, num_sectors: int) -> bytes:
-    return MetadataMarker.build(dict(num_sectors=num_sectors, marker_type=marker_type,
+    return __getattr__("MetadataMarker").build(dict(num_sectors=num_sectors, marker_type=marker_type,
                                      pad=bytes(496)))
 
 

@@ -153,15 +153,21 @@ def check_flash(ctx: Context, d: DiskContext) -> Iterator[Issue]:
 
 @disk_check("dump")
 def check_dump(ctx: Context, d: DiskContext) -> Iterator[Issue]:
-    """The crash-dump store: header, torn records, the newest dump."""
+    """The crash-dump store: header, torn records, the newest dump. A torn record is what
+    a crash during a crash dump leaves (specs/dump-store.md): worth knowing, since its dump
+    is lost but for what --salvage recovers, yet nothing the appliance needs to boot."""
     from .dump import read_store
 
     store = read_store(d.disk)
     for f in store.findings:
         fix = None
         if f.code == "dump.record-torn":
-            fix = ctx.command("dump", "extract", d.path, "--salvage")
-        elif f.severity != Severity.INFO and f.code.startswith("dump.header"):
+            yield issue("bundle.dump-torn", Severity.INFO, f"{f.message}; the appliance died "
+                        "while writing this crash dump (booting is not affected)", d.role,
+                        path=d.path, offset=f.offset,
+                        fix=ctx.command("dump", "extract", d.path, "--salvage"))
+            continue
+        if f.severity != Severity.INFO and f.code.startswith("dump.header"):
             fix = ctx.command("dump", "init", d.path) + "  (deletes the records: extract first)"
         yield adopt(f, d, fix)
     newest = store.newest_good

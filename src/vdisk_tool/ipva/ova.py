@@ -18,9 +18,9 @@ from ..formats import ovf
 from ..image.disk import Disk, open_window
 from .bundle import format_mac, parse_mac
 from .ova_tar import Member, open_zip, read_tar, unsafe_name
+from .packages import PACKAGE_SUFFIXES, is_package  # noqa: F401 - part of this API
 from .vmx import IDE_ROLES
 
-PACKAGE_SUFFIXES = (".ova", ".ovf", ".zip")
 STREAM_FORMAT = "vmdk.html#streamoptimized"
 NIC_MODELS = {"pcnet32": "vlance", "vlance": "vlance", "e1000": "e1000", "e1000e": "e1000e",
               "vmxnet3": "vmxnet3", "vmxnet": "vmxnet", "vmxnet2": "vmxnet"}
@@ -111,10 +111,6 @@ class Package:
                              path=self.path)
         m = d.member
         return open_window(m.path, m.offset, m.length_bytes, self.label(m.name))
-
-
-def is_package(path: str) -> bool:
-    return path.lower().endswith(PACKAGE_SUFFIXES) and os.path.isfile(path)
 
 
 def open_package(path: str) -> Package:
