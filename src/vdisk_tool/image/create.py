@@ -263,7 +263,7 @@ def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int =
     source window [start, start+length). Zero and unallocated runs cost nothing.
     `runs`: the source's runs, listed once by a caller that walks many windows (a split
     target of a thousand extents would otherwise walk the whole source for each)."""
-    end = start + length
+    end = min(start + length, source.size_bytes)   # a larger target (grow) reads no further
     pending_lo = pending_hi = -1
     todo = _runs_from(runs, start) if runs is not None else source.runs()
     for run in todo:
