@@ -25,6 +25,7 @@ from ..ipva.packages import is_package
 from .app import app
 from .choices import DeployTarget, Target
 from .common import (
+    COMPRESSION_LEVEL,
     EXIT_FINDINGS,
     EXIT_OK,
     EXIT_USAGE,
@@ -200,6 +201,7 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
                                          "(monolithicSparse), vsphere (vmfs + -flat), ova "
                                          "(streamOptimized + .ovf + .ova)."),
            name: str = typer.Option("ipva", "--name", help="Name of the vmx/ovf/ova files."),
+           compression_level: int = COMPRESSION_LEVEL,
            json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
     """Make a complete new appliance: vmx with every required key, boot disk with the
     verified firmware, formatted CF, blank 100 MiB flash, initialised dump store.
@@ -207,7 +209,8 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
     Example: vdisk bundle create ./ipva --firmware ipva.bin --target vsphere
     """
     plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size), memsize_mb=memsize,
-                              mac=mac, target=target.value, name=name)
+                              mac=mac, target=target.value, name=name,
+                              compression_level=compression_level)
     if dry_run:
         _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
              f"({plan.subformat}), memsize {plan.memsize_mb} MB")

@@ -97,6 +97,9 @@ def report_click_error(exc: BaseException) -> int:
     return EXIT_USAGE if code in (None, 2) or isinstance(exc, _USAGE_ERRORS) else int(code)
 
 
+COMPRESSION_LEVEL = typer.Option(6, "--compression-level", min=1, max=9,
+                                 help="zlib level 1 (fastest) to 9 (smallest) of the "
+                                      "streamOptimized grains written (6, as qemu-img).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file (never "
                          "done without it).")
 

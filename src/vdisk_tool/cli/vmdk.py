@@ -13,6 +13,7 @@ from ..ipva.packages import is_package
 from .app import app
 from .choices import Adapter, OutputFormat, Subformat, value
 from .common import (
+    COMPRESSION_LEVEL,
     EXIT_FINDINGS,
     EXIT_OK,
     OVERWRITE,
@@ -325,6 +326,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
+            compression_level: int = COMPRESSION_LEVEL,
             overwrite: bool = OVERWRITE, json_out: bool = JSON,
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
@@ -346,7 +348,8 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
         with progress(f"converting to {sub}", not json_out) as cb:
             files = create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
                                  force=force, hw_version=kept.hw_version, ddb=kept.ddb,
-                                 overwrite=overwrite, options=opts)
+                                 overwrite=overwrite, options=opts,
+                                 compression_level=compression_level)
         report(None, {"path": dst, "files": files, "subformat": sub,
                       "virtual_size_bytes": disk.size_bytes})
 
@@ -359,6 +362,7 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
          backup: str = typer.Option(None, "--backup", help="Keep the original file(s) here."),
          force: bool = typer.Option(False, "--force", help="Modify even if a VMware lock exists."),
+         compression_level: int = COMPRESSION_LEVEL,
          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Enlarge a disk of any writable subformat; the data and the file system inside stay as
     they are (use `vdisk cf grow` to grow hd-cf's file system too).
@@ -373,7 +377,8 @@ def grow(image: str = typer.Argument(..., help="The disk to enlarge."),
         show_plan(list(plan.describe()), dry_run)
     if not dry_run:
         with progress("growing", not json_out) as cb:
-            apply_grow(plan, force=force, backup=backup, progress=cb)
+            apply_grow(plan, force=force, backup=backup, progress=cb,
+                       compression_level=compression_level)
     if json_out:
         emit_json({"path": plan.path, "subformat": plan.subformat, "old_size_bytes": plan.old_bytes,
                    "new_size_bytes": plan.new_bytes, "method": plan.method, "dry_run": dry_run})

@@ -9,17 +9,16 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
-import struct
-import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .. import clock
-from ..errors import RefusedError, VdiskError
+from ..errors import ImageError, RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from .base import SECTOR_BYTES, BlockDevice, Run, RunKind
+from . import hostio, parallel
+from .base import SECTOR_BYTES, BlockDevice, Run, RunKind, merge_runs
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
 
@@ -141,20 +140,25 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  template: vd.Descriptor | None = None, hw_version: str = "4",
                  force: bool = False, backup: str | None = None,
                  parent_hint: str | None = None, parent_cid: int | None = None,
-                 ddb: dict[str, str] | None = None, options: object = None) -> list[str]:
+                 ddb: dict[str, str] | None = None, options: object = None,
+                 compression_level: int = parallel.DEFAULT_LEVEL,
+                 workers: int | None = None) -> list[str]:
     """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2', VHDX when 'vhdx-dynamic'
     or 'vhdx-fixed'); fill it from `source` if given. `options` are the container's creation
     options: a Qcow2Options for qcow2, qemu-img -o pairs (block_size=...) for VHDX.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
     and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
-    (see carried_ddb). Returns the files written (descriptor last).
+    (see carried_ddb). A streamOptimized disk is deflated at `compression_level` (1..9)
+    on `workers` threads (default one per core). Returns the files written (descriptor last).
     """
     vhdx = subformat.startswith("vhdx")
     if subformat != "raw" and subformat not in SUBFORMATS + FORMAT_SUBFORMATS and not vhdx:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
     if adapter not in ADAPTERS:
         raise RefusedError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    if not 1 <= compression_level <= 9:
+        raise RefusedError(f"compression level must be 1..9, got {compression_level}")
     if size_bytes <= 0 or size_bytes % SECTOR_BYTES:
         raise RefusedError(f"size must be a positive multiple of 512 bytes, got {size_bytes}")
     sectors = size_bytes // SECTOR_BYTES
@@ -208,7 +212,8 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path), None, 0)
             desc = _descriptor(template, cid, subformat, [line], adapter, hw_version, None, None,
                                ddb if ddb is not None else carried_ddb(None, subformat).ddb)
-            write_stream(tmp, sectors, desc.to_bytes(), source, progress)
+            write_stream(tmp, sectors, desc.to_bytes(), source, progress,
+                         level=compression_level, workers=workers)
         else:
             lines = []
             start = 0
@@ -271,19 +276,21 @@ def _zero_grain(data: bytes) -> bool:
     return data.count(0) == n
 
 
+def _runs_from(runs: list[Run], start: int) -> Iterator[Run]:
+    """The runs of a listed source from the one that ends after `start` on."""
+    first = max(0, bisect.bisect_right([r.end for r in runs], start))
+    return itertools.islice(runs, first, None)
+
+
 def data_pieces(source: BlockDevice, start: int, length: int, piece_bytes: int = GRAIN_BYTES,
                 runs: list[Run] | None = None) -> Iterator[tuple[int, bytes]]:
     """(offset relative to start, bytes) of every non-zero, piece-aligned piece of the
     source window [start, start+length). Zero and unallocated runs cost nothing.
     `runs`: the source's runs, listed once by a caller that walks many windows (a split
     target of a thousand extents would otherwise walk the whole source for each)."""
-    end = start + length
+    end = min(start + length, source.size_bytes)   # a larger target (grow) reads no further
     pending_lo = pending_hi = -1
-    if runs is not None:
-        first = max(0, bisect.bisect_right([r.end for r in runs], start))
-        todo: Iterable[Run] = itertools.islice(runs, first, None)
-    else:
-        todo = source.runs()
+    todo = _runs_from(runs, start) if runs is not None else source.runs()
     for run in todo:
         if run.offset >= end:
             break
@@ -346,15 +353,133 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
                source_start: int = 0, runs: list[Run] | None = None) -> None:
+    """A raw image or flat extent of `size_bytes` from the source window at `source_start`.
+    What is stored uncompressed in a host file (flat and raw extents, uncompressed grains)
+    is copied file to file (copy_range: in the kernel where possible) without being read;
+    what has to be decoded is read and written without its zero pieces; holes stay holes."""
     with open(tmp, "r+b") as f:
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
-            for off, piece in _coalesce(data_pieces(source, source_start, size_bytes, runs=runs)):
-                os.pwrite(fd, piece, off)
-                if progress:
-                    progress(off + len(piece), size_bytes)
-        os.fsync(fd)
+            with _SourceFiles() as files:
+                for off, length, src in _raw_plan(source, source_start, size_bytes, runs):
+                    if src is None:
+                        for at, piece in _coalesce(_read_pieces(source, source_start,
+                                                                source_start + off,
+                                                                source_start + off + length,
+                                                                GRAIN_BYTES)):
+                            hostio.pwrite(fd, piece, at)
+                    else:
+                        _copy_stored(files, src, fd, off, length)
+                    if progress:
+                        progress(off + length, size_bytes)
+        hostio.fsync(fd)
+
+
+def _raw_plan(source: BlockDevice, start: int, length: int, runs: list[Run] | None
+              ) -> Iterator[tuple[int, int, Run | None]]:
+    """(offset relative to start, length, the stored run or None) of what a raw copy of
+    [start, start+length) must write: stretches stored in a host file come with their run
+    (offsets relative to start), stretches to be read come with None. Zero and unallocated
+    stretches are left out."""
+    end = start + length
+    todo: Iterator[Run] = _runs_from(runs, start) if runs is not None else source.runs()
+    pending: tuple[int, int] | None = None   # a stretch to be read
+    for run in merge_runs(todo):
+        if run.offset >= end:
+            break
+        lo, hi = max(run.offset, start), min(run.end, end)
+        if lo >= hi or run.kind in (RunKind.ZERO, RunKind.UNALLOCATED):
+            continue
+        if run.file is not None and run.file_offset is not None:
+            if pending is not None:
+                yield pending[0] - start, pending[1] - pending[0], None
+                pending = None
+            yield lo - start, hi - lo, Run(lo - start, hi - lo, run.kind, run.file,
+                                           run.file_offset + (lo - run.offset))
+        elif pending is not None and pending[1] == lo:
+            pending = (pending[0], hi)
+        else:
+            if pending is not None:
+                yield pending[0] - start, pending[1] - pending[0], None
+            pending = (lo, hi)
+    if pending is not None:
+        yield pending[0] - start, pending[1] - pending[0], None
+
+
+class _SourceFiles:
+    """Read-only descriptors of the source's host files, opened once each (the bound
+    journal's own descriptor for a file an edit has open, so its pending writes count)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.owned: list[int] = []
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = hostio.fd_for(path)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                self.owned.append(fd)
+            self.fds[path] = fd
+        return fd
+
+    def __enter__(self) -> _SourceFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.owned:
+            os.close(fd)
+
+
+COPY_STEP_BYTES = 64 << 20   # a progress report at least this often
+
+
+def _copy_stored(files: _SourceFiles, run: Run, dst_fd: int, off: int, length: int) -> None:
+    assert run.file is not None and run.file_offset is not None
+    src = files.fd(run.file)
+    done = 0
+    while done < length:
+        n = min(COPY_STEP_BYTES, length - done)
+        got = hostio.copy_range(src, run.file_offset + done, dst_fd, off + done, n)
+        if got != n:
+            raise ImageError(f"short read: wanted {n} bytes at {run.file_offset + done}, "
+                             "file ends", path=run.file, offset=run.file_offset + done)
+        done += n
+
+
+def _deflated(source: BlockDevice, total: int, level: int, workers: int | None
+              ) -> Iterator[tuple[int, bytes]]:
+    """(grain, marker + deflated grain + padding) of the source's non-zero grains, in order."""
+    def deflate(item: tuple[int, bytes]) -> tuple[int, bytes]:
+        off, piece = item
+        grain = off // GRAIN_BYTES
+        data = piece if len(piece) == GRAIN_BYTES else piece.ljust(GRAIN_BYTES, b"\0")
+        return grain, parallel.grain_block(grain * GRAIN_SECTORS, data, level)
+
+    n = parallel.default_workers() if workers is None else workers
+    return parallel.ordered_map(deflate, data_pieces(source, 0, total), n)
+
+
+class _Batch:
+    """Appends blocks to a file in writes of about 1 MiB."""
+
+    def __init__(self, fd: int, limit: int = 1 << 20) -> None:
+        self.fd, self.limit = fd, limit
+        self.parts: list[bytes] = []
+        self.pending = 0
+
+    def add(self, block: bytes) -> None:
+        self.parts.append(block)
+        self.pending += len(block)
+        if self.pending >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            _write_all(self.fd, b"".join(self.parts))
+        self.parts, self.pending = [], 0
 
 
 def sparse_layout(capacity_sectors: int, embedded_descriptor: bool) -> dict:
@@ -406,9 +531,14 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
 
 
 def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: BlockDevice | None,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, *, level: int = parallel.DEFAULT_LEVEL,
+                 workers: int | None = None) -> None:
     """streamOptimized as VMware writes it: header with GD_AT_END, embedded descriptor,
-    grain markers, a GT marker + GT per used table, GD marker + GD, footer marker + footer, EOS."""
+    grain markers, a GT marker + GT per used table, GD marker + GD, footer marker + footer, EOS.
+
+    Grains are deflated at zlib `level` on `workers` threads (default: one per core) and
+    written in LBA order; the file is the same whatever the number of workers."""
+    parallel.check_level(level)
     desc_sectors = max(1, vs.sectors_for_bytes(len(descriptor)))
     overhead = -(-(1 + desc_sectors) // GRAIN_SECTORS) * GRAIN_SECTORS
     hdr = vs.header_defaults(capacity_sectors, version=3,
@@ -428,14 +558,9 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
         os.lseek(fd, overhead * SECTOR_BYTES, os.SEEK_SET)
         sector = overhead
         if source is not None:
-            comp_level = 6
-            for off, piece in data_pieces(source, 0, total):
-                grain = off // GRAIN_BYTES
-                grain_data = piece.ljust(GRAIN_BYTES, b"\0")
-                blob = zlib.compress(grain_data, comp_level)
-                block = struct.pack("<QI", grain * GRAIN_SECTORS, len(blob)) + blob
-                block += bytes(-len(block) % SECTOR_BYTES)
-                _write_all(fd, block)
+            out = _Batch(fd)
+            for grain, block in _deflated(source, total, level, workers):
+                out.add(block)
                 gdi, gti = divmod(grain, vs.GTES_PER_GT)
                 if sector >= 1 << 32:
                     raise RefusedError("the compressed stream passes 2 TiB, where grain table "
@@ -443,7 +568,8 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
                 tables.setdefault(gdi, array("I", bytes(4 * vs.GTES_PER_GT)))[gti] = sector
                 sector += len(block) // SECTOR_BYTES
                 if progress:
-                    progress(off + GRAIN_BYTES, total)
+                    progress((grain + 1) * GRAIN_BYTES, total)
+            out.flush()
         assert gtes_total >= 0
         gd = array("I", bytes(4 * n_gts))
         for gdi in sorted(tables):

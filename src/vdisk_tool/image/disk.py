@@ -153,9 +153,12 @@ class Disk:
 
     def _own_runs(self) -> Iterator[Run]:
         for ext in self.extents:
+            # bytes of a NOACCESS extent name no file: nothing copies them from there
+            # without read_at's refusal
+            hidden = ext.access == "NOACCESS"
             for run in ext.device.runs():
-                yield Run(run.offset + ext.start_bytes, run.length_bytes, run.kind, run.file,
-                          run.file_offset)
+                yield Run(run.offset + ext.start_bytes, run.length_bytes, run.kind,
+                          None if hidden else run.file, None if hidden else run.file_offset)
 
     def flush(self) -> None:
         for ext in self.extents:

@@ -116,7 +116,8 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
 
 
 def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None,
-               progress=None) -> None:
+               progress=None, compression_level: int = 6) -> None:
+    """Carry out the plan; a streamOptimized disk is re-deflated at `compression_level`."""
     check_unlocked(plan.files, force=force)
     check_backup_target(backup, plan.files)
     roll_back_journal(plan.path)
@@ -140,7 +141,8 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
             shape = like(disk)
             create_image(plan.path, plan.new_bytes, shape["subformat"], shape["adapter"],
                          source=disk, overwrite=True, template=shape["template"], force=force,
-                         backup=backup, progress=progress)
+                         backup=backup, progress=progress,
+                         compression_level=compression_level)
         return
     _grow_flat(plan, backup)
 

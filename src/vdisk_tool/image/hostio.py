@@ -10,6 +10,7 @@ harnesses that interpose on them see every call.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Protocol
 
@@ -85,6 +86,47 @@ def preadinto(fd: int, buf: memoryview, offset: int) -> int:
         buf[:len(data)] = data
         return len(data)
     return os.preadv(fd, [buf], offset)
+
+
+# errnos by which copy_file_range says "not here" (another file system, an old kernel, a
+# file system or file type that cannot): the copy then goes through pread/pwrite
+_NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP,
+                            errno.EINVAL, errno.ETXTBSY})
+# False sends every copy_range through pread/pwrite, as on a host without copy_file_range
+USE_COPY_FILE_RANGE = True
+COPY_CHUNK_BYTES = 1 << 20
+
+
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> int:
+    """Copy `length` bytes from one file to another; returns the bytes copied (fewer only
+    where the source ends).
+
+    In the kernel with copy_file_range(2) where the host has it (no copy through user
+    space; a reflink on file systems that share extents), else with pread/pwrite. A file
+    bound to the undo journal is always copied through it (pread/pwrite here), so an edit
+    never bypasses its journal.
+    """
+    done = 0
+    if USE_COPY_FILE_RANGE and hasattr(os, "copy_file_range") \
+            and _covered(src_fd) is None and _covered(dst_fd) is None:
+        try:
+            while done < length:
+                n = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done,
+                                       dst_offset + done)
+                if n == 0:
+                    return done
+                done += n
+            return done
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+    while done < length:
+        data = pread(src_fd, min(COPY_CHUNK_BYTES, length - done), src_offset + done)
+        if not data:
+            break
+        pwrite(dst_fd, data, dst_offset + done)
+        done += len(data)
+    return done
 
 
 def file_bytes(fd: int) -> int:

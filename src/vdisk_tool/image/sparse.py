@@ -7,21 +7,24 @@ read or a failed decompression raises ImageError.
 """
 from __future__ import annotations
 
+import functools
 import struct
-import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatError, ImageError, UnsupportedError
+from ..errors import FormatError, ImageError, UnsupportedError, VdiskError
 from ..formats import vmdk_sparse as vs
-from . import hostio
+from . import hostio, parallel
 from .base import ReopenableFile, Run, RunKind, check_range
 
 SECTOR = vs.SECTOR_BYTES
 GT_CACHE = 512
+READ_AHEAD_GRAINS = 32        # compressed grains inflated ahead of a sequential reader
+READ_AHEAD_WORKERS: int | None = None   # None: one per core (parallel.default_workers)
+SPAN_BYTES = 1 << 20          # one read of a stream's file serves the grains in it
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ class SparseExtent(ReopenableFile):
         self.parent_base = 0
         self._gd = self._read_dir(self.geo.gd_offset_sectors)
         self._gts: OrderedDict[int, array] = OrderedDict()
+        self._ahead: parallel.ReadAhead | None = None
+        self._span, self._span_at = b"", 0
+        self._grains = -(-self.size_bytes // self.geo.grain_bytes)
 
     # -- metadata -------------------------------------------------------------------------
     def _pread_exact(self, length: int, offset: int, what: str) -> bytes:
@@ -276,8 +282,22 @@ class SparseExtent(ReopenableFile):
         return data if want == gb else data + bytes(gb - want)
 
     def _read_compressed(self, grain: int, off: int) -> bytes:
+        entry = off // SECTOR
+        if self._ahead is None:
+            workers = parallel.default_workers() if READ_AHEAD_WORKERS is None \
+                else READ_AHEAD_WORKERS
+            if workers <= 1:
+                return self._compressed_job(grain, entry)()
+            self._ahead = parallel.ReadAhead(self._fetch_ahead, self._grains, workers,
+                                             READ_AHEAD_GRAINS)
+        return self._ahead.get(grain, entry, lambda: self._compressed_job(grain, entry)())
+
+    def _compressed_job(self, grain: int, entry: int) -> Callable[[], bytes]:
+        """Read the marker and data of one compressed grain (in this thread, which owns
+        the file); return the inflate, a pure function another thread may run."""
         gb = self.geo.grain_bytes
-        head = self._pread_exact(12, off, f"grain marker of grain {grain}")
+        off = entry * SECTOR
+        head = self._span_read(12, off, f"grain marker of grain {grain}")
         lba, size = struct.unpack("<QI", head)
         if size == 0 or size > 2 * gb:
             raise ImageError(f"grain {grain}: compressed size {size} out of range", path=self.path,
@@ -285,23 +305,31 @@ class SparseExtent(ReopenableFile):
         if lba != grain * self.geo.grain_sectors:
             raise ImageError(f"grain {grain}: marker names sector {lba}, expected "
                              f"{grain * self.geo.grain_sectors}", path=self.path, offset=off)
-        blob = self._pread_exact(size, off + 12, f"compressed grain {grain}")
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(blob, gb)
-        except zlib.error as exc:
-            raise ImageError(f"grain {grain}: decompression failed ({exc})", path=self.path,
-                             offset=off) from None
+        blob = self._span_read(size, off + 12, f"compressed grain {grain}")
         last = min(gb, self.size_bytes - grain * gb)
-        if not d.eof:
-            more = d.unconsumed_tail or b""
-            raise ImageError(f"grain {grain}: compressed data "
-                             + ("inflates to more than one grain" if more else "is incomplete"),
-                             path=self.path, offset=off)
-        if len(out) < last:
-            raise ImageError(f"grain {grain}: decompressed to {len(out)} bytes, expected {last}",
-                             path=self.path, offset=off)
-        return out + bytes(gb - len(out))
+        return functools.partial(parallel.inflate_grain, blob, grain, gb, last, self.path, off)
+
+    def _fetch_ahead(self, grain: int) -> tuple[int, Callable[[], bytes]] | None:
+        try:
+            entry = self.gte(grain)
+            if entry <= vs.ZERO_GRAIN_GTE:
+                return None
+            return entry, self._compressed_job(grain, entry)
+        except VdiskError:
+            return None   # the reader meets the error itself if it gets there
+
+    def _span_read(self, length: int, offset: int, what: str) -> bytes:
+        """Like _pread_exact, served from one cached stretch of SPAN_BYTES: a stream's
+        grains lie one after another, so one read serves many markers and grains."""
+        lo = self._span_at
+        if lo <= offset and offset + length <= lo + len(self._span):
+            return self._span[offset - lo:offset - lo + length]
+        if length >= SPAN_BYTES:
+            return self._pread_exact(length, offset, what)
+        self._span = self._pread_exact(min(SPAN_BYTES, self.file_bytes - offset), offset, what) \
+            if offset + length <= self.file_bytes else self._pread_exact(length, offset, what)
+        self._span_at = offset
+        return self._span[:length]
 
     def _unallocated(self, offset: int, length: int) -> bytes:
         if self.parent is not None:
@@ -501,6 +529,9 @@ class SparseExtent(ReopenableFile):
             hostio.fsync(self._fd)
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
         self._close_file()
 
     @property

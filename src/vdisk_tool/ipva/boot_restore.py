@@ -190,8 +190,9 @@ def rebuild_boot_disk(disk_path: str, firmware: str, *, force: bool = False,
 def create_boot_disk(path: str, firmware: str, size_bytes: int = DEFAULT_BOOT_BYTES,
                      subformat: str = "monolithicSparse", adapter: str = "ide", *,
                      overwrite: bool = False, backup: str | None = None, force: bool = False,
-                     template: object = None) -> None:
-    """A fresh boot disk holding `firmware` as IPVA.BIN, written crash-safely."""
+                     template: object = None, compression_level: int = 6) -> None:
+    """A fresh boot disk holding `firmware` as IPVA.BIN, written crash-safely
+    (`compression_level`: zlib's, for a streamOptimized disk)."""
     from ..image.create import create_image
     from ..image.safe import create_temp
     check_new_firmware(firmware)
@@ -207,6 +208,7 @@ def create_boot_disk(path: str, firmware: str, size_bytes: int = DEFAULT_BOOT_BY
         with FileDevice(scratch) as src:
             _verify_written(src, scratch)
             create_image(path, size_bytes, subformat, adapter, source=src, overwrite=overwrite,
-                         backup=backup, force=force, template=template)  # type: ignore[arg-type]
+                         backup=backup, force=force, template=template,  # type: ignore[arg-type]
+                         compression_level=compression_level)
     finally:
         os.unlink(scratch)

@@ -63,6 +63,7 @@ class CreatePlan:
     memsize_mb: int
     mac: int
     uuid_bios: bytes = b""          # chosen with the plan, so a dry run shows what is written
+    compression_level: int = 6      # zlib's, for the streamOptimized disks of an OVA
 
     @property
     def subformat(self) -> str:
@@ -93,8 +94,10 @@ def _empty_destination(folder: str) -> None:
 
 def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
                 memsize_mb: int = 64, mac: str | None = None, target: str = "workstation",
-                name: str = "ipva") -> CreatePlan:
+                name: str = "ipva", compression_level: int = 6) -> CreatePlan:
     """Check every input before anything is written."""
+    if not 1 <= compression_level <= 9:
+        raise RefusedError(f"compression level must be 1..9, got {compression_level}")
     if target not in TARGETS:
         raise RefusedError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if memsize_mb < 20 or memsize_mb % 4:
@@ -106,7 +109,7 @@ def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
     _empty_destination(folder)
     value = validate_static_mac(mac) if mac else random_static_mac()
     return CreatePlan(os.path.abspath(folder), name, firmware, target, cf_bytes, memsize_mb, value,
-                      new_uuid(value))
+                      new_uuid(value), compression_level)
 
 
 def build_vmx_text(plan: CreatePlan) -> str:
@@ -139,15 +142,17 @@ def apply_create(plan: CreatePlan, progress: Progress | None = None) -> list[str
         sub, sizes = plan.subformat, plan.sizes()
         path = {role: os.path.join(work, DISK_NAMES[role]) for role in DISK_NAMES}
         say("boot disk")
-        create_boot_disk(path["boot"], plan.firmware, sizes["boot"], sub, "ide")
+        level = plan.compression_level
+        create_boot_disk(path["boot"], plan.firmware, sizes["boot"], sub, "ide",
+                         compression_level=level)
         say("CF disk")
         _from_scratch(path["cf"], sizes["cf"], sub,
-                      lambda dev: format_volume(dev, label=CF_LABEL, partition=True))
+                      lambda dev: format_volume(dev, label=CF_LABEL, partition=True), level)
         say("flash disk")
-        create_image(path["flash"], sizes["flash"], sub, "ide")
+        create_image(path["flash"], sizes["flash"], sub, "ide", compression_level=level)
         say("dump disk")
         _from_scratch(path["dump"], sizes["dump"], sub,
-                      lambda dev: apply_clear(dev, plan_clear(dev, ds.DEFAULT_SLOT_SECTORS)))
+                      lambda dev: apply_clear(dev, plan_clear(dev, ds.DEFAULT_SLOT_SECTORS)), level)
         vmx_path = os.path.join(work, f"{plan.name}.vmx")
         with open(vmx_path, "w", encoding="utf-8", newline="\n") as f:
             f.write(build_vmx_text(plan))
@@ -161,8 +166,8 @@ def apply_create(plan: CreatePlan, progress: Progress | None = None) -> list[str
     return sorted(os.listdir(plan.folder))
 
 
-def _from_scratch(path: str, size_bytes: int, subformat: str, fill: Callable[[FileDevice], object]
-                  ) -> None:
+def _from_scratch(path: str, size_bytes: int, subformat: str, fill: Callable[[FileDevice], object],
+                  compression_level: int = 6) -> None:
     """Fill a sparse raw scratch file, then write it as a VMDK of `subformat`."""
     scratch = safe.create_temp(path + ".raw")
     try:
@@ -172,7 +177,8 @@ def _from_scratch(path: str, size_bytes: int, subformat: str, fill: Callable[[Fi
             fill(dev)
             dev.flush()
         with FileDevice(scratch) as src:
-            create_image(path, size_bytes, subformat, "ide", source=src)
+            create_image(path, size_bytes, subformat, "ide", source=src,
+                         compression_level=compression_level)
     finally:
         os.unlink(scratch)
 

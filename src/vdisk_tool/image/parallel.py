@@ -1,0 +1,170 @@
+"""Deflate and inflate of streamOptimized grains on every core (specs/vmdk.md §Stream).
+
+zlib releases the GIL while it deflates or inflates, so a few threads keep every core busy
+while one thread reads, orders and writes. The work is split into whole grains, each
+compressed on its own with the same parameters, so the output does not depend on how many
+threads made it: 1 or N workers write the same bytes. Memory is bounded by the number of
+grains in flight, whatever the size of the disk.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from ..errors import ImageError
+from ..formats import vmdk_sparse as vs
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_LEVEL = 6            # zlib's default, what qemu-img's compress() uses
+MAX_WORKERS = 8
+IN_FLIGHT_PER_WORKER = 4     # grains submitted but not yet written, per worker
+SECTOR = vs.SECTOR_BYTES
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on (at most MAX_WORKERS)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
+def in_flight_limit(workers: int) -> int:
+    return max(1, workers * IN_FLIGHT_PER_WORKER)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
+                limit: int | None = None) -> Iterator[R]:
+    """fn(item) for every item, in the order of `items`, computed on `workers` threads.
+
+    At most `limit` items are taken from `items` ahead of the result the caller consumes,
+    so a lazy `items` (grains read from a disk) holds at most `limit` grains in memory.
+    With one worker everything runs in the calling thread.
+    """
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    bound = limit if limit is not None else in_flight_limit(workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vdisk-zlib")
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            if len(pending) >= bound:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_level(level: int) -> int:
+    if not 1 <= level <= 9:
+        raise ValueError(f"compression level must be 1..9, got {level}")
+    return level
+
+
+def grain_block(lba_sectors: int, data: bytes, level: int) -> bytes:
+    """One grain of a stream: marker (lba, compressed size), the zlib data, sector padding
+    (specs/vmdk.md §Grain marker)."""
+    blob = zlib.compress(data, level)
+    head = struct.pack("<QI", lba_sectors, len(blob))
+    return head + blob + bytes(-(len(head) + len(blob)) % SECTOR)
+
+
+def inflate_grain(blob: bytes, grain: int, grain_bytes: int, last_bytes: int, path: str,
+                  offset: int) -> bytes:
+    """The `grain_bytes` content of one compressed grain; `last_bytes` of them must be in
+    the data (less only for the last grain of the capacity). Raises ImageError for data
+    that is broken, incomplete or inflates past one grain."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(blob, grain_bytes)
+    except zlib.error as exc:
+        raise ImageError(f"grain {grain}: decompression failed ({exc})", path=path,
+                         offset=offset) from None
+    if not d.eof:
+        more = d.unconsumed_tail or b""
+        raise ImageError(f"grain {grain}: compressed data "
+                         + ("inflates to more than one grain" if more else "is incomplete"),
+                         path=path, offset=offset)
+    if len(out) < last_bytes:
+        raise ImageError(f"grain {grain}: decompressed to {len(out)} bytes, expected {last_bytes}",
+                         path=path, offset=offset)
+    return out if len(out) == grain_bytes else out + bytes(grain_bytes - len(out))
+
+
+class ReadAhead:
+    """Inflates the grains that follow a sequential reader's position on worker threads.
+
+    `fetch(grain)` (called in the reader's thread, which owns the extent and its file)
+    returns what to inflate: (entry, a zero-argument function that inflates) or None for a
+    grain without compressed data. Read-ahead starts once reads go forward grain after
+    grain and stops at a jump; at most `window` grains are read ahead. Results are keyed by
+    (grain, entry): a caller asking for another entry than the one read ahead (check's
+    reconciled tables) gets its own inflate.
+    """
+
+    def __init__(self, fetch: Callable[[int], tuple[int, Callable[[], bytes]] | None],
+                 grains: int, workers: int, window: int) -> None:
+        self._fetch = fetch
+        self._grains = grains
+        self._window = window
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, tuple[int, Future[bytes]]] = {}
+        self._last = -1 - window   # the grain asked for last
+        self._next = 0             # the first grain not yet read ahead
+
+    def get(self, grain: int, entry: int, inflate: Callable[[], bytes]) -> bytes:
+        """The content of `grain` (stored at `entry`), inflated ahead if it was."""
+        hit = self._ahead.pop(grain, None)
+        sequential = self._last < grain <= self._last + self._window
+        self._last = grain
+        if sequential:
+            self._fill(grain + 1)
+        else:
+            self._drop()
+        if hit is not None and hit[0] == entry:
+            return hit[1].result()
+        return inflate()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._ahead)
+
+    def _fill(self, start: int) -> None:
+        for g in [g for g in self._ahead if g < start]:
+            self._ahead.pop(g)[1].cancel()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._workers,
+                                            thread_name_prefix="vdisk-inflate")
+        self._next = max(self._next, start)
+        stop = min(self._grains, start + self._window)
+        while self._next < stop:
+            g = self._next
+            self._next += 1
+            job = self._fetch(g)
+            if job is not None:
+                self._ahead[g] = (job[0], self._pool.submit(job[1]))
+
+    def _drop(self) -> None:
+        for _, fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        self._next = 0
+
+    def close(self) -> None:
+        self._drop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
