@@ -204,7 +204,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
-    """Create an empty disk with geometry and descriptor as VMware writes them.
+    """Create an empty disk as VMware writes it (geometry, descriptor).
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     """
