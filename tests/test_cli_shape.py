@@ -84,6 +84,15 @@ def test_a_bad_choice_lists_the_valid_values(tmp_path, runner, cmd, args, values
     assert "One of: " + ", ".join(values) + "." in helptext
 
 
+def test_every_command_on_an_existing_image_takes_format() -> None:
+    """`-f raw|vmdk` overrides the guess wherever an existing image is opened (README)."""
+    missing = [" ".join(path) for path, cmd in TREE if not hasattr(cmd, "commands")
+               and any(p.param_type_name == "argument" and p.name in ("image", "disk", "cf_disk")
+                       for p in cmd.params)
+               and not any("--format" in p.opts for p in cmd.params)]
+    assert missing == []
+
+
 def test_choice_enums_mirror_the_library() -> None:
     assert [c.value for c in choices.Subformat] == [*SUBFORMATS, "raw"]
     assert [c.value for c in choices.Adapter] == list(ADAPTERS)
