@@ -136,3 +136,19 @@ def test_a_generated_mac_is_frozen_not_replaced(tmp_path, runner):
     # any other MAC outside the range is still refused
     r = vdisk(runner, "bundle", "set-mac", str(tmp_path), "--mac", "00:0c:29:99:99:99")
     assert r.exit_code == 2 and "static range" in r.stderr
+
+
+def test_dry_run_names_the_mac_that_a_real_run_writes(tmp_path, runner):
+    """A random MAC is drawn anew by every run; the dry run says so and gives the --mac that
+    makes the real run write the MAC it showed (licences are bound to it)."""
+    fw = str(Path(__file__).resolve().parent.parent / "sample_images" / "ipva" / "ipva.bin")
+    args = ["bundle", "create", str(tmp_path / "new"), "--firmware", fw, "--cf-size", "64M"]
+    dry = vdisk(runner, *args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    shown = dry.stdout.split("MAC: ", 1)[1].split()[0]
+    assert f"pass --mac {shown} to write this MAC" in dry.stdout
+    real = vdisk(runner, *args, "--mac", shown)
+    assert f"MAC: {shown} (static)" in real.stdout
+    assert f'ethernet0.address = "{shown}"'.lower() in (tmp_path / "new" / "ipva.vmx").read_text().lower()
+    again = vdisk(runner, *args[:2], str(tmp_path / "other"), *args[3:], "--mac", shown, "--dry-run")
+    assert "pass --mac" not in again.stdout      # a MAC the user chose is not random

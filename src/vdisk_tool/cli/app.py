@@ -43,6 +43,7 @@ METAVARS = {"size": "SIZE", "cf_size": "SIZE", "mac": "MAC", "backup": "PATH", "
 def _one_line(text: str | None) -> str:
     """The first sentence of a help text, as one line (click wraps it to the terminal)."""
     para = " ".join((text or "").strip().split("\n\n", 1)[0].split())
+    para = re.sub(r" \([^()]*\)", "", para)        # details in brackets stay in -h
     head = re.split(r"(?<=[.?!]) |: |; ", para, maxsplit=1)[0]
     return head.rstrip(".")
 

@@ -208,12 +208,14 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
 
     Example: vdisk bundle create ./ipva --firmware ipva.bin --target vsphere
     """
-    plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size), memsize_mb=memsize,
-                              mac=mac, target=target.value, name=name,
+    plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size, "--cf-size"),
+                              memsize_mb=memsize, mac=mac, target=target.value, name=name,
                               compression_level=compression_level)
     if dry_run:
         _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
              f"({plan.subformat}), memsize {plan.memsize_mb} MB")
+        if mac is None:
+            _random_mac_note(plan.to_dict(), json_out)
         return
     files = golden.apply_create(plan)
     _report_made(plan.folder, files, json_out, plan.to_dict())
@@ -238,6 +240,8 @@ def clone(src: str = typer.Argument(..., help="The golden appliance (folder or .
     if dry_run:
         _dry(plan.to_dict(), json_out, f"would clone {plan.source_vmx} to {plan.folder}"
              + (", blank flash" if plan.reset_flash else ""))
+        if mac is None:
+            _random_mac_note(plan.to_dict(), json_out)
         return
     files = golden.apply_clone(plan)
     _report_made(plan.folder, files, json_out, plan.to_dict())
@@ -294,6 +298,14 @@ def _dry(plan: dict, json_out: bool, text: str) -> None:
     else:
         typer.echo(text)
         _identity(plan)
+
+
+def _random_mac_note(plan: dict, json_out: bool) -> None:
+    """A MAC chosen at random is drawn anew by every run: say how to make the real run
+    write the one a dry run showed."""
+    if not json_out and plan.get("mac"):
+        say(f"note: the MAC and uuid.bios are random, drawn anew by each run; pass --mac "
+            f"{plan['mac']} to write this MAC")
 
 
 def _report_made(folder: str, files: list[str], json_out: bool, plan: dict) -> None:

@@ -65,8 +65,10 @@ def grow(cf_disk: str = typer.Argument(..., help="The hd-cf disk (any VMDK subfo
          dry_run: bool = DRY, yes: bool = YES, force: bool = FORCE, backup: str = BACKUP,
          json_out: bool = JSON, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
          allow_outside: bool = ALLOW_OUTSIDE) -> None:
-    """Enlarge the CF and reformat it (FAT16 below 512 MiB, FAT32 from there), keeping every
-    file with its long name, attributes and timestamps. The old image stays untouched until
+    """Enlarge the CF and reformat it, keeping every file.
+
+    FAT16 below 512 MiB, FAT32 from there; every file keeps its long name, attributes and
+    timestamps. The old image stays untouched until
     the new one is complete and verified.
 
     Example: vdisk cf grow hd-cf.vmdk --size 4G --backup hd-cf.bak
@@ -86,8 +88,10 @@ def format_cmd(cf_disk: str = typer.Argument(..., help="The hd-cf disk."),
                dry_run: bool = DRY, yes: bool = YES, force: bool = FORCE, backup: str = BACKUP,
                json_out: bool = JSON, vmx: str | None = VMX, any_disk: bool = ANY_DISK,
                allow_outside: bool = ALLOW_OUTSIDE) -> None:
-    """Format the CF empty, as the appliance's Compact Flash/Format leaves it (MBR, one
-    partition from LBA 2048, FAT16/FAT32 by size, label IPVACF). Deletes every file.
+    """Format the CF empty, as the appliance's Compact Flash/Format does.
+
+    It leaves an MBR, one partition from LBA 2048, FAT16/FAT32 by size, label IPVACF.
+    Deletes every file.
 
     Example: vdisk cf format hd-cf.vmdk --yes
     """

@@ -361,18 +361,20 @@ def findings_exit(findings: list[Finding]) -> int:
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """'100M', '8G', '1.5G', '512K', '1048576' -> bytes (binary units, as qemu-img)."""
+def parse_size(text: str, option: str = "--size") -> int:
+    """'100M', '8G', '1.5G', '512K', '1048576' -> bytes (binary units, as qemu-img); a bad
+    one is a usage error naming `option`."""
     t = text.strip().upper().replace("IB", "").rstrip("B") if text.strip().upper() not in ("", "B") else text
     unit = t[-1] if t and t[-1] in _UNITS else ""
     number = t[:-1] if unit else t
     try:
         value = float(number)
     except ValueError:
-        raise typer.BadParameter(f"not a size: {text!r} (use e.g. 100M, 8G)") from None
+        raise typer.BadParameter(f"not a size: {text!r} (use e.g. 100M, 8G)",
+                                 param_hint=f"'{option}'") from None
     n = int(value * _UNITS[unit])
     if n <= 0:
-        raise typer.BadParameter(f"size must be positive: {text!r}")
+        raise typer.BadParameter(f"size must be positive: {text!r}", param_hint=f"'{option}'")
     return n
 
 

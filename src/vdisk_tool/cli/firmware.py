@@ -32,6 +32,7 @@ from .common import (
     emit_json,
     fail,
     handle_errors,
+    parse_size,
     print_findings,
     progress,
     refuse_existing,
@@ -218,16 +219,6 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
             f"crc32 0x{s.expected_crc32:08x}")
 
 
-def _parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = units.get(t[-1:], 1)
-    digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit():
-        raise RefusedError(f"size {text!r}: expected a number with an optional K, M or G")
-    return int(digits) * mult
-
-
 def _print_result(res: bootmod.VerifyResult) -> None:
     if res.ok and res.firmware is not None:
         typer.echo(f"verify: OK: IPVA firmware {_summary(res.firmware)}")
@@ -252,7 +243,7 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
                                           "confirmation; also go on although the upgrade "
                                           "would lose PBX objects (back the flash up first)."),
                  vmx: str | None = VMX, any_disk: bool = ANY_DISK) -> None:
-    """Write a verified ipva.bin as IPVA.BIN on the boot disk, crash-safely.
+    """Write a verified ipva.bin as IPVA.BIN on the boot disk (crash-safe).
 
     The new firmware is verified first and refused if bad. When the boot volume is gone or
     its FAT cannot be trusted, the disk is rebuilt (MBR + FAT16 IPVABOOT, same capacity,
@@ -351,14 +342,14 @@ def boot_create(path: str = typer.Argument(..., help="The new boot disk to write
     Example: vdisk boot create hd-boot.vmdk --firmware ipva.bin --size 32M
     """
     _refuse_existing(path, overwrite)     # says what the existing file holds
-    bootmod.create_boot_disk(path, firmware, _parse_size(size), subformat.value, adapter.value,
+    bootmod.create_boot_disk(path, firmware, parse_size(size), subformat.value, adapter.value,
                              overwrite=overwrite)
     res = bootmod.verify_target(path)
     if json_out:
         emit_json(res.to_dict())
     else:
         typer.echo(f"{path}: created")
-        if res.ok:
+        if res.ok and res.firmware is not None:
             say(f"verify: OK: IPVA firmware {_summary(res.firmware)}")
         else:
             _print_result(res)

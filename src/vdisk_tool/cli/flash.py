@@ -52,7 +52,9 @@ def info(disk: str = DISK,
          memsize: int | None = typer.Option(None, "--memsize", min=1,
                                                help="RAM in MB (instead of --vmx)."),
          json_out: bool = JSON, allow_outside: bool = ALLOW_OUTSIDE) -> None:
-    """Blank or not, 64 KiB flash segments in use, and the flash directory the RAM allows.
+    """Blank or not, segments in use, and the directory the RAM allows.
+
+    Flash segments are 64 KiB.
 
     The directory holds 224 segments at 64 MB of RAM and 900 from 192 MB on; sizes in
     between (and below 64 MB) are modelled: linear between those points, rounded down.

@@ -165,6 +165,7 @@ def get(image: str = IMAGE, path: str = typer.Argument(..., help="File or direct
 
 @fs_app.command("cat")
 @handle_errors
+@takes_format("image")
 def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the volume."),
         partition: int | None = PART, allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Write a file of the volume to stdout.
@@ -183,6 +184,7 @@ def cat(image: str = IMAGE, path: str = typer.Argument(..., help="File on the vo
 
 @fs_app.command("df")
 @handle_errors
+@takes_format("image")
 def df(image: str = IMAGE, json_out: bool = JSON, partition: int | None = PART,
        allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Show the volume's size, used and free space and its clusters (as mdir's summary).

@@ -287,8 +287,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            options: str | None = OPTIONS,
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
-    """Create an empty disk: a VMDK with geometry and descriptor as VMware writes them, a raw
-    image, or a qcow2 or VHDX as qemu-img lays them out.
+    """Create an empty disk: VMDK (as VMware writes it), raw, qcow2 or VHDX.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
