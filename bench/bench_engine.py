@@ -112,6 +112,13 @@ def make_half_allocated(path: str, size: int, grain: int = 1 * MiB) -> None:
             f.write(os.urandom(grain))
 
 
+def make_spread(path: str, capacity: str, writes: list[str]) -> None:
+    """A monolithicSparse disk made by qemu-img, with qemu-io's writes in it."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", path, capacity], check=True)
+    subprocess.run(["qemu-io", "-f", "vmdk"] + sum((["-c", c] for c in writes), []) + [path],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def qemu_same(a: str, b: str) -> bool:
     return subprocess.run(["qemu-img", "compare", a, b], capture_output=True).returncode == 0
 
@@ -137,13 +144,20 @@ def case_sparse_to_raw(work: str, repeat: int) -> None:
     in_child("make_half_allocated", raw, 512 * MiB)
     subprocess.run(["qemu-img", "convert", "-O", "vmdk", raw, src], check=True)
     os.unlink(raw)
+    to_raw(work, src, repeat, [("2. sparse -> raw, 512 MiB virtual, 256 MiB data "
+                                "(qemu-img + fsync)", True, "targets wall <= 1.0, cpu <= 1.0")])
+
+
+def to_raw(work: str, src: str, repeat: int, variants: list[tuple[str, bool, str]]) -> None:
+    """qemu-img convert -O raw (then an fsync of its output where asked) against vdisk."""
     q_out, v_out = os.path.join(work, "q.raw"), os.path.join(work, "v.raw")
-    compare("2. sparse -> raw, 512 MiB virtual, 256 MiB data (qemu-img + fsync)",
-            lambda: measure(["qemu-img", "convert", "-O", "raw", src, fresh(q_out)],
-                            lambda: fsync_file(q_out)),
-            lambda: measure(VDISK + ["convert", src, fresh(v_out)]),
-            repeat, "targets wall <= 1.0, cpu <= 1.0")
+    for name, sync, target in variants:
+        compare(name,
+                lambda sync=sync: measure(["qemu-img", "convert", "-O", "raw", src, fresh(q_out)],
+                                          (lambda: fsync_file(q_out)) if sync else None),
+                lambda: measure(VDISK + ["convert", src, fresh(v_out)]), repeat, target)
     print(f"   same content: {qemu_same(q_out, v_out)}")
+    fresh(q_out), fresh(v_out)
 
 
 def case_stream_to_raw(work: str, repeat: int) -> None:
@@ -153,17 +167,9 @@ def case_stream_to_raw(work: str, repeat: int) -> None:
         in_child("make_text_random", raw, 128 * MiB)
         subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
                         raw, stream], check=True)
-    q_out, v_out = os.path.join(work, "sq.raw"), os.path.join(work, "sv.raw")
-    compare("3. streamOptimized -> raw, 128 MiB",
-            lambda: measure(["qemu-img", "convert", "-O", "raw", stream, fresh(q_out)]),
-            lambda: measure(VDISK + ["convert", stream, fresh(v_out)]),
-            repeat, "target wall <= 0.7")
-    compare("   the same with an fsync of qemu-img's output",
-            lambda: measure(["qemu-img", "convert", "-O", "raw", stream, fresh(q_out)],
-                            lambda: fsync_file(q_out)),
-            lambda: measure(VDISK + ["convert", stream, fresh(v_out)]),
-            repeat, "")
-    print(f"   same content: {qemu_same(q_out, v_out)}")
+    to_raw(work, stream, repeat, [("3. streamOptimized -> raw, 128 MiB", False,
+                                   "target wall <= 0.7"),
+                                  ("   the same with an fsync of qemu-img's output", True, "")])
 
 
 def case_big_stream(work: str, repeat: int) -> None:
@@ -171,10 +177,7 @@ def case_big_stream(work: str, repeat: int) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized",
                     src, "16G"], check=True)
     spread = os.path.join(work, "spread.vmdk")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", spread, "16G"], check=True)
-    cmds = [f"write -P {i % 250 + 1} {i * 256 + 3}M 1M" for i in range(64)]
-    subprocess.run(["qemu-io", "-f", "vmdk"] + sum((["-c", c] for c in cmds), []) + [spread],
-                   check=True, stdout=subprocess.DEVNULL)
+    make_spread(spread, "16G", [f"write -P {i % 250 + 1} {i * 256 + 3}M 1M" for i in range(64)])
     subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
                     spread, fresh(src)], check=True)
     out = os.path.join(work, "big16.raw")
@@ -184,18 +187,15 @@ def case_big_stream(work: str, repeat: int) -> None:
             ("compare", ["qemu-img", "compare", src, spread], VDISK + ["compare", src, spread]),
             ("check", ["qemu-img", "check", src], VDISK + ["check", src])):
         compare(f"4. 16 GiB-capacity stream (64 MiB of data): {what}",
-                lambda q=q: measure(q[:-1] + [fresh(q[-1])] if what == "convert to raw" else q),
-                lambda v=v: measure(v[:-1] + [fresh(v[-1])] if what == "convert to raw" else v),
+                lambda q=q: (fresh(out), measure(q))[1],
+                lambda v=v: (fresh(out), measure(v))[1],
                 repeat, "")
     fresh(out)
 
 
 def case_check(work: str, repeat: int) -> None:
     big = os.path.join(work, "big64.vmdk")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", big, "64G"], check=True)
-    cmds = [f"write -P {i % 250 + 1} {i * 1024 + 7}M 256k" for i in range(64)]
-    subprocess.run(["qemu-io", "-f", "vmdk"] + sum((["-c", c] for c in cmds), []) + [big],
-                   check=True, stdout=subprocess.DEVNULL)
+    make_spread(big, "64G", [f"write -P {i % 250 + 1} {i * 1024 + 7}M 256k" for i in range(64)])
     compare("5. check of a 64 GiB-capacity sparse disk",
             lambda: measure(["qemu-img", "check", big]),
             lambda: measure(VDISK + ["check", big]), repeat, "target wall <= 1.0")
