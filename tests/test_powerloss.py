@@ -206,6 +206,7 @@ RENAMING = [   # (name, make, args, env)
     ("fs put, streamOptimized", _disk("streamOptimized"), PUT, ()),
     ("grow, sparse", _disk("monolithicSparse"), ("grow", "d.vmdk", "--size", "8M"), ()),
     ("convert", _disk("monolithicSparse"), ("convert", "d.vmdk", "s.vmdk", "-F", "streamOptimized"), ()),
+    ("convert, flat", _disk("monolithicSparse"), ("convert", "d.vmdk", "f.vmdk", "-F", "monolithicFlat"), ()),
     ("flash reset", _flash, ("flash", "reset", "hd-flash.vmdk", "--yes"), ()),
     ("cf format", _cf, ("cf", "format", "hd-cf.vmdk", "--yes"), ()),
 ]

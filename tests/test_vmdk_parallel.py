@@ -378,3 +378,22 @@ def test_open_image_of_a_stream_closes_its_workers(tmp_path: Path, monkeypatch) 
         ext = d.sparse_extents[0]
         assert ext._ahead is not None
     assert ext._ahead is None
+
+
+def test_allocated_zeros_of_a_flat_source_become_holes(tmp_path: Path, runner) -> None:
+    """A thick flat extent (zeros written, not holes): its zero MiB chunks are left out of
+    the raw copy; a chunk whose edges are zero but whose middle is not is copied whole."""
+    qemu_img = need_tool("qemu-img")
+    src = tmp_path / "thick.vmdk"
+    run(qemu_img, "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", str(src), "8M")
+    flat = tmp_path / "thick-flat.vmdk"
+    data = bytearray(8 * MiB)                       # every byte written: allocated zeros
+    data[MiB + 500_000:MiB + 500_010] = b"middle...!"   # zero edges, data inside
+    data[5 * MiB:6 * MiB] = random.Random(2).randbytes(MiB)
+    flat.write_bytes(bytes(data))
+    assert _data_bytes(flat) == 8 * MiB
+    out = tmp_path / "out.raw"
+    assert vdisk(runner, "convert", str(src), str(out)).exit_code == 0
+    assert out.read_bytes() == bytes(data)
+    assert run(qemu_img, "compare", "-F", "raw", str(src), str(out), check=False).returncode == 0
+    assert _data_bytes(out) <= 2 * MiB

@@ -8,6 +8,7 @@ tests/powerloss.py puts this folder first on the child's PYTHONPATH. Two indepen
   os.pwrite, os.pwritev, writes of file objects (at the raw level, i.e. when the bytes
   really reach the kernel), os.ftruncate/os.truncate and file-object truncates, os.fsync
   and os.fdatasync (of files and of folders), rename/replace, unlink/remove, mkdir, rmdir.
+  os.copy_file_range is made to fail with ENOSYS, so copies take the recorded pwrite path.
   Each record is one JSON line, followed by the bytes written when it has any.
 - VDISK_TEST_SETATTR="pkg.module.NAME=INT[;...]": set module constants before the command
   runs (e.g. a smaller journal batch, so that a small edit spans several batches).
@@ -15,6 +16,7 @@ tests/powerloss.py puts this folder first on the child's PYTHONPATH. Two indepen
 from __future__ import annotations
 
 import builtins
+import errno
 import importlib
 import io
 import json
@@ -168,6 +170,12 @@ class _Recorder:
                          ("remove", path_op("remove", "unlink")),
                          ("mkdir", path_op("mkdir", "mkdir")), ("rmdir", path_op("rmdir", "rmdir"))):
             setattr(os, name, fn)
+
+        def copy_file_range(*args, **kw):
+            # the kernel's copies would pass unrecorded: vdisk then copies with pread/pwrite
+            raise OSError(errno.ENOSYS, "copy_file_range is off while recording")
+
+        os.copy_file_range = copy_file_range  # type: ignore[attr-defined]
         builtins.open = io.open = self.open_file  # type: ignore[assignment]
 
     # -- file objects: a recording raw FileIO under the usual buffered/text layers -----------

@@ -9,7 +9,7 @@ import enum
 import errno
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -106,6 +106,55 @@ def host_data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]
         hole = min(hole, end)
         yield data, hole - data
         pos = hole
+
+
+COPY_CHUNK_BYTES = 1 << 20    # the unit in which copy_data looks for zeros
+COPY_STEP_BYTES = 64 << 20    # the most one copy_range call is given
+PEEK_BYTES = 4096
+_ZERO_CHUNK = bytes(COPY_CHUNK_BYTES)
+
+
+def copy_data(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int,
+              path: str, progress: Callable[[int], None] | None = None) -> None:
+    """Copy stored bytes file to file (hostio.copy_range: in the kernel where possible),
+    leaving out the MiB chunks that hold only zeros (allocated zeros: a thick flat extent,
+    a raw file written with zeros). A chunk is read only when its first and last 4 KiB are
+    zero; any other chunk is copied without passing through this process. A source that
+    ends early raises ImageError (a short extent is never read as zeros)."""
+    def flush(lo: int, hi: int) -> None:
+        while lo < hi:
+            n = min(COPY_STEP_BYTES, hi - lo)
+            if hostio.copy_range(src_fd, src_offset + lo, dst_fd, dst_offset + lo, n) != n:
+                raise ImageError(f"short read: wanted {n} bytes at {src_offset + lo}, file ends",
+                                 path=path, offset=src_offset + lo)
+            lo += n
+            if progress:
+                progress(lo)
+
+    start = pos = 0
+    while pos < length:
+        n = min(COPY_CHUNK_BYTES - (dst_offset + pos) % COPY_CHUNK_BYTES, length - pos)
+        if _edges_zero(src_fd, src_offset + pos, n):
+            flush(start, pos)
+            data = hostio.pread(src_fd, n, src_offset + pos)
+            if len(data) != n:
+                raise ImageError(f"short read: wanted {n} bytes at {src_offset + pos}, "
+                                 "file ends", path=path, offset=src_offset + pos)
+            if data != _ZERO_CHUNK[:n]:
+                hostio.pwrite(dst_fd, data, dst_offset + pos)
+            start = pos + n
+        pos += n
+    flush(start, length)
+
+
+def _edges_zero(fd: int, offset: int, n: int) -> bool:
+    """Whether the chunk's first and last PEEK_BYTES read as zeros (or the file ends)."""
+    k = min(PEEK_BYTES, n)
+    for at in (offset, offset + n - k):
+        data = hostio.pread(fd, k, at)
+        if len(data) == k and data != _ZERO_CHUNK[:k]:
+            return False
+    return True
 
 
 class HandlePool:

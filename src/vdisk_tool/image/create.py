@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .. import clock
-from ..errors import ImageError, RefusedError, VdiskError
+from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
 from . import hostio, parallel
-from .base import SECTOR_BYTES, BlockDevice, Run, RunKind, merge_runs
+from .base import SECTOR_BYTES, BlockDevice, Run, RunKind, copy_data, merge_runs
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
 
@@ -364,13 +364,11 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
             with _SourceFiles() as files:
                 for off, length, src in _raw_plan(source, source_start, size_bytes, runs):
                     if src is None:
-                        for at, piece in _coalesce(_read_pieces(source, source_start,
-                                                                source_start + off,
-                                                                source_start + off + length,
-                                                                GRAIN_BYTES)):
-                            hostio.pwrite(fd, piece, at)
+                        _write_decoded(source, source_start + off, length, fd, off)
                     else:
-                        _copy_stored(files, src, fd, off, length)
+                        assert src.file is not None and src.file_offset is not None
+                        copy_data(files.fd(src.file), src.file_offset, fd, off, length,
+                                  src.file)
                     if progress:
                         progress(off + length, size_bytes)
         hostio.fsync(fd)
@@ -407,6 +405,19 @@ def _raw_plan(source: BlockDevice, start: int, length: int, runs: list[Run] | No
         yield pending[0] - start, pending[1] - pending[0], None
 
 
+def _write_decoded(source: BlockDevice, start: int, length: int, fd: int, at: int) -> None:
+    """Read [start, start+length) of the source grain by grain (a compressed grain is then
+    its inflate as it is, no copy) and write the grains that are not all zero."""
+    zero = _ZEROS[:GRAIN_BYTES]
+    pos = 0
+    while pos < length:
+        n = min(GRAIN_BYTES - (start + pos) % GRAIN_BYTES, length - pos)
+        data = source.read_at(start + pos, n)
+        if data != zero[:n]:
+            hostio.pwrite(fd, data, at + pos)
+        pos += n
+
+
 class _SourceFiles:
     """Read-only descriptors of the source's host files, opened once each (the bound
     journal's own descriptor for a file an edit has open, so its pending writes count)."""
@@ -431,22 +442,6 @@ class _SourceFiles:
     def __exit__(self, *exc: object) -> None:
         for fd in self.owned:
             os.close(fd)
-
-
-COPY_STEP_BYTES = 64 << 20   # a progress report at least this often
-
-
-def _copy_stored(files: _SourceFiles, run: Run, dst_fd: int, off: int, length: int) -> None:
-    assert run.file is not None and run.file_offset is not None
-    src = files.fd(run.file)
-    done = 0
-    while done < length:
-        n = min(COPY_STEP_BYTES, length - done)
-        got = hostio.copy_range(src, run.file_offset + done, dst_fd, off + done, n)
-        if got != n:
-            raise ImageError(f"short read: wanted {n} bytes at {run.file_offset + done}, "
-                             "file ends", path=run.file, offset=run.file_offset + done)
-        done += n
 
 
 def _deflated(source: BlockDevice, total: int, level: int, workers: int | None

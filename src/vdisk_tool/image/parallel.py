@@ -55,16 +55,23 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
         return
     bound = limit if limit is not None else in_flight_limit(workers)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vdisk-zlib")
-    pending: deque[Future[R]] = deque()
+    pending: deque[tuple[Future[R], T]] = deque()
     try:
         for item in items:
             if len(pending) >= bound:
-                yield pending.popleft().result()
-            pending.append(pool.submit(fn, item))
+                yield _take(pending.popleft(), fn)
+            pending.append((pool.submit(fn, item), item))
         while pending:
-            yield pending.popleft().result()
+            yield _take(pending.popleft(), fn)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take(job: tuple[Future[R], T], fn: Callable[[T], R]) -> R:
+    """The result of a submitted job; one no worker has started yet is done here rather
+    than waited for (the caller's core is not left idle when the workers' are busy)."""
+    fut, item = job
+    return fn(item) if fut.cancel() else fut.result()
 
 
 def check_level(level: int) -> int:
@@ -121,7 +128,7 @@ class ReadAhead:
         self._window = window
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[int, tuple[int, Future[bytes]]] = {}
+        self._ahead: dict[int, tuple[int, Future[bytes], Callable[[], bytes]]] = {}
         self._last = -1 - window   # the grain asked for last
         self._next = 0             # the first grain not yet read ahead
 
@@ -135,7 +142,7 @@ class ReadAhead:
         else:
             self._drop()
         if hit is not None and hit[0] == entry:
-            return hit[1].result()
+            return hit[2]() if hit[1].cancel() else hit[1].result()
         return inflate()
 
     @property
@@ -155,10 +162,10 @@ class ReadAhead:
             self._next += 1
             job = self._fetch(g)
             if job is not None:
-                self._ahead[g] = (job[0], self._pool.submit(job[1]))
+                self._ahead[g] = (job[0], self._pool.submit(job[1]), job[1])
 
     def _drop(self) -> None:
-        for _, fut in self._ahead.values():
+        for _, fut, _job in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
         self._next = 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ImageError, LockedError
 from .backup import check_backup_target
-from .base import host_data_ranges
+from .base import copy_data, host_data_ranges
 
 TMP_MARK = ".vdisk-tmp-"
 
@@ -173,16 +173,9 @@ def sparse_copy(src: str, dst: str, progress=None) -> None:
         fo.truncate(size)
         done = 0
         for start, length in host_data_ranges(fi.fileno(), 0, size):
-            pos = start
-            while pos < start + length:
-                n = min(1 << 20, start + length - pos)
-                chunk = os.pread(fi.fileno(), n, pos)
-                if chunk.count(0) != len(chunk):
-                    os.pwrite(fo.fileno(), chunk, pos)
-                pos += n
-                done += n
-                if progress:
-                    progress(done, size)
+            copy_data(fi.fileno(), start, fo.fileno(), start, length, src,
+                      progress and (lambda n, base=done: progress(base + n, size)))
+            done += length
         fo.flush()
         os.fsync(fo.fileno())
 

@@ -343,6 +343,10 @@ class SparseExtent(ReopenableFile):
         if fast is not None:
             # the whole request is one stretch of the file: one read, no copy
             return self._pread_exact(length, fast, f"grain {offset // gb}")
+        if self.geo.compressed and length == gb and offset % gb == 0:
+            entry = self.gte(offset // gb)
+            if entry > vs.ZERO_GRAIN_GTE:   # one whole compressed grain: its inflate, no copy
+                return self.read_grain(offset // gb, entry)
         out = bytearray(length)
         view = memoryview(out)
         pos, end = offset, offset + length
