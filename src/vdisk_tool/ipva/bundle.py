@@ -35,6 +35,8 @@ class Bundle:
 
     vmx_path: str
     vmx: Vmx
+    #: no vmx: the disks were found by content and name (bundle_without_vmx)
+    synthetic: bool = False
 
     @property
     def folder(self) -> str:
@@ -60,6 +62,22 @@ class Bundle:
 def open_bundle(dir_or_vmx: str) -> Bundle:
     path = find_vmx(dir_or_vmx)
     return Bundle(path, Vmx.read(path))
+
+
+def bundle_without_vmx(folder: str) -> Bundle | None:
+    """A folder of appliance disks without a vmx (Proxmox, Hyper-V): the four IDE slots
+    filled from the disks found by content and name (ipva/role.py), as a vmx in memory
+    that is never written. None when the folder holds no appliance disk."""
+    from .role import disks_by_role
+    if not os.path.isdir(folder):
+        return None
+    found = disks_by_role(folder)
+    if not found:
+        return None
+    lines = "".join(f'{ROLE_SLOTS[r]}.present = "TRUE"\n{ROLE_SLOTS[r]}.fileName = '
+                    f'"{os.path.basename(p)}"\n' for r, p in found.items())
+    where = os.path.join(os.path.abspath(folder), "(no vmx)")
+    return Bundle(os.path.abspath(folder), Vmx(lines.encode(), where), synthetic=True)
 
 
 # -- MAC ------------------------------------------------------------------------------------

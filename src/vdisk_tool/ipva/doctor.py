@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 
-from ..errors import FormatError, Severity, VdiskError
+from ..errors import FormatError, ImageError, Severity, VdiskError
 from ..image import safe
 from ..image.disk import open_image
 from . import (
@@ -28,6 +28,7 @@ from .bundle import (
     NIC,
     PERFCTR_KEY,
     SUPPORTED_NICS,
+    bundle_without_vmx,
     find_cid_break,
     format_mac,
     in_static_range,
@@ -80,10 +81,25 @@ MSG_NIC = "NIC unavailable!"
 
 # -- the whole run --------------------------------------------------------------------------
 def check_bundle(dir_or_vmx: str) -> Report:
-    """Run every registered check over the appliance at `dir_or_vmx`."""
-    ctx = Context(open_bundle(dir_or_vmx), dir_or_vmx)
+    """Run every registered check over the appliance at `dir_or_vmx`. A folder without a
+    vmx (disks for Proxmox or Hyper-V) is checked disk by disk, its disks found by content
+    and name; the vmx checks are then skipped, as `bundle.no-vmx` says."""
+    try:
+        bundle = open_bundle(dir_or_vmx)
+    except ImageError:
+        loose = bundle_without_vmx(dir_or_vmx)
+        if loose is None:
+            raise
+        bundle = loose
+    ctx = Context(bundle, dir_or_vmx)
     issues: list[Issue] = []
-    for check in VMX_CHECKS:
+    if bundle.synthetic:
+        names = ", ".join(f"{role} {ctx.rel(s.path or '')}" for slot, role in IDE_ROLES.items()
+                          if (s := bundle.vmx.slot(slot)) is not None and s.is_disk)
+        issues.append(issue("bundle.no-vmx", Severity.INFO, "no .vmx in the folder: the disks "
+                            f"were found by content and name ({names}); the vmx checks were "
+                            "skipped", "bundle"))
+    for check in VMX_CHECKS if not bundle.synthetic else ():
         issues.extend(check(ctx))
     disks = []
     for slot_name, role in IDE_ROLES.items():

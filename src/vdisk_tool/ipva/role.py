@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import glob
 import os
+import re
 from dataclasses import dataclass
 
 from ..errors import FormatError, RefusedError, VdiskError
@@ -208,6 +209,41 @@ def _damaged_partition(dev: BlockDevice, path: str | None) -> DiskIdentity:
         what = "an active" if parts[0].active else "a"
         return _ident(path, role, f"{what} FAT partition whose volume cannot be read")
     return _ident(path, Role.UNKNOWN, "a partition table vdisk does not recognise")
+
+
+# -- a folder without a vmx ----------------------------------------------------------------
+_EXTENT_NAME = re.compile(r"-(?:flat|delta|sesparse|[sf]\d{3})\.vmdk$", re.IGNORECASE)
+_ROLE_NAME = re.compile(r"(?:^|[-_])(boot|cf|flash|dump)(?:[-_.]|$)", re.IGNORECASE)
+
+
+def disks_by_role(folder: str) -> dict[str, str]:
+    """The appliance disks of a folder that has no vmx (a Proxmox or Hyper-V copy): the
+    disk images (*.vmdk, *.qcow2, *.vhdx, extent files left out) by what their content is,
+    a blank or unknown disk by its name (hd-<role>.*); role -> path, each role once."""
+    from .vmx import DISK_SUFFIXES
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(DISK_SUFFIXES)
+                   and not _EXTENT_NAME.search(n) and os.path.isfile(os.path.join(folder, n)))
+    by_content: dict[str, list[str]] = {}
+    by_name: dict[str, list[str]] = {}
+    for n in names:
+        path = os.path.join(folder, n)
+        try:
+            held = identify_disk(path).role
+        except (VdiskError, OSError):
+            held = Role.UNKNOWN
+        if held not in (Role.BLANK, Role.UNKNOWN):
+            by_content.setdefault(held.value, []).append(path)
+        m = _ROLE_NAME.search(os.path.splitext(n)[0])
+        if m:
+            by_name.setdefault(m.group(1).lower(), []).append(path)
+    found: dict[str, str] = {}
+    for name in ("boot", "cf", "flash", "dump"):
+        for cands in (by_content.get(name, []), by_name.get(name, [])):
+            left = [c for c in cands if c not in found.values()]
+            if len(left) == 1 or (left and cands is by_name.get(name)):
+                found[name] = left[0]
+                break
+    return found
 
 
 # -- slot ------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ _ESCAPE = re.compile(r'\|([0-9A-Fa-f]{2})')
 _TRUE = {"true", "yes", "1", "on"}
 
 IDE_ROLES = {"ide0:0": "boot", "ide0:1": "cf", "ide1:0": "flash", "ide1:1": "dump"}
+# the names of disk images a slot may attach (VMware's, and the other platforms' containers)
+DISK_SUFFIXES = (".vmdk", ".qcow2", ".vhdx")
 
 
 def vmx_bool(value: str | None) -> bool:
@@ -88,7 +90,8 @@ class DiskSlot:
         if not self.present or not self.file_name:
             return False
         dt = (self.device_type or "disk").lower()
-        return "cdrom" not in dt and "floppy" not in dt and self.file_name.lower().endswith(".vmdk")
+        return "cdrom" not in dt and "floppy" not in dt and \
+            self.file_name.lower().endswith(DISK_SUFFIXES)
 
     def to_dict(self) -> dict[str, object]:
         return {"slot": self.slot, "bus": self.bus, "present": self.present,
