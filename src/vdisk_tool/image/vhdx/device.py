@@ -298,8 +298,10 @@ class VhdxDevice(ReopenableFile):
                 yield from self._partial_runs(block, e, start, n)
             elif st in (vx.PAYLOAD_BLOCK_ZERO, vx.PAYLOAD_BLOCK_UNMAPPED):
                 yield Run(start, n, RunKind.ZERO)
-            else:
+            elif st in (vx.PAYLOAD_BLOCK_NOT_PRESENT, vx.PAYLOAD_BLOCK_UNDEFINED):
                 yield Run(start, n, RunKind.PARENT if diff else RunKind.UNALLOCATED)
+            else:
+                self._read_block(block, 0, 1, start)   # raises: the state is not valid here
 
     def _partial_runs(self, block: int, e: int, start: int, n: int) -> Iterator[Run]:
         ss = self.sector_bytes
