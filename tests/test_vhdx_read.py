@@ -60,6 +60,7 @@ def test_vdisk_writes_pass_qemu(tmp_path, runner, opts):
     p = _qemu(tmp_path, "q.vhdx", opts)
     ref = tmp_path / "ref.raw"
     ref.write_bytes(_raw(tmp_path, p))
+    before = _headers(p)
     edits = ((3 * MIB + 100, b"\x99" * 5000), (17 * MIB - 10, b"\x55" * (2 * MIB)), (0, b"Z"))
     with edit_image(str(p)) as d:
         for off, data in edits:
@@ -71,8 +72,50 @@ def test_vdisk_writes_pass_qemu(tmp_path, runner, opts):
     run(need_tool("qemu-img"), "check", "-f", "vhdx", str(p))
     run(need_tool("qemu-img"), "compare", "-f", "vhdx", "-F", "raw", str(p), str(ref))
     # the first write of the session updated both headers: new DataWriteGuid, sequence + 2
+    after = _headers(p)
+    top = max(seq for seq, _, _ in before)
+    assert sorted(seq for seq, _, _ in after) == [top + 1, top + 2]
+    assert len({g for _, g, _ in after}) == 1 and after[0][1] != before[0][1]
+    assert all(fw != b for (_, _, fw), (_, _, b) in zip(after, before, strict=True))
     res = vdisk(runner, "check", str(p))
     assert res.exit_code == 0, res.output
+    # the new blocks lie 1 MiB aligned at the end of the file
+    with open_image(p) as d:
+        dev = d.extents[0].device
+        offs = [vb_off for vb_off in (dev.entry(i) >> 20 << 20 for i in range(dev.layout.bat_count))
+                if vb_off]
+        assert all(o % MIB == 0 for o in offs) and max(offs) + dev.block_bytes <= p.stat().st_size
+
+
+def _headers(p: Path) -> list[tuple[int, bytes, bytes]]:
+    """(SequenceNumber, DataWriteGuid, FileWriteGuid) of both headers, each CRC-checked."""
+    data = p.read_bytes()
+    out = []
+    for at in (64 * 1024, 128 * 1024):
+        h = bytearray(data[at:at + 4096])
+        crc = h[4:8]
+        vb.crc_into(h)
+        assert h[4:8] == crc and h[:4] == b"head"
+        out.append((struct.unpack_from("<Q", h, 8)[0], bytes(h[32:48]), bytes(h[16:32])))
+    return out
+
+
+def test_grow_moves_the_bat_when_it_must(tmp_path, runner):
+    """qemu-img cannot resize VHDX: vdisk grows it in place; past 128 GiB of 1 MiB blocks
+    the BAT needs more than its 1 MiB region and moves to the end of the file."""
+    p = _qemu(tmp_path, "g.vhdx", "subformat=dynamic,block_size=1M")
+    ref = tmp_path / "ref.raw"
+    ref.write_bytes(_raw(tmp_path, p))
+    for size in ("64M", "200G"):
+        assert vdisk(runner, "grow", str(p), "--size", size).exit_code == 0
+        run(need_tool("qemu-img"), "check", "-f", "vhdx", str(p))
+        run(need_tool("qemu-img"), "compare", "-f", "vhdx", "-F", "raw", str(p), str(ref))
+    run(need_tool("qemu-io"), "-f", "vhdx", "-c", "write -P 0x5a 150G 1M", str(p))
+    run(need_tool("qemu-img"), "check", "-f", "vhdx", str(p))
+    with open_image(p) as d:
+        assert d.size_bytes == 200 << 30 and d.read_at(150 << 30, MIB) == b"\x5a" * MIB
+        assert d.extents[0].device.layout.bat_bytes == 2 * MIB
+    assert vdisk(runner, "check", str(p)).exit_code == 0
 
 
 @pytest.mark.parametrize("args", [[], ["-o", "subformat=fixed,block_size=1M"],
