@@ -73,13 +73,14 @@ def _to_raw(folder: Path, name: str) -> Path | None:
     img = folder / name
     if not img.exists():
         return None
-    if name.endswith(".vmdk"):
-        if run("qemu-img", "check", str(img), check=False).returncode != 0:
+    kind = name.rsplit(".", 1)[-1] if name.endswith((".vmdk", ".vhdx")) else "raw"
+    if kind != "raw":
+        if run("qemu-img", "check", "-f", kind, str(img), check=False).returncode != 0:
             return None
     out = folder.parent / f"{folder.name}-{name}.raw"
     if out.exists():
         out.unlink()
-    fmt = ["-f", "vmdk"] if name.endswith(".vmdk") else ["-f", "raw"]
+    fmt = ["-f", kind]
     if run("qemu-img", "convert", *fmt, "-O", "raw", str(img), str(out), check=False).returncode:
         return None
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_tool, run
-from crashharness import crash_test
+from crashharness import crash_test, run_vdisk
 from test_crash_all import FILES, MIB, _cat, _fat_disk, _fat_result, _finish, _tree
 from test_inplace import _drop_table
 
@@ -161,3 +161,95 @@ def test_raw_image(tmp_path: Path) -> None:
                      _put_result("d.img"), tmp_path, points=POINTS)
     _enough(res)
     _finish("fs put (raw)", res)
+
+
+# -- VHDX: new blocks and BAT entries, a differencing child's sector bitmaps, a moved BAT -----
+def _vhdx_fat(folder: Path, name: str = "d.vhdx", mib: int = 16) -> None:
+    """MBR + FAT16 (sfdisk, mkfs.fat, mtools) converted by qemu-img to a dynamic VHDX of
+    1 MiB blocks."""
+    raw = folder.parent / f"vhdx-{mib}.raw"
+    if not raw.exists():
+        _fat_raw(raw, mib, 2048, FILES)
+    run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
+        "subformat=dynamic,block_size=1M", str(raw), str(folder / name))
+
+
+def test_vhdx_new_blocks(tmp_path: Path) -> None:
+    """`fs put` on a dynamic VHDX: payload blocks allocated at the end, BAT entries set, both
+    headers updated on the first write; qemu-img check judges every result."""
+    def make(folder: Path) -> None:
+        _vhdx_fat(folder)
+        (folder / "new.bin").write_bytes(DATA)
+
+    res = crash_test(make, ["fs", "put", "d.vhdx", "new.bin", "/NEW.BIN"], _put_result("d.vhdx"),
+                     tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (vhdx, new blocks)", res)
+
+
+def test_vhdx_differencing_child(tmp_path: Path) -> None:
+    """A differencing child (tests/vhdxbuilder.py) over a qemu-img VHDX parent: the edit
+    makes blocks partially present and allocates a sector bitmap; the parent never changes.
+    qemu-img does not read differencing VHDX: vdisk's raw copy is judged by fsck.fat and
+    mtools instead."""
+    import struct
+    import uuid
+
+    import vhdxbuilder as vb
+
+    def make(folder: Path) -> None:
+        _vhdx_fat(folder, "base.vhdx")
+        head = (folder / "base.vhdx").read_bytes()[64 * 1024:192 * 1024]
+        h1, h2 = head[:4096], head[64 * 1024:64 * 1024 + 4096]
+        cur = max((h1, h2), key=lambda h: struct.unpack_from("<Q", h, 8)[0])
+        guid = "{" + str(uuid.UUID(bytes_le=cur[32:48])) + "}"
+        child = vb.Vhdx(size=16 * MIB, parent={"parent_linkage": guid, "relative_path": "base.vhdx"})
+        (folder / "d.vhdx").write_bytes(child.build())
+        (folder / "new.bin").write_bytes(DATA)
+
+    def via_vdisk(folder: Path) -> bool:
+        from test_crash_all import _fat_clean, _part_offset
+        out = folder.parent / f"{folder.name}-child.raw"
+        out.unlink(missing_ok=True)
+        if run_vdisk(["convert", "d.vhdx", str(out)], folder, {}).returncode:
+            return False
+        try:
+            off = _part_offset(out)
+            return (_fat_clean(out, off) and _cat(out, off, "/NEW.BIN") == DATA
+                    and _cat(out, off, "/FILE.BIN") == FILES["FILE.BIN"]
+                    and run_vdisk(["check", "d.vhdx"], folder, {}).returncode == 0)
+        finally:
+            out.unlink()
+
+    base_bytes: dict[str, bytes] = {}
+    res = crash_test(make, ["fs", "put", "d.vhdx", "new.bin", "/NEW.BIN"], via_vdisk, tmp_path,
+                     points=POINTS)
+    for folder in tmp_path.glob("kill*"):
+        base_bytes.setdefault("b", (tmp_path / "template" / "base.vhdx").read_bytes())
+        assert (folder / "base.vhdx").read_bytes() == base_bytes["b"], folder
+    _enough(res)
+    _finish("fs put (vhdx differencing child)", res)
+
+
+def test_vhdx_grow_that_moves_the_bat(tmp_path: Path) -> None:
+    """200 GiB in 1 MiB blocks needs 1.6 MiB of BAT: grow writes a new BAT at the end of the
+    file and points both region tables at it."""
+    ref = tmp_path / "ref.raw"
+
+    def make(folder: Path) -> None:
+        _vhdx_fat(folder)
+        if not ref.exists():
+            run("qemu-img", "convert", "-q", "-O", "raw", str(folder / "d.vhdx"), str(ref))
+
+    def grown(folder: Path) -> bool:
+        img = folder / "d.vhdx"
+        if run("qemu-img", "check", "-f", "vhdx", str(img), check=False).returncode:
+            return False
+        info = run("qemu-img", "info", "--output=json", str(img)).stdout
+        return '"virtual-size": 214748364800' in info and run(
+            "qemu-img", "compare", "-f", "vhdx", "-F", "raw", str(img), str(ref),
+            check=False).returncode == 0
+
+    res = crash_test(make, ["grow", "d.vhdx", "--size", "200G"], grown, tmp_path, points=POINTS)
+    _enough(res)
+    _finish("grow (vhdx, BAT moved)", res)

@@ -45,6 +45,10 @@ def _disk(subformat: str):
         _raw_fat(raw)
         if subformat == "raw":
             os.rename(raw, folder / "d.img")
+        elif subformat.startswith("vhdx-"):
+            run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
+                f"subformat={subformat[5:]},block_size=1M", str(raw), str(folder / "d.vhdx"))
+            raw.unlink()
         else:
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                 f"subformat={subformat}", str(raw), str(folder / "d.vmdk"))
@@ -59,10 +63,11 @@ def _fat_judge(image: str, want: dict[str, bytes]):
     def judge(folder: Path) -> str | None:
         img = folder / image
         raw = folder.parent / f"{folder.name}-judge.raw"
-        if image.endswith(".vmdk"):
-            if run("qemu-img", "check", str(img), check=False).returncode:
+        if image.endswith((".vmdk", ".vhdx")):
+            fmt = image.rsplit(".", 1)[1]
+            if run("qemu-img", "check", "-f", fmt, str(img), check=False).returncode:
                 return "qemu-img check failed"
-            run("qemu-img", "convert", "-q", "-f", "vmdk", "-O", "raw", str(img), str(raw))
+            run("qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", str(img), str(raw))
         else:
             raw.write_bytes(img.read_bytes())
         try:
@@ -95,6 +100,8 @@ class Scenario:
 
     @property
     def image(self) -> str:
+        if self.subformat.startswith("vhdx-"):
+            return "d.vhdx"
         return "d.img" if self.subformat == "raw" else "d.vmdk"
 
 
@@ -110,6 +117,10 @@ SCENARIOS = [
     # grow: sparse by copy and rename, flat in place under its length journal (image/grow.py)
     Scenario("grow-sparse", "monolithicSparse", ("grow", "d.vmdk", "--size", "6M"), adds=()),
     Scenario("grow-flat", "monolithicFlat", ("grow", "d.vmdk", "--size", "6M"), adds=()),
+    # VHDX in place under the undo journal: new blocks and BAT entries, the header update
+    Scenario("inplace-vhdx-dynamic", "vhdx-dynamic", ("fs", "put", "d.vhdx", "payload.bin", "/NEW.BIN")),
+    Scenario("inplace-vhdx-fixed", "vhdx-fixed", ("fs", "put", "d.vhdx", "payload.bin", "/NEW.BIN")),
+    Scenario("grow-vhdx", "vhdx-dynamic", ("grow", "d.vhdx", "--size", "6M"), adds=()),
 ]
 
 

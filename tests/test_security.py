@@ -442,7 +442,8 @@ def test_temporaries_beside_the_target_with_o_excl(tmp_path, args):
 
 
 # -- the findings catalogue stays complete ----------------------------------------------------------
-CODE_RE = re.compile(r"""(?<!startswith\()["']((?:vmdk|qcow2|fat|fw|boot|mbr|dump|flash|vmx|bundle|ova)"""
+FAMILIES = "vmdk|qcow2|vhdx|fat|fw|boot|mbr|dump|flash|vmx|bundle|ova"
+CODE_RE = re.compile(rf"""(?<!startswith\()["']((?:{FAMILIES})"""
                      r"""\.[a-z0-9]+(?:-[a-z0-9]+)*)["']""")
 NOT_CODES = {"ipva.bin"}
 
@@ -456,8 +457,7 @@ def source_codes() -> set[str]:
 
 def test_findings_catalogue_is_complete():
     text = (ROOT / "specs" / "findings.md").read_text()
-    families = "vmdk|qcow2|fat|fw|boot|mbr|dump|flash|vmx|bundle|ova"
-    listed = set(re.findall(rf"`((?:{families})\.[a-z0-9-]+)`", text))
+    listed = set(re.findall(rf"`((?:{FAMILIES})\.[a-z0-9-]+)`", text))
     codes = source_codes()
     assert len(codes) > 50
     assert codes - listed == set(), "codes missing from specs/findings.md"

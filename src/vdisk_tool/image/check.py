@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import Finding, ImageError, Severity, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
+from .detect import choose_format
 from .disk import Disk, _resolve, open_image
 from .safe import TMP_MARK, leftover_temps
 from .sparse import SparseExtent, eos_problem, zero_entries
@@ -57,6 +58,7 @@ class CheckReport:
     grains_checked: int = 0
     roll_back: bool = False
     rebuild_refcounts: bool = False     # qcow2: rebuild every refcount (image/qcow2/repair.py)
+    replay_log: bool = False      # vhdx: a pending log that --repair replays
 
     def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
             fixable: bool = False, path: str | None = None) -> None:
@@ -85,6 +87,9 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)
+    if choose_format(path)[0] == "vhdx":
+        from .vhdx.check import check_vhdx
+        return check_vhdx(path, report, allow_outside)
     disk = open_image(path, allow_outside=allow_outside, follow_parent=False, require_eos=False)
     return check_disk(disk, report, allow_outside)
 

@@ -33,7 +33,7 @@ class GrowPlan:
     subformat: str
     old_bytes: int
     new_bytes: int
-    method: str        # "rewrite", "extend-flat", "extend-raw", "resize-qcow2"
+    method: str        # "rewrite", "extend-flat", "extend-raw", "resize-qcow2", "vhdx-in-place"
     files: tuple[str, ...]
 
     def describe(self) -> list[str]:
@@ -41,7 +41,9 @@ class GrowPlan:
                "extend-flat": "extend the flat extent file(s) sparsely and rewrite the descriptor",
                "extend-raw": "extend the raw file sparsely",
                "resize-qcow2": "set the qcow2 virtual size in place (the L1 table grows as "
-                               "needed), under the undo journal"}[self.method]
+                               "needed), under the undo journal",
+               "vhdx-in-place": "set the VHDX's virtual disk size in place, moving its BAT to "
+                                "the end if it needs more room"}[self.method]
         return [f"grow {self.path} ({self.subformat}) from {self.old_bytes} to {self.new_bytes} bytes",
                 how]
 
@@ -110,6 +112,8 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
         method = "extend-flat"
     elif sub in ("monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse"):
         method = "rewrite"
+    elif sub in ("vhdx-dynamic", "vhdx-fixed"):
+        method = "vhdx-in-place"
     else:
         raise RefusedError(f"cannot grow a {sub} disk", path=path)
     return GrowPlan(path, sub, old, new_bytes, method, files)
@@ -135,6 +139,12 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
         from .edit import edit_image
         with edit_image(plan.path, force=force, backup=backup) as disk:
             disk.extents[0].device.resize(plan.new_bytes)   # type: ignore[attr-defined]
+        return
+    if plan.method == "vhdx-in-place":
+        from .edit import edit_image
+        from .vhdx.grow import grow_device
+        with edit_image(plan.path, force=force, backup=backup) as disk:
+            grow_device(disk.extents[0].device, plan.new_bytes)   # type: ignore[arg-type]
         return
     if plan.method == "rewrite":
         with open_image(plan.path) as disk:

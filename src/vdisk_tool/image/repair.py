@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import RepairError
 from ..formats.vmdk_sparse import UNCLEAN_SHUTDOWN_OFFSET
@@ -37,6 +38,8 @@ class RepairPlan:
 
 def plan_repair(report: CheckReport) -> RepairPlan:
     actions = ["roll back the interrupted operation (undo journal)"] if report.roll_back else []
+    if report.replay_log:
+        actions.append("replay the VHDX log into the file and clear it")
     actions += [f"write the end-of-stream marker at 0x{at:x} in {os.path.basename(p)}"
                 for p, at in report.eos_fixes]
     actions += [f"copy {f.what} ({f.length} bytes, 0x{f.src_offset:x} -> 0x{f.dst_offset:x}) in "
@@ -94,6 +97,14 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
         plan = plan_repair(report)
         if plan.empty:
             return report
+    if report.replay_log:
+        if dry_run:
+            return report
+        from .vhdx.repair import replay_log
+        report = replay_log(plan.path, force=force, backup=backup, allow_outside=allow_outside)
+        plan = plan_repair(report)
+        if plan.empty:
+            return report
     if report.eos_fixes:
         if dry_run:
             return report
@@ -119,8 +130,9 @@ def _apply_in_place(plan: RepairPlan, report: CheckReport, errors_left: list, ba
             for ext in disk.extents:
                 if isinstance(ext.device, Qcow2Device):
                     rebuild_refcounts(ext.device)
-        by_name = {os.path.basename(e.path): e.device for e in disk.extents
-                   if e.path and isinstance(e.device, SparseExtent)}
+        by_name: dict[str, Any] = {os.path.basename(e.path): e.device for e in disk.extents
+                                   if e.path and (isinstance(e.device, SparseExtent)
+                                                  or disk.format == "vhdx")}
         for fix in report.fixes:
             dev = by_name.get(os.path.basename(fix.path))
             if dev is None:

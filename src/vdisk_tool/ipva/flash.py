@@ -268,7 +268,7 @@ def plan_reset(path: str, force: bool = False, allow_outside: bool = False) -> R
 
 def _replaced_files(disk: Disk) -> list[str]:
     """The files a reset rewrites: data extents first, descriptor last."""
-    if disk.subformat in ("monolithicSparse", "streamOptimized", "raw"):
+    if disk.subformat in ("monolithicSparse", "streamOptimized", "raw") or disk.format == "vhdx":
         return [os.path.abspath(disk.path)]
     for e in disk.extents:
         if e.kind not in ("FLAT", "VMFS", "SPARSE", "ZERO"):
@@ -302,6 +302,12 @@ def _build_blank(disk: Disk, plan: ResetPlan, work: str, rep: Replacement) -> No
         tmp = os.path.join(work, name)
         with open(tmp, "wb") as f:
             f.truncate(plan.size_bytes)
+        rep.add(tmp, plan.path)
+        return
+    if disk.format == "vhdx":
+        shape = like(disk)
+        tmp = os.path.join(work, name)
+        create_image(tmp, plan.size_bytes, shape["subformat"], options=shape["options"])
         rep.add(tmp, plan.path)
         return
     if disk.subformat in ("monolithicSparse", "streamOptimized", "qcow2"):

@@ -17,7 +17,7 @@ from typing import Any
 from ...errors import FormatError, ImageError, UnsupportedError
 from ...formats import vhdx as vx
 from .. import hostio
-from ..base import ReopenableFile, Run, RunKind, check_range, merge_runs
+from ..base import ReopenableFile, Run, RunKind, check_range, host_data_ranges, merge_runs
 from . import log as vlog
 from .layout import Layout, Problems, check_log_fields, read_headers, read_metadata, read_regions
 
@@ -286,6 +286,7 @@ class VhdxDevice(ReopenableFile):
         return merge_runs(self._runs())
 
     def _runs(self) -> Iterator[Run]:
+        hostio.settle(self._fd)   # SEEK_DATA sees only what reached the file
         diff = self.layout.has_parent
         for block in range(self.layout.data_blocks):
             start = block * self.block_bytes
@@ -293,13 +294,30 @@ class VhdxDevice(ReopenableFile):
             e = self.entry(vx.payload_index(block, self.ratio))
             st = vx.bat_state(e)
             if st == vx.PAYLOAD_BLOCK_FULLY_PRESENT:
-                yield Run(start, n, RunKind.DATA, self.path, vx.bat_offset(e))
+                yield from self._stored_runs(start, n, vx.bat_offset(e))
             elif st == vx.PAYLOAD_BLOCK_PARTIALLY_PRESENT and diff:
                 yield from self._partial_runs(block, e, start, n)
             elif st in (vx.PAYLOAD_BLOCK_ZERO, vx.PAYLOAD_BLOCK_UNMAPPED):
                 yield Run(start, n, RunKind.ZERO)
-            else:
+            elif st in (vx.PAYLOAD_BLOCK_NOT_PRESENT, vx.PAYLOAD_BLOCK_UNDEFINED):
                 yield Run(start, n, RunKind.PARENT if diff else RunKind.UNALLOCATED)
+            else:
+                self._read_block(block, 0, 1, start)   # raises: the state is not valid here
+
+    def _stored_runs(self, start: int, n: int, off: int) -> Iterator[Run]:
+        """A fully present block: DATA, except where the host file has a hole (a fixed
+        file's untouched blocks), which reads as zeros without being stored."""
+        if self._overlay:
+            yield Run(start, n, RunKind.DATA, self.path, off)
+            return
+        pos = off
+        for lo, length in host_data_ranges(self._fd, off, off + n):
+            if lo > pos:
+                yield Run(start + pos - off, lo - pos, RunKind.UNALLOCATED)
+            yield Run(start + lo - off, length, RunKind.DATA, self.path, lo)
+            pos = lo + length
+        if pos < off + n:
+            yield Run(start + pos - off, off + n - pos, RunKind.UNALLOCATED)
 
     def _partial_runs(self, block: int, e: int, start: int, n: int) -> Iterator[Run]:
         ss = self.sector_bytes

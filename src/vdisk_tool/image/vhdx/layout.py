@@ -103,9 +103,9 @@ def read_headers(read: Reader, file_bytes: int, probs: Problems) -> tuple[list[H
     """Both headers and the slot of the current one: the valid copy with the larger
     SequenceNumber (§2.2.2)."""
     ident = read(8, 0)
-    if ident != vx.FILE_SIGNATURE:
-        probs.add("vhdx.bad-file-identifier", f"FileIdentifier.Signature at 0x0: expected "
-                  f"'vhdxfile', got {ident!r}", 0, stop=True)
+    if ident != vx.FILE_SIGNATURE:   # detect.py sends only 'vhdxfile' files here
+        raise FormatError(f"FileIdentifier.Signature at 0x0: expected 'vhdxfile', got {ident!r}",
+                          path=probs.path, offset=0)
     copies = []
     for slot, off in enumerate(vx.HEADER_OFFSETS):
         raw = read(vx.HEADER_BYTES, off)
