@@ -19,6 +19,7 @@ from .. import clock
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
+from . import hostio, platform
 from .base import SECTOR_BYTES, BlockDevice, Run, RunKind
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
@@ -322,14 +323,15 @@ def _write_all(fd: int, data: bytes) -> None:
 def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: Progress | None,
                source_start: int = 0, runs: list[Run] | None = None) -> None:
     with open(tmp, "r+b") as f:
+        platform.set_sparse(f.fileno())
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
             for off, piece in _coalesce(data_pieces(source, source_start, size_bytes, runs=runs)):
-                os.pwrite(fd, piece, off)
+                hostio.pwrite(fd, piece, off)
                 if progress:
                     progress(off + len(piece), size_bytes)
-        os.fsync(fd)
+        hostio.fsync(fd)
 
 
 def sparse_layout(capacity_sectors: int, embedded_descriptor: bool) -> dict:
@@ -358,14 +360,14 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     with open(tmp, "r+b") as f:
         fd = f.fileno()
         f.truncate(lay["overhead_sectors"] * SECTOR_BYTES)
-        os.pwrite(fd, vs.build_header(lay), 0)
+        hostio.pwrite(fd, vs.build_header(lay), 0)
         if descriptor is not None:
-            os.pwrite(fd, descriptor, SECTOR_BYTES)
+            hostio.pwrite(fd, descriptor, SECTOR_BYTES)
         for dir_sector in (lay["rgd_offset_sectors"], lay["gd_offset_sectors"]):
             first_gt = dir_sector + gd_sectors
             entries = array("I", (first_gt + 4 * i for i in range(gts)))
-            os.pwrite(fd, entries.tobytes(), dir_sector * SECTOR_BYTES)
-        os.fsync(fd)
+            hostio.pwrite(fd, entries.tobytes(), dir_sector * SECTOR_BYTES)
+        hostio.fsync(fd)
     if source is None:
         return
     ext = SparseExtent(tmp, writable=True)
@@ -436,4 +438,4 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
         footer = dict(hdr, gd_offset_sectors=gd_at)
         _write_all(fd, vs.build_header(footer))
         _write_all(fd, bytes(SECTOR_BYTES))  # EOS marker
-        os.fsync(f.fileno())
+        hostio.fsync(f.fileno())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedError
 from ..formats import vmdk_descriptor as vd
+from ..image import hostio
 from ..image.base import BlockDevice, FileDevice, RunKind
 from ..image.create import create_image, new_cid, write_sparse_extent
 from ..image.disk import Disk, open_image, read_descriptor, sniff
@@ -150,7 +151,7 @@ def write_backup(dev: BlockDevice, out_path: str, progress: Progress | None = No
             f.truncate(region)
             for i in used_segments(dev, 0, region):
                 lo = i * SEGMENT_BYTES
-                os.pwrite(f.fileno(), dev.read_at(lo, min(SEGMENT_BYTES, region - lo)), lo)
+                hostio.pwrite(f.fileno(), dev.read_at(lo, min(SEGMENT_BYTES, region - lo)), lo)
                 n += 1
                 if progress:
                     progress(lo, region)
