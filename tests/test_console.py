@@ -80,9 +80,9 @@ SIGINT_AT_OPEN = ("import os, signal\n"
                   "    import time; time.sleep(5)\n"
                   "platform.open_fd = ctrl_c\n"
                   "from vdisk_tool.cli.main import main; main()\n")
-SIGINT_AT_LOAD = ("import os, signal\n"
+SIGINT_AT_LOAD = ("import os, signal, time\n"
                   "from vdisk_tool.cli import _select\n"
-                  "_select.route = lambda argv: (os.kill(os.getpid(), signal.SIGINT), __import__('time').sleep(5))\n"
+                  "_select.route = lambda argv: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5))\n"
                   "from vdisk_tool.cli.main import main; main()\n")
 
 
