@@ -283,8 +283,9 @@ def test_a_sharing_violation_says_another_program_holds_the_file(
 
     monkeypatch.setattr(os, "open", refuse)
     windows.open_code = 32               # ERROR_SHARING_VIOLATION
-    with pytest.raises(ImageError, match="another program holds the file open"):
+    with pytest.raises(ImageError, match="another program holds the file open") as info:
         FileDevice(str(p), writable=True)
+    assert info.value.hint == platform.HELD_OPEN_HINT
     windows.open_code = 5                # ERROR_ACCESS_DENIED: a plain permission problem
     with pytest.raises(ImageError, match="Permission denied"):
         FileDevice(str(p), writable=True)

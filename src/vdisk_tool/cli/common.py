@@ -155,7 +155,7 @@ def handle_errors(fn: F) -> F:
             elif isinstance(exc, OSError):
                 msg = f"{exc.filename + ': ' if exc.filename else ''}{platform.describe(exc)}"
                 if platform.held_open(exc):
-                    hint = hint or "power off the VM (or close the program that has the file open)"
+                    hint = hint or platform.HELD_OPEN_HINT
             elif isinstance(exc, (MemoryError, RecursionError)):
                 msg = f"input too large or too deeply nested ({type(exc).__name__})"
             else:

@@ -135,7 +135,9 @@ class ReopenableFile:
         try:
             return platform.open_fd(self.path, flags)
         except OSError as exc:
-            raise ImageError(f"cannot open: {platform.describe(exc)}", path=self.path) from None
+            raise ImageError(f"cannot open: {platform.describe(exc)}", path=self.path,
+                             hint=platform.HELD_OPEN_HINT if platform.held_open(exc) else None
+                             ) from None
 
     @property
     def _fd(self) -> int:

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 FALLBACK_ENV = "VDISK_PLATFORM_FALLBACK"
 HELD_OPEN = "another program holds the file open (VMware keeps a VM's disks open while it runs)"
+HELD_OPEN_HINT = "power off the VM (or close the program that has the file open), then try again"
 _SHARING_ERRORS = (32, 33)       # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION
 _INO_MASK = (1 << 64) - 1
 
@@ -72,11 +73,11 @@ def open_fd(path: str, flags: int, mode: int = 0o644, nofollow: bool = False) ->
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         return os.open(path, flags, mode)
-    except PermissionError as exc:
-        if FEATURES.windows and _win32().open_error(path, flags & (os.O_WRONLY | os.O_RDWR) != 0) \
-                in _SHARING_ERRORS:
+    except PermissionError:
+        writable = flags & (os.O_WRONLY | os.O_RDWR) != 0
+        if FEATURES.windows and _win32().open_error(path, writable) in _SHARING_ERRORS:
             raise PermissionError(errno.EACCES, HELD_OPEN, path) from None
-        raise exc from None
+        raise
 
 
 def held_open(exc: BaseException) -> bool:
