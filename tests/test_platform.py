@@ -228,6 +228,19 @@ def test_windows_marks_a_file_sparse_before_extending_it(tmp_path: Path, windows
     assert windows.log == [("sparse", 0)] and p.stat().st_size == 1 << 30
 
 
+def test_windows_makes_a_file_sparse_when_an_edit_extends_it(tmp_path: Path, windows) -> None:
+    p = tmp_path / "raw.img"
+    p.write_bytes(bytes(8192))
+    fd = platform.open_fd(str(p), os.O_RDWR)
+    try:
+        hostio.ftruncate(fd, 4096)
+        assert windows.log == []
+        hostio.ftruncate(fd, 1 << 20)
+        assert windows.log == [("sparse", 4096)]
+    finally:
+        os.close(fd)
+
+
 def test_windows_create_and_grow_of_raw_images_are_sparse(tmp_path: Path, windows) -> None:
     from vdisk_tool.image.create import create_image
     from vdisk_tool.image.grow import apply_grow, plan_grow

@@ -145,6 +145,9 @@ def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
 
 
 def ftruncate(fd: int, length: int) -> None:
+    """Set the file's length; on Windows a file that grows is made sparse first."""
+    if FEATURES.windows and length > os.fstat(fd).st_size:
+        set_sparse(fd)
     os.ftruncate(fd, length)
 
 
@@ -242,8 +245,7 @@ def set_length(path: str, length: int) -> None:
     """Truncate or extend `path` to `length` bytes, extended as a hole."""
     fd = open_fd(path, os.O_RDWR)
     try:
-        set_sparse(fd)
-        os.ftruncate(fd, length)
+        ftruncate(fd, length)
     finally:
         os.close(fd)
 

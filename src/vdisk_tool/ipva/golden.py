@@ -167,6 +167,7 @@ def _from_scratch(path: str, size_bytes: int, subformat: str, fill: Callable[[Fi
     scratch = safe.create_temp(path + ".raw")
     try:
         with open(scratch, "r+b") as f:
+            platform.set_sparse(f.fileno())
             f.truncate(size_bytes)
         with FileDevice(scratch, writable=True) as dev:
             fill(dev)
