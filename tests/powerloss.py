@@ -26,6 +26,12 @@ and a little harsher than it is):
 - Data and names are independent: a rename may reach the disk while the renamed file's
   unsynced data does not (the bug "no fsync before rename").
 
+model="ntfs" stands for Windows, where vdisk cannot fsync a folder (the platform module's
+fallback, VDISK_PLATFORM_FALLBACK=1): NTFS logs every name change in one log, which an
+fsync of any file (FlushFileBuffers) commits up to that point, and a rename made with
+MOVEFILE_WRITE_THROUGH is on disk when it returns. So there, an fsync of a file or a
+rename makes every directory operation issued before it (the rename included) durable.
+
 A crash point c means the first c recorded operations were issued. Crash points are taken
 before and after every barrier and directory operation, plus the end of the run; each is
 combined with several random choices of kept writes, torn write and surviving prefix
@@ -235,11 +241,17 @@ def pending_data(ops: list[Op], crash: int) -> list[Op]:
             and o.index > last_sync.get(o.inode, -1)]
 
 
-def durable_dir_prefix(ops: list[Op], crash: int) -> tuple[int, int]:
+def durable_dir_prefix(ops: list[Op], crash: int, model: str = "ext4") -> tuple[int, int]:
     """(directory ops that must have survived, directory ops issued) at `crash`."""
     dir_ops = [o for o in ops[:crash] if o.kind in DIR_OPS]
-    synced = [o for o in ops[:crash] if o.kind == "dirsync"]
     must = 0
+    if model == "ntfs":
+        barriers = [o.index for o in ops[:crash] if o.kind in ("fsync", "dirsync", "rename")]
+        for n, o in enumerate(dir_ops):
+            if any(b >= o.index for b in barriers):
+                must = n + 1
+        return must, len(dir_ops)
+    synced = [o for o in ops[:crash] if o.kind == "dirsync"]
     for n, o in enumerate(dir_ops):
         if any(s.index > o.index and s.path in o.folders() for s in synced):
             must = n + 1
@@ -255,7 +267,8 @@ def crash_points(ops: list[Op]) -> list[int]:
     return sorted(points)
 
 
-def crash_states(rec: Recording, count: int = 200, seed: int = 0) -> list[CrashState]:
+def crash_states(rec: Recording, count: int = 200, seed: int = 0,
+                 model: str = "ext4") -> list[CrashState]:
     """`count` crash states (distinct ones; fewer only when fewer exist), deterministic."""
     rng = random.Random(seed)
     points = crash_points(rec.ops)
@@ -287,7 +300,7 @@ def crash_states(rec: Recording, count: int = 200, seed: int = 0) -> list[CrashS
             cuts = range((w.offset // SECTOR + 1) * SECTOR, w.offset + len(w.data), SECTOR)
             if len(cuts):
                 torn = (w.index, rng.choice(cuts) - w.offset)
-        must, issued = durable_dir_prefix(rec.ops, crash)
+        must, issued = durable_dir_prefix(rec.ops, crash, model)
         prefix = rng.choice([must, issued, rng.randint(must, issued)])
         out[CrashState(crash, frozenset(o.index for o in kept), torn, prefix)] = None
     return list(out)
@@ -446,12 +459,14 @@ class PowerLossResult:
 def power_loss_test(make: Callable[[Path], None], args: list[str], image: str, work: Path, *,
                     states: int = 200, seed: int = 0, env: dict[str, str] | None = None,
                     recover: list[str] | None = None,
-                    judge: Callable[[Path], str | None] | None = None) -> PowerLossResult:
+                    judge: Callable[[Path], str | None] | None = None,
+                    model: str = "ext4") -> PowerLossResult:
     """Record `args` run on the folder `make` builds, then judge `states` power-loss states.
 
     `image` names the main image file (for qemu-img); `recover` is the command run on a
     state that needs recovery (default `check IMAGE --repair`); `judge(folder)` returns a
-    problem (or None) for a reference folder, e.g. fsck.fat or mtools on its content."""
+    problem (or None) for a reference folder, e.g. fsck.fat or mtools on its content.
+    `model` is the file system's crash model ("ext4", or "ntfs": see the module's doc)."""
     rec = record(make, args, work, env)
     assert rec.result.returncode == 0, f"the recorded run failed: {rec.result.stderr}"
     for ref in (rec.before, rec.after):
@@ -462,7 +477,7 @@ def power_loss_test(make: Callable[[Path], None], args: list[str], image: str, w
     recover = recover or ["check", image, "--repair"]
     res = PowerLossResult(ops=len(rec.ops), recording=rec)
     verdicts: dict[str, str | None] = {}
-    chosen = crash_states(rec, states, seed)
+    chosen = crash_states(rec, states, seed, model)
     res.exhausted = len(chosen) < states
     for n, state in enumerate(chosen):
         res.states += 1

@@ -17,6 +17,7 @@ from typing import Any, Optional, TypeVar
 import typer
 
 from ..errors import Finding, RepairError, VdiskError
+from ..image import platform
 from ..image.detect import FORMATS, forced_format
 
 EXIT_OK = 0
@@ -141,7 +142,7 @@ def handle_errors(fn: F) -> F:
         except BrokenPipeError:
             # the reader (e.g. `| head`) went away: stop quietly, as cat and grep do
             try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
+                devnull = platform.open_fd(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
             except (OSError, ValueError):
                 pass
@@ -155,7 +156,9 @@ def handle_errors(fn: F) -> F:
             if isinstance(exc, VdiskError):
                 msg = str(exc)
             elif isinstance(exc, OSError):
-                msg = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+                msg = f"{exc.filename + ': ' if exc.filename else ''}{platform.describe(exc)}"
+                if platform.held_open(exc):
+                    hint = hint or platform.HELD_OPEN_HINT
             elif isinstance(exc, (MemoryError, RecursionError)):
                 msg = f"input too large or too deeply nested ({type(exc).__name__})"
             else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatError
+from . import charsets
 
 MAX_DESCRIPTOR_BYTES = 4 << 20   # 65536 extent lines of a twoGbMaxExtent* disk fit
 MAX_EXTENTS = 65536              # 128 TiB in 2047 MiB extents; VMware's largest disk is 62 TB
@@ -86,6 +87,9 @@ class Descriptor:
     newline: str = "\n"
     encoding: str = "utf-8"   # how the bytes were decoded; writing uses the same
     bom: bool = False
+    # the bytes of each line as read, where the codec could spell its text otherwise
+    # (cp932 has two byte sequences for some characters): untouched lines stay as they were
+    raw_lines: dict[str, bytes] = field(default_factory=dict, repr=False)
     keys: dict[str, int] = field(default_factory=dict)
     extents: list[ExtentLine] = field(default_factory=list)
 
@@ -180,8 +184,13 @@ class Descriptor:
         return self.newline.join(self.lines) + self.newline
 
     def to_bytes(self) -> bytes:
-        data = self.render().encode(self.encoding, errors="replace")
-        return b"\xef\xbb\xbf" + data if self.bom else data
+        if self.raw_lines:
+            nl = self.newline.encode(self.encoding)
+            data = b"".join((self.raw_lines.get(line) or line.encode(self.encoding, "replace")) + nl
+                            for line in self.lines)
+        else:
+            data = self.render().encode(self.encoding, errors="replace")
+        return charsets.BOM + data if self.bom else data
 
 
 def unquote(value: str) -> str:
@@ -223,15 +232,13 @@ def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise FormatError(f"descriptor larger than {MAX_DESCRIPTOR_BYTES} bytes", path=path)
     data = data.split(b"\0", 1)[0]
-    bom = data.startswith(b"\xef\xbb\xbf")
+    bom = data.startswith(charsets.BOM)
     if bom:
         data = data[3:]
-    try:
-        text, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        # windows-1252 and other 8-bit descriptors: latin-1 maps every byte to itself, so
-        # writing back with it keeps each untouched byte as it was
-        text, encoding = data.decode("latin-1"), "latin-1"
+    # the `encoding` key's charset (windows-1252, Shift_JIS ... as VMware writes them), else
+    # UTF-8, else latin-1, which maps every byte to itself, so that writing back with it
+    # keeps each untouched byte as it was
+    text, encoding = charsets.decode(data, "encoding")
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.replace("\r\n", "\n").split("\n")
     if lines and lines[-1] == "":
@@ -241,6 +248,10 @@ def parse_descriptor(data: bytes, path: str | None = None) -> Descriptor:
     desc = parse_descriptor_lines(lines, newline, path)
     desc.encoding = encoding
     desc.bom = bom
+    if encoding not in charsets.BYTE_EXACT:
+        raw = data.replace(b"\r\n", b"\n").split(b"\n")
+        desc.raw_lines = {line: r for line, r in zip(lines, raw, strict=False)
+                          if r.decode(encoding) == line}
     if desc.get("version") is None:
         raise FormatError("descriptor has no version= line", path=path)
     return desc

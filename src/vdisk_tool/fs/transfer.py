@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import FormatError, RefusedError
+from ..image import platform
 from .dirent import DirEntryInfo
 from .volume import FatVolume
 
@@ -35,11 +36,10 @@ def _create(path: str, overwrite: bool = True) -> BinaryIO:
     if not overwrite and os.path.lexists(path):
         raise RefusedError("exists; refusing to overwrite it", path=path,
                            hint="pass --overwrite to replace it")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = platform.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, nofollow=True)
     except OSError as exc:
-        raise RefusedError(f"cannot create: {exc.strerror}", path=path) from None
+        raise RefusedError(f"cannot create: {platform.describe(exc)}", path=path) from None
     return os.fdopen(fd, "wb")
 
 

@@ -6,7 +6,6 @@ optional writes, and the runs that hold data, so that work can skip what is not 
 from __future__ import annotations
 
 import enum
-import errno
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..errors import ImageError, UnsupportedError
-from . import hostio
+from . import hostio, platform
 
 SECTOR_BYTES = 512
 
@@ -87,25 +86,9 @@ def merge_runs(runs: Iterator[Run]) -> Iterator[Run]:
 
 
 def host_data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) of the ranges in [start, end) that the host file system stores."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return
-            yield pos, end - pos  # no SEEK_DATA support: treat all as data
-            return
-        if data >= end:
-            return
-        try:
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-        except OSError:
-            hole = end
-        hole = min(hole, end)
-        yield data, hole - data
-        pos = hole
+    """(offset, length) of the ranges in [start, end) that the host file system stores
+    (image/platform.py: SEEK_DATA/SEEK_HOLE, or Windows' allocated ranges)."""
+    return platform.data_ranges(fd, start, end)
 
 
 COPY_CHUNK_BYTES = 1 << 20    # the unit in which copy_data looks for zeros
@@ -199,9 +182,11 @@ class ReopenableFile:
         if create:
             flags |= os.O_CREAT
         try:
-            return os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+            return platform.open_fd(self.path, flags)
         except OSError as exc:
-            raise ImageError(f"cannot open: {exc.strerror}", path=self.path) from None
+            raise ImageError(f"cannot open: {platform.describe(exc)}", path=self.path,
+                             hint=platform.HELD_OPEN_HINT if platform.held_open(exc) else None
+                             ) from None
 
     @property
     def _fd(self) -> int:

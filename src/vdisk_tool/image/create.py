@@ -17,7 +17,7 @@ from .. import clock
 from ..errors import RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
-from . import hostio, parallel
+from . import hostio, parallel, platform
 from .base import SECTOR_BYTES, BlockDevice, Run, RunKind, copy_data, merge_runs
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .sparse import SparseExtent
@@ -358,6 +358,7 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
     is copied file to file (copy_range: in the kernel where possible) without being read;
     what has to be decoded is read and written without its zero pieces; holes stay holes."""
     with open(tmp, "r+b") as f:
+        platform.set_sparse(f.fileno())
         f.truncate(size_bytes)
         fd = f.fileno()
         if source is not None:
@@ -431,7 +432,7 @@ class _SourceFiles:
         if fd is None:
             fd = hostio.fd_for(path)
             if fd is None:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = platform.open_fd(path, os.O_RDONLY)
                 self.owned.append(fd)
             self.fds[path] = fd
         return fd
@@ -503,14 +504,14 @@ def write_sparse_extent(tmp: str, capacity_sectors: int, descriptor: bytes | Non
     with open(tmp, "r+b") as f:
         fd = f.fileno()
         f.truncate(lay["overhead_sectors"] * SECTOR_BYTES)
-        os.pwrite(fd, vs.build_header(lay), 0)
+        hostio.pwrite(fd, vs.build_header(lay), 0)
         if descriptor is not None:
-            os.pwrite(fd, descriptor, SECTOR_BYTES)
+            hostio.pwrite(fd, descriptor, SECTOR_BYTES)
         for dir_sector in (lay["rgd_offset_sectors"], lay["gd_offset_sectors"]):
             first_gt = dir_sector + gd_sectors
             entries = array("I", (first_gt + 4 * i for i in range(gts)))
-            os.pwrite(fd, entries.tobytes(), dir_sector * SECTOR_BYTES)
-        os.fsync(fd)
+            hostio.pwrite(fd, entries.tobytes(), dir_sector * SECTOR_BYTES)
+        hostio.fsync(fd)
     if source is None:
         return
     ext = SparseExtent(tmp, writable=True)
@@ -582,4 +583,4 @@ def write_stream(tmp: str, capacity_sectors: int, descriptor: bytes, source: Blo
         footer = dict(hdr, gd_offset_sectors=gd_at)
         _write_all(fd, vs.build_header(footer))
         _write_all(fd, bytes(SECTOR_BYTES))  # EOS marker
-        os.fsync(f.fileno())
+        hostio.fsync(f.fileno())

@@ -11,6 +11,7 @@ from ..errors import FormatError, ImageError, UnsupportedError
 from ..formats import containers as ct
 from ..formats import vmdk_descriptor as vd
 from ..formats import vmdk_sparse as vs
+from . import vmpath
 from .base import (
     SECTOR_BYTES,
     BlockDevice,
@@ -256,20 +257,25 @@ def read_descriptor(path: str) -> vd.Descriptor | None:
 
 
 def _resolve(base_dir: str, name: str, allow_outside: bool, what: str, owner: str) -> str:
-    """An extent or parent file name, kept inside the image's folder unless allowed."""
-    norm = name.replace("\\", "/")
+    """An extent or parent file name as VMware writes it on any host (image/vmpath.py),
+    kept inside the image's folder unless allowed: a drive letter, a UNC name, a rooted
+    name or `..` lies outside."""
+    vname = vmpath.parse_name(name)
+    if not allow_outside and vname.outside:
+        raise ImageError(f"{what} {name!r} lies outside the image's folder "
+                         f"(refused; pass --allow-outside to trust it)", path=owner)
+    full = vmpath.to_host(base_dir, vname)
     if not allow_outside:
-        if os.path.isabs(norm) or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") \
-                or ".." in norm.split("/"):
-            raise ImageError(f"{what} {name!r} lies outside the image's folder "
-                             f"(refused; pass --allow-outside to trust it)", path=owner)
-    full = norm if os.path.isabs(norm) else os.path.join(base_dir, norm)
-    if not allow_outside:
-        real_base = os.path.realpath(base_dir)
-        if not os.path.realpath(full).startswith(real_base + os.sep):
+        real_base = os.path.normcase(os.path.realpath(base_dir))
+        if not os.path.normcase(os.path.realpath(full)).startswith(real_base + os.sep):
             raise ImageError(f"{what} {name!r} resolves outside the image's folder "
                              f"(refused; pass --allow-outside to trust it)", path=owner)
     return full
+
+
+def _missing(what: str, name: str, full: str, owner: str) -> ImageError:
+    hint = vmpath.missing_hint(vmpath.parse_name(name), full)
+    return ImageError(f"{what} {name!r} is missing{hint}", path=owner)
 
 
 def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outside: bool = False,
@@ -414,13 +420,13 @@ def _open_descriptor(path: str, writable: bool, allow_outside: bool, depth: int,
             elif line.extent_type in ("FLAT", "VMFS"):
                 epath = _resolve(base, line.filename, allow_outside, "extent", path)
                 if not os.path.isfile(epath):
-                    raise ImageError(f"extent file {line.filename!r} is missing", path=path)
+                    raise _missing("extent file", line.filename, epath, path)
                 dev = FileDevice(epath, writable=writable and line.access == "RW",
                                  base_offset=(line.offset_sectors or 0) * SECTOR_BYTES, size_bytes=size)
             elif line.extent_type == "SPARSE":
                 epath = _resolve(base, line.filename, allow_outside, "extent", path)
                 if not os.path.isfile(epath):
-                    raise ImageError(f"extent file {line.filename!r} is missing", path=path)
+                    raise _missing("extent file", line.filename, epath, path)
                 if sniff(epath) != "sparse":
                     raise FormatError(f"extent {line.filename!r} is not a sparse extent", path=path)
                 sp = SparseExtent(epath, writable=writable and line.access == "RW")
@@ -460,7 +466,7 @@ def _attach_parent(disk: Disk, allow_outside: bool, depth: int, seen: frozenset[
     try:
         ppath = _resolve(base, hint, allow_outside, "parent", disk.path)
         if not os.path.exists(ppath):
-            raise ImageError(f"parent {hint!r} is missing", path=disk.path)
+            raise _missing("parent", hint, ppath, disk.path)
         parent = open_image(ppath, writable=False, allow_outside=allow_outside, _depth=depth + 1,
                             _seen=seen)
     except Exception:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import RefusedError
 from ..formats import vmdk_descriptor as vd
+from . import platform
 from .backup import check_backup_target
 from .base import SECTOR_BYTES
 from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
@@ -74,7 +75,7 @@ def roll_back_journal(path: str) -> bool:
         if _sha256(path) == record.get("descriptor_sha256"):
             for name, length in record.get("lengths", {}).items():
                 if os.path.exists(name) and os.path.getsize(name) != length:
-                    os.truncate(name, length)
+                    platform.set_length(name, length)
         for tmp in record.get("temps", []):
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -132,7 +133,7 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
         if backup:
             from .safe import sparse_copy
             sparse_copy(plan.path, backup)
-        os.truncate(plan.path, plan.new_bytes)
+        platform.set_length(plan.path, plan.new_bytes)
         fsync_path(plan.path)
         return
     if plan.method == "resize-qcow2":
@@ -208,7 +209,7 @@ def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
     with open(jp, "w") as f:
         json.dump(record, f)
         f.flush()
-        os.fsync(f.fileno())
+        platform.fsync(f.fileno())
     fsync_dir(jp)
     created = []
     try:
@@ -217,7 +218,7 @@ def _grow_flat(plan: GrowPlan, backup: str | None) -> None:
                 open(p, "wb").close()
                 created.append(p)
             if os.path.getsize(p) < length:
-                os.truncate(p, length)
+                platform.set_length(p, length)
             fsync_path(p)
         rep = Replacement()
         rep.add(tmp, os.path.abspath(plan.path))

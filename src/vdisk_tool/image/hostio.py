@@ -5,14 +5,16 @@ to an undo journal (image/journal.py): writes to the files it covers are buffere
 before a buffered page reaches a file its old bytes are in the journal, fsynced
 (specs/journal.md). Reads of covered files see the buffered writes.
 
-The OS functions are looked up at call time (`os.pwrite`, never a local alias), so test
-harnesses that interpose on them see every call.
+Outside the journal the calls go to image/platform.py, the one module that knows the host
+OS (os.pread/os.pwrite where present, seek + read/write under a lock elsewhere).
 """
 from __future__ import annotations
 
 import errno
 import os
 from typing import Protocol
+
+from . import platform
 
 
 class Journal(Protocol):
@@ -64,18 +66,14 @@ def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
     if hit is not None:
         hit[0].write(hit[1], offset, data)
         return len(data)
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
-    return done
+    return platform.pwrite(fd, data, offset)
 
 
 def pread(fd: int, length: int, offset: int) -> bytes:
     hit = _covered(fd)
     if hit is not None:
         return hit[0].read(hit[1], offset, length)
-    return os.pread(fd, length, offset)
+    return platform.pread(fd, length, offset)
 
 
 def preadinto(fd: int, buf: memoryview, offset: int) -> int:
@@ -85,7 +83,7 @@ def preadinto(fd: int, buf: memoryview, offset: int) -> int:
         data = hit[0].read(hit[1], offset, len(buf))
         buf[:len(data)] = data
         return len(data)
-    return os.preadv(fd, [buf], offset)
+    return platform.preadinto(fd, buf, offset)
 
 
 # errnos by which copy_file_range says "not here" (another file system, an old kernel, a
@@ -107,12 +105,12 @@ def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, lengt
     never bypasses its journal.
     """
     done = 0
-    if USE_COPY_FILE_RANGE and hasattr(os, "copy_file_range") \
+    if USE_COPY_FILE_RANGE and platform.FEATURES.copy_file_range \
             and _covered(src_fd) is None and _covered(dst_fd) is None:
         try:
             while done < length:
-                n = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done,
-                                       dst_offset + done)
+                n = platform.copy_file_range(src_fd, dst_fd, length - done, src_offset + done,
+                                             dst_offset + done)
                 if n == 0:
                     return done
                 done += n
@@ -142,7 +140,7 @@ def ftruncate(fd: int, length: int) -> None:
     if hit is not None:
         hit[0].truncate(hit[1], length)
         return
-    os.ftruncate(fd, length)
+    platform.ftruncate(fd, length)
 
 
 def fsync(fd: int) -> None:
@@ -151,7 +149,7 @@ def fsync(fd: int) -> None:
     if hit is not None:
         hit[0].fsync(hit[1])
         return
-    os.fsync(fd)
+    platform.fsync(fd)
 
 
 def settle(fd: int) -> None:

@@ -19,7 +19,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import Finding, ImageError, RefusedError, Severity
-from .safe import fsync_dir
+from . import platform
+from .platform import fsync_dir
 
 SUFFIX = ".vdisk-journal-edit"
 MAGIC = b"VDISKJNL"
@@ -46,12 +47,12 @@ def batch_bytes() -> int:
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+    if offset is not None:
+        platform.pwrite(fd, data, offset)
+        return
     view = memoryview(data)
     while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
+        view = view[os.write(fd, view):]
 
 
 @dataclass
@@ -83,16 +84,17 @@ class UndoJournal:
         self._batch = batch_bytes()
         self.journal_bytes = 0
         self.current = self.image_path      # the file being written (for error messages)
-        flags = (os.O_RDONLY if self.dry_run else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY if self.dry_run else os.O_RDWR
         try:
             for p in self.paths:
-                fd = os.open(p, flags)
+                fd = platform.open_fd(p, flags)
                 st = os.fstat(fd)
-                self.files.append(_File(p, fd, st.st_dev, st.st_ino, st.st_size, st.st_size,
-                                        st.st_size))
+                self.files.append(_File(p, fd, st.st_dev, platform.file_id(st), st.st_size,
+                                        st.st_size, st.st_size))
         except OSError as exc:
             self.close()
-            raise ImageError(f"cannot open for writing: {exc.strerror}", path=exc.filename) from None
+            raise ImageError(f"cannot open for writing: {platform.describe(exc)}",
+                             path=exc.filename) from None
         self._by_id = {(f.dev, f.ino): i for i, f in enumerate(self.files)}
         self._by_fd = {f.fd: i for i, f in enumerate(self.files)}
 
@@ -105,14 +107,14 @@ class UndoJournal:
             st = os.fstat(fd)
         except OSError:
             return None
-        return self._by_id.get((st.st_dev, st.st_ino))
+        return self._by_id.get((st.st_dev, platform.file_id(st)))
 
     def fd_for(self, path: str) -> int | None:
         try:
             st = os.stat(path)
         except OSError:
             return None
-        idx = self._by_id.get((st.st_dev, st.st_ino))
+        idx = self._by_id.get((st.st_dev, platform.file_id(st)))
         return None if idx is None else self.files[idx].fd
 
     def length(self, idx: int) -> int:
@@ -139,7 +141,7 @@ class UndoJournal:
     def _load(self, f: _File, pno: int) -> bytearray:
         start = pno * PAGE
         have = max(0, min(PAGE, f.real_end - start))
-        page = bytearray(os.pread(f.fd, have, start) if have else b"")
+        page = bytearray(platform.pread(f.fd, have, start) if have else b"")
         page.extend(bytes(PAGE - len(page)))
         return page
 
@@ -149,7 +151,7 @@ class UndoJournal:
         if end <= offset:
             return b""
         real = max(0, min(end, f.real_end) - offset)
-        out = bytearray(os.pread(f.fd, real, offset) if real else b"")
+        out = bytearray(platform.pread(f.fd, real, offset) if real else b"")
         out.extend(bytes(end - offset - len(out)))
         if self._pages:
             for pno in range(offset // PAGE, (end - 1) // PAGE + 1):
@@ -171,14 +173,14 @@ class UndoJournal:
         # the old bytes past the new end (none when the file grows), and the header first
         self._journal([(idx, p) for p in range(length // PAGE, -(-f.length // PAGE))])
         self.current = f.path
-        os.ftruncate(f.fd, length)
+        platform.ftruncate(f.fd, length)
         f.vlen = f.real_end = length
 
     def fsync(self, idx: int) -> None:
         self.flush()
         if not self.dry_run:
             self.current = self.files[idx].path
-            os.fsync(self.files[idx].fd)
+            platform.fsync(self.files[idx].fd)
 
     def settle(self, idx: int) -> None:
         self.flush()
@@ -225,7 +227,7 @@ class UndoJournal:
             f = self.files[idx]
             start = first * PAGE
             n = min((j - i) * PAGE, f.length - start)
-            old = os.pread(f.fd, n, start)
+            old = platform.pread(f.fd, n, start)
             if len(old) != n:
                 raise ImageError("short read while journalling", path=f.path, offset=start)
             head = _REC.pack(idx, start, n)
@@ -233,7 +235,7 @@ class UndoJournal:
             i = j
         self.current = self.jpath
         _write_all(self._jfd, out)
-        os.fsync(self._jfd)
+        platform.fsync(self._jfd)
         self.journal_bytes += len(out)
         self._saved.update(todo)
 
@@ -250,13 +252,13 @@ class UndoJournal:
         body += _CRC.pack(zlib.crc32(body))
         self.current = self.jpath
         try:
-            self._jfd = os.open(self.jpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+            self._jfd = platform.open_fd(self.jpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600,
+                                         nofollow=True)
         except FileExistsError:
             raise ImageError("an undo journal appeared beside the image during the edit: is "
                              "another vdisk writing to it?", path=self.jpath) from None
         _write_all(self._jfd, body)
-        os.fsync(self._jfd)
+        platform.fsync(self._jfd)
         fsync_dir(self.jpath)
         self.journal_bytes = len(body)
 
@@ -268,7 +270,7 @@ class UndoJournal:
         self.flush()
         for f in self.files:
             self.current = f.path
-            os.fsync(f.fd)
+            platform.fsync(f.fd)
         if self._jfd >= 0:
             os.close(self._jfd)
             self._jfd = -1
@@ -367,7 +369,7 @@ def identity_problem(path: str, ino: int) -> str | None:
         st = os.stat(path)
     except OSError:
         return f"{os.path.basename(path)}, which it names, is missing"
-    if st.st_ino != ino:
+    if platform.file_id(st) != ino:
         return (f"it was written for another file than {os.path.basename(path)} "
                 f"(inode {ino}, now {st.st_ino})")
     return None
@@ -380,7 +382,7 @@ def recover_journal(jpath: str) -> JournalState:
     if state.status == "foreign":
         return state
     if state.status == "valid":
-        fds = [os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)) for p, _, _ in state.files]
+        fds = [platform.open_fd(p, os.O_RDWR) for p, _, _ in state.files]
         try:
             with open(jpath, "rb") as j:
                 for idx, off, n, jpos in reversed(state.records):
@@ -388,8 +390,8 @@ def recover_journal(jpath: str) -> JournalState:
                     _write_all(fds[idx], j.read(n), off)
             for fd, (_, _, length) in zip(fds, state.files, strict=True):
                 if os.fstat(fd).st_size != length:
-                    os.ftruncate(fd, length)
-                os.fsync(fd)
+                    platform.ftruncate(fd, length)
+                platform.fsync(fd)
         finally:
             for fd in fds:
                 os.close(fd)

@@ -67,9 +67,9 @@ def _restore_eos(fixes: list[tuple[str, int]], backup: str | None, allow_outside
             rep.add(tmp, path)
             sparse_copy(path, tmp)
             with open(tmp, "r+b") as f:
-                os.pwrite(f.fileno(), bytes(SECTOR_BYTES), at)
+                hostio.pwrite(f.fileno(), bytes(SECTOR_BYTES), at)
                 f.truncate(at + SECTOR_BYTES)
-                os.fsync(f.fileno())
+                hostio.fsync(f.fileno())
             left = [f for f in check_image(tmp, allow_outside=allow_outside).findings
                     if f.code == "vmdk.stream-no-eos"]
             if left:

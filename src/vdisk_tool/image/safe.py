@@ -3,7 +3,8 @@
 Edits of an existing disk happen in place under an undo journal (image/journal.py). What
 cannot be edited in place (a streamOptimized disk) and what builds a new file is written
 complete beside the target, fsynced, given the old file's mode and owner, renamed over it
-(POSIX rename is atomic), and the folder is fsynced.
+(POSIX rename is atomic; on Windows the rename is written through) and the folder is
+fsynced where the OS allows it (image/platform.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import ImageError, LockedError
+from . import platform
 from .backup import check_backup_target
 from .base import copy_data, host_data_ranges
 
@@ -87,7 +89,7 @@ def create_temp(target: str) -> str:
     tmp = temp_path_for(target)
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = platform.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, nofollow=True)
     os.close(fd)
     return tmp
 
@@ -106,9 +108,9 @@ def leftovers_of(path: str) -> list[str]:
 
 
 def removal_command(tmp: str) -> str:
-    """The shell command that removes a leftover as it is (`rm -r` for a folder)."""
-    import shlex
-    return f"rm {'-r ' if os.path.isdir(tmp) and not os.path.islink(tmp) else ''}{shlex.quote(tmp)}"
+    """The shell command that removes a leftover as it is (`rm -r` for a folder;
+    PowerShell's Remove-Item on Windows)."""
+    return platform.removal_command(tmp)
 
 
 def _owner_alive(tmp: str) -> bool:
@@ -116,13 +118,7 @@ def _owner_alive(tmp: str) -> bool:
     tail = tmp.rsplit(TMP_MARK, 1)[-1].split(".")[0]
     if not tail.isdigit() or int(tail) == os.getpid():
         return False
-    try:
-        os.kill(int(tail), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return platform.pid_alive(int(tail))
 
 
 def clean_leftovers_for(path: str) -> list[str]:
@@ -149,20 +145,8 @@ def clean_leftovers_for(path: str) -> list[str]:
     return gone
 
 
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        fsync_path(folder)
-    except OSError:
-        pass
+fsync_path = platform.fsync_path
+fsync_dir = platform.fsync_dir
 
 
 def sparse_copy(src: str, dst: str, progress=None) -> None:
@@ -170,6 +154,7 @@ def sparse_copy(src: str, dst: str, progress=None) -> None:
     with open(src, "rb") as fi, open(dst, "r+b" if os.path.exists(dst) else "wb") as fo:
         size = os.fstat(fi.fileno()).st_size
         fo.truncate(0)
+        platform.set_sparse(fo.fileno())
         fo.truncate(size)
         done = 0
         for start, length in host_data_ranges(fi.fileno(), 0, size):
@@ -177,7 +162,7 @@ def sparse_copy(src: str, dst: str, progress=None) -> None:
                       progress and (lambda n, base=done: progress(base + n, size)))
             done += length
         fo.flush()
-        os.fsync(fo.fileno())
+        platform.fsync(fo.fileno())
 
 
 def keep_identity(old: str, new: str) -> None:
@@ -189,7 +174,7 @@ def keep_identity(old: str, new: str) -> None:
     except FileNotFoundError:
         return
     os.chmod(new, stat.S_IMODE(st.st_mode))
-    if (st.st_uid, st.st_gid) != (os.stat(new).st_uid, os.stat(new).st_gid):
+    if hasattr(os, "chown") and (st.st_uid, st.st_gid) != (os.stat(new).st_uid, os.stat(new).st_gid):
         try:
             os.chown(new, st.st_uid, st.st_gid)
         except PermissionError:
@@ -223,7 +208,7 @@ class Replacement:
             if os.path.islink(target):
                 raise ImageError("refusing to replace a symbolic link", path=target)
             keep_identity(target, tmp)
-            os.replace(tmp, target)
+            platform.replace(tmp, target)
         for _, target in self.pairs[:1]:
             fsync_dir(target)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import Finding, RefusedError, RepairError, Severity, VdiskError
 from ..fs.volume import FatVolume, open_volume
+from ..image import platform
 from ..image.base import SECTOR_BYTES, BlockDevice, FileDevice, SliceDevice
 from ..image.disk import open_image
 from .boot_verify import (
@@ -81,6 +82,7 @@ def _write_firmware_file(vol: FatVolume, firmware: str) -> None:
 def build_boot_image(raw_path: str, size_bytes: int, firmware: str) -> None:
     """A raw boot disk (sparse) at raw_path: MBR, FAT16 IPVABOOT, IPVA.BIN."""
     with open(raw_path, "wb") as f:
+        platform.set_sparse(f.fileno())
         f.truncate(size_bytes)
     with FileDevice(raw_path, writable=True) as dev:
         format_boot_disk(dev)

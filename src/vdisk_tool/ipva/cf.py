@@ -17,6 +17,7 @@ from ..fs.check import check_volume
 from ..fs.format import default_fat_type, format_volume
 from ..fs.transfer import copy_tree
 from ..fs.volume import FatVolume, open_volume
+from ..image import platform
 from ..image.create import create_image, like
 from ..image.disk import open_image
 from ..image.edit import temp_dir_for
@@ -126,7 +127,7 @@ def apply_cf(plan: CfPlan, *, force: bool = False, backup: str | None = None,
             new_disk.flush()
         final = os.path.join(work, os.path.basename(plan.path))
         if plan.subformat == "monolithicSparse":
-            os.rename(scratch, final)
+            platform.replace(scratch, final)
             written = [final]
         else:
             with open_image(scratch) as src:

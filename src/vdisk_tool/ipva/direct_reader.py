@@ -2,7 +2,7 @@
 
 Verifying a firmware reads every byte of IPVA.BIN once; going through the image backends
 costs a copy per grain. The disk's runs already say which host file holds which bytes, so
-those reads are served with os.pread.
+those reads are served with positional reads of the host files.
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import os
 from collections.abc import Iterator
 
 from ..errors import ImageError
+from ..image import hostio, platform
 from ..image.base import BlockDevice, Run, RunKind, check_range, merge_runs
 
 
 class DirectReader:
     """Reads of a disk served straight from its host files where the disk's runs say where
-    the bytes are (os.pread, no per-grain copying), zeros for holes, and the disk's own
+    the bytes are (positional reads, no per-grain copying), zeros for holes, and the disk's own
     read_at for everything else (compressed grains, parent links)."""
 
     writable = False
@@ -34,8 +35,8 @@ class DirectReader:
         if run.kind == RunKind.DATA and run.file and run.file_offset is not None:
             fd = self._fds.get(run.file)
             if fd is None:
-                fd = self._fds[run.file] = os.open(run.file, os.O_RDONLY)
-            data = os.pread(fd, k, run.file_offset + pos - run.offset)
+                fd = self._fds[run.file] = platform.open_fd(run.file, os.O_RDONLY)
+            data = hostio.pread(fd, k, run.file_offset + pos - run.offset)
             if len(data) == k:
                 return data
         return self.disk.read_at(pos, k)

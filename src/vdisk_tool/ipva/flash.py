@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedError
 from ..formats import vmdk_descriptor as vd
+from ..image import hostio, platform
 from ..image.base import BlockDevice, FileDevice, RunKind
 from ..image.create import create_image, like, new_cid, write_sparse_extent
 from ..image.disk import Disk, open_image, read_descriptor, sniff
@@ -147,10 +148,11 @@ def write_backup(dev: BlockDevice, out_path: str, progress: Progress | None = No
     n = 0
     try:
         with open(tmp, "r+b") as f:
+            platform.set_sparse(f.fileno())
             f.truncate(region)
             for i in used_segments(dev, 0, region):
                 lo = i * SEGMENT_BYTES
-                os.pwrite(f.fileno(), dev.read_at(lo, min(SEGMENT_BYTES, region - lo)), lo)
+                hostio.pwrite(f.fileno(), dev.read_at(lo, min(SEGMENT_BYTES, region - lo)), lo)
                 n += 1
                 if progress:
                     progress(lo, region)
@@ -301,6 +303,7 @@ def _build_blank(disk: Disk, plan: ResetPlan, work: str, rep: Replacement) -> No
     if disk.subformat == "raw":
         tmp = os.path.join(work, name)
         with open(tmp, "wb") as f:
+            platform.set_sparse(f.fileno())
             f.truncate(plan.size_bytes)
         rep.add(tmp, plan.path)
         return

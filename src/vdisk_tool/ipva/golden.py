@@ -23,7 +23,7 @@ from .. import clock
 from ..errors import LockedError, RefusedError, UnsupportedError
 from ..formats import dump_store as ds
 from ..fs.format import format_volume
-from ..image import safe
+from ..image import platform, safe
 from ..image.base import FileDevice
 from ..image.create import create_image, like
 from ..image.disk import open_image
@@ -172,6 +172,7 @@ def _from_scratch(path: str, size_bytes: int, subformat: str, fill: Callable[[Fi
     scratch = safe.create_temp(path + ".raw")
     try:
         with open(scratch, "r+b") as f:
+            platform.set_sparse(f.fileno())
             f.truncate(size_bytes)
         with FileDevice(scratch, writable=True) as dev:
             fill(dev)
@@ -197,7 +198,7 @@ def _install(work: str, dest: str) -> None:
         safe.fsync_path(os.path.join(work, name))
     if os.path.isdir(dest):
         os.rmdir(dest)
-    os.rename(work, dest)
+    platform.replace(work, dest)
     safe.fsync_dir(dest)
 
 

@@ -20,6 +20,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+from ..image import hostio, platform
 from .vmx import shown
 
 MAX_FILES = 4
@@ -106,14 +107,13 @@ def read_tail(path: str, limit: int = MAX_TAIL_BYTES) -> bytes:
     whole file fits). Not a symbolic link, FIFO or device: that raises OSError."""
     if stat.S_ISLNK(os.lstat(path).st_mode):
         raise OSError(f"{os.path.basename(path)} is a symbolic link (not followed)")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
+    fd = platform.open_fd(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), nofollow=True)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{os.path.basename(path)} is not a regular file")
         start = max(0, st.st_size - limit)
-        data = os.pread(fd, limit, start)
+        data = hostio.pread(fd, limit, start)
     finally:
         os.close(fd)
     if start > 0:

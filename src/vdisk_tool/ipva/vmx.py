@@ -2,8 +2,11 @@
 
 A vmx is a list of lines `key = "value"`; keys compare case-insensitively, `#` at the start
 of a line makes a comment. `Vmx` keeps the raw lines (with their own line endings) and
-rewrites only the lines an edit touches, so a file VMware or a user wrote stays theirs.
-Undecodable bytes survive through `surrogateescape`.
+rewrites only the lines an edit touches, so a file VMware or a user wrote stays theirs:
+CRLF line ends (Workstation on Windows), a UTF-8 byte order mark, and the character set
+`.encoding` names (windows-1252, Shift_JIS ...; UTF-8 when absent) are kept; an untouched
+line is written back as the bytes it was read from. Undecodable bytes survive through
+`surrogateescape`.
 
 Disks are found by their controller slot (`ide0:0` ...), never by file name: vSphere
 renames them (`xxx.vmdk`, `xxx_1.vmdk` ...).
@@ -17,7 +20,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import FormatError, ImageError
-from ..image import safe
+from ..formats import charsets
+from ..image import safe, vmpath
 
 MAX_VMX_BYTES = 1 << 20
 ENCODING = "utf-8"
@@ -110,9 +114,18 @@ class Vmx:
                               offset=data.index(b"\0"))
         self.path = path
         self.original = data
-        text = data.decode(ENCODING, "surrogateescape")
+        self.bom = data.startswith(charsets.BOM)
+        body = data[len(charsets.BOM):] if self.bom else data
+        declared = charsets.declared(body, ".encoding")
+        self.encoding = (charsets.python_codec(declared) if declared else None) or ENCODING
+        text = body.decode(self.encoding, "surrogateescape")
         self.lines: list[str] = text.splitlines(keepends=True)
         self.newline = "\r\n" if "\r\n" in text else "\n"
+        self._raw: dict[str, bytes] = {}
+        if self.encoding not in charsets.BYTE_EXACT:
+            self._raw = {line: raw for line, raw in zip(self.lines, body.splitlines(keepends=True),
+                                                        strict=False)
+                         if raw.decode(self.encoding, "surrogateescape") == line}
 
     # -- reading -------------------------------------------------------------------------
     @classmethod
@@ -198,7 +211,9 @@ class Vmx:
         return bool(idx)
 
     def render(self) -> bytes:
-        return "".join(self.lines).encode(ENCODING, "surrogateescape")
+        body = b"".join(self._raw.get(line) or line.encode(self.encoding, "surrogateescape")
+                        for line in self.lines)
+        return charsets.BOM + body if self.bom else body
 
     @property
     def changed(self) -> bool:
@@ -207,7 +222,8 @@ class Vmx:
     def diff(self) -> str:
         """A unified diff from the file as read to the file as it would be written."""
         name = os.path.basename(self.path or "vmx")
-        a = self.original.decode(ENCODING, "surrogateescape").splitlines(keepends=True)
+        a = self.original.removeprefix(charsets.BOM).decode(
+            self.encoding, "surrogateescape").splitlines(keepends=True)
         b = "".join(self.lines).splitlines(keepends=True)
         return "".join(difflib.unified_diff(a, b, f"a/{name}", f"b/{name}"))
 
@@ -237,8 +253,10 @@ class Vmx:
 
     # -- disks ---------------------------------------------------------------------------
     def resolve(self, file_name: str) -> str:
-        """A fileName as VMware resolves it: relative names against the vmx folder."""
-        return os.path.normpath(os.path.join(self.folder, file_name))
+        """A fileName as VMware resolves it: relative names against the vmx folder, with
+        either separator, a drive letter as on the Windows host that wrote it
+        (image/vmpath.py)."""
+        return os.path.normpath(vmpath.to_host(self.folder, vmpath.parse_name(file_name)))
 
     def slots(self) -> list[DiskSlot]:
         """Every controller slot the vmx names, sorted by bus and position."""

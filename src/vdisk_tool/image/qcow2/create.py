@@ -5,12 +5,12 @@ order through the Qcow2Device write path (preallocation off).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import RefusedError
 from ...formats import qcow2 as q
+from .. import hostio
 from .header import l1_entries_for
 
 Progress = Callable[[int, int], None]
@@ -144,12 +144,12 @@ def write_empty(path: str, size_bytes: int, o: Qcow2Options) -> None:
         q.refcount_set(blocks, c, o.refcount_order, 1)
     with open(path, "r+b") as f:
         f.truncate(0)
-        f.truncate(total * cs)
         fd = f.fileno()
-        os.pwrite(fd, header, 0)
-        os.pwrite(fd, table, cs)
-        os.pwrite(fd, bytes(blocks), (1 + t) * cs)
-        os.fsync(fd)
+        hostio.ftruncate(fd, total * cs)
+        hostio.pwrite(fd, header, 0)
+        hostio.pwrite(fd, table, cs)
+        hostio.pwrite(fd, bytes(blocks), (1 + t) * cs)
+        hostio.fsync(fd)
 
 
 def write_qcow2(path: str, size_bytes: int, o: Qcow2Options, source=None,

@@ -13,7 +13,7 @@ from array import array
 
 from ...errors import Severity, VdiskError
 from ...formats import vhdx as vx
-from .. import hostio
+from .. import hostio, platform
 from . import log as vlog
 from .layout import Layout, Problems, _Stop, check_log_fields, read_headers, read_metadata, read_regions
 
@@ -24,7 +24,7 @@ BAT_PIECE_ENTRIES = 1 << 17      # 1 MiB of BAT at a time
 def check_vhdx(path: str, report, allow_outside: bool = False):
     """Fill `report` (image/check.py CheckReport) with the findings of the VHDX at `path`."""
     from ..check import TableFix
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = platform.open_fd(path, os.O_RDONLY)
     try:
         fb = hostio.file_bytes(fd)
 

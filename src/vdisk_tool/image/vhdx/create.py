@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ...errors import RefusedError
 from ...formats import vhdx as vx
-from .. import hostio
+from .. import hostio, platform
 from ..base import BlockDevice
 
 SUBFORMATS = ("vhdx-dynamic", "vhdx-fixed")
@@ -119,7 +119,7 @@ def write_vhdx(tmp: str, size_bytes: int, subformat: str, block_bytes: int | Non
     bat_bytes = bat_region_bytes(size_bytes, block_bytes)
     payload = BAT_OFFSET + bat_bytes
     bat = bytearray(bat_bytes)
-    fd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    fd = platform.open_fd(tmp, os.O_RDWR)
     try:
         hostio.pwrite(fd, file_identifier(), 0)
         for off, raw in zip(vx.HEADER_OFFSETS, build_headers(), strict=True):
