@@ -29,6 +29,8 @@ class Target(str, Enum):
     workstation = "workstation"
     vsphere = "vsphere"
     ova = "ova"
+    proxmox = "proxmox"
+    hyperv = "hyperv"
 
 
 class FatBits(str, Enum):

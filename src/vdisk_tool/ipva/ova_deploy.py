@@ -17,12 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, RefusedError, Severity
-from ..image.check import check_image
 from ..image.create import create_image
-from ..image.disk import Disk, open_image
-from ..image.info import compare_devices
+from .appliance import empty_destination, install, new_uuid, verify_copy, work_folder
 from .bundle import format_mac, format_uuid_bios, parse_mac, random_static_mac
-from .golden import _empty_destination, _install, _work_folder, new_uuid
 from .ova import Package, open_package, vmx_text
 from .ova_check import digest
 from .vmx import IDE_ROLES
@@ -101,7 +98,7 @@ def plan_deploy(package: str, folder: str, *, target: str = "workstation",
             disks.append(DeployDisk(slot, role, d.member.name, fname, d.capacity_bytes))
         nics = pkg.nics()
         old = nics[0].mac if nics else None
-    _empty_destination(folder)
+    empty_destination(folder)
     if new_mac:
         mac: int | None = random_static_mac()
     else:
@@ -117,7 +114,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
                  ) -> list[str]:
     """Write the bundle; returns its files (relative to the folder)."""
     tell = say or (lambda _m: None)
-    work = _work_folder(plan.folder)
+    work = work_folder(plan.folder)
     try:
         with open_package(plan.package) as pkg:
             tell("manifest digests")
@@ -132,7 +129,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
                                            path=plan.package)
                     create_image(out, src.size_bytes, plan.subformat, "ide", source=src,
                                  progress=progress)
-                    _verify_copy(src, out)
+                    verify_copy(src, out)
             text = vmx_text(pkg, {d.slot: d.file_name for d in plan.disks}, plan.mac,
                             plan.target, plan.name)
         if plan.mac is not None:
@@ -140,7 +137,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
         with open(os.path.join(work, f"{plan.name}.vmx"), "w", encoding="utf-8",
                   newline="\n") as f:
             f.write(text)
-        _install(work, plan.folder)
+        install(work, plan.folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -160,14 +157,3 @@ def _check_digests(pkg: Package, names: list[str]) -> None:
                                "digest in the manifest (damaged download)", path=pkg.path,
                                hint="download the package again")
 
-
-def _verify_copy(src: Disk, out: str) -> None:
-    report = check_image(out)
-    if not report.clean:
-        raise RefusedError(f"the converted disk does not check clean: "
-                           f"{report.findings[0].message}", path=out)
-    with open_image(out) as new:
-        res = compare_devices(src, new)
-    if not res.same:
-        raise RefusedError(f"the converted disk differs from the package's at byte "
-                           f"{res.first_difference}", path=out)
