@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 
 from .. import clock
 from ..errors import LockedError, RefusedError
@@ -14,6 +15,7 @@ from ..image import safe
 from ..image.base import BlockDevice
 from ..image.check import check_image
 from ..image.info import compare_devices
+from ..image.safe import LockOverrideWarning
 from .attachments import (
     Machine,
     PlatformOptions,
@@ -30,6 +32,16 @@ from .vmx import IDE_ROLES
 def new_uuid(mac: int) -> bytes:
     """A random uuid.bios whose last three bytes are the MAC's (as set-mac keeps them)."""
     return clock.token_bytes(13) + mac.to_bytes(6, "big")[3:]
+
+
+def refuse_running(locks: list[str], force: bool) -> None:
+    """A source with a VMware lock beside it is running: refuse (or warn under --force)."""
+    if locks and not force:
+        raise RefusedError(f"{os.path.basename(locks[0])} exists: the source VM is running",
+                           path=locks[0], hint="power it off first (or --force for a stale lock)")
+    if locks:
+        warnings.warn(f"{os.path.basename(locks[0])} exists (the source VM may be running); "
+                      "continuing because of --force", LockOverrideWarning, stacklevel=3)
 
 
 def empty_destination(folder: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,12 +22,12 @@ from ..image import safe
 from ..image.base import FileDevice
 from ..image.create import create_image, like
 from ..image.disk import open_image
-from ..image.safe import LockOverrideWarning
 from .appliance import (
     attachment_name,
     empty_destination,
     install,
     new_uuid,
+    refuse_running,
     work_folder,
     write_attachment,
 )
@@ -200,13 +199,7 @@ def plan_clone(src: str, dst: str, *, mac: str | None = None, reset_flash: bool 
                force: bool = False) -> ClonePlan:
     """Check the source (not running, disks present, chains inside its folder)."""
     b = open_bundle(src)
-    locks = b.lock_paths()
-    if locks and not force:
-        raise RefusedError(f"{os.path.basename(locks[0])} exists: the source VM is running",
-                           path=locks[0], hint="power it off first (or --force for a stale lock)")
-    if locks:
-        warnings.warn(f"{os.path.basename(locks[0])} exists (the source VM may be running); "
-                      "continuing because of --force", LockOverrideWarning, stacklevel=2)
+    refuse_running(b.lock_paths(), force)
     empty_destination(dst)
     disks = []
     for slot_name in IDE_ROLES:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from ..errors import FormatError, RefusedError, Severity
 from ..image.create import create_image
 from .appliance import empty_destination, install, new_uuid, verify_copy, work_folder
-from .bundle import format_mac, format_uuid_bios, parse_mac, random_static_mac
+from .bundle import format_mac, format_uuid_bios, parse_mac, parse_uuid_bios, random_static_mac
 from .ova import Package, open_package, vmx_text
 from .ova_check import digest
-from .vmx import IDE_ROLES
+from .vmx import IDE_ROLES, Vmx
 
 DEPLOY_TARGETS = {"workstation": "monolithicSparse", "vsphere": "vmfs"}
 Say = Callable[[str], None]
@@ -133,7 +133,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
             text = vmx_text(pkg, {d.slot: d.file_name for d in plan.disks}, plan.mac,
                             plan.target, plan.name)
         if plan.mac is not None:
-            text += f'uuid.bios = "{format_uuid_bios(new_uuid(plan.mac))}"\n'
+            text = with_uuid_bios(text, plan.mac, renew=plan.mac_renewed)
         with open(os.path.join(work, f"{plan.name}.vmx"), "w", encoding="utf-8",
                   newline="\n") as f:
             f.write(text)
@@ -142,6 +142,19 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
         shutil.rmtree(work, ignore_errors=True)
         raise
     return sorted(os.listdir(plan.folder))
+
+
+def with_uuid_bios(text: str, mac: int, renew: bool) -> str:
+    """The vmx text with a uuid.bios: the package's own (ExtraConfig) unless the MAC is
+    renewed or it has none, then a new one ending in the MAC's last bytes."""
+    vmx = Vmx(text.encode("utf-8"))
+    old = vmx.get("uuid.bios")
+    try:
+        uuid = parse_uuid_bios(old) if old and not renew else new_uuid(mac)
+    except FormatError:
+        uuid = new_uuid(mac)
+    vmx.set("uuid.bios", format_uuid_bios(uuid))
+    return vmx.render().decode("utf-8")
 
 
 def _check_digests(pkg: Package, names: list[str]) -> None:

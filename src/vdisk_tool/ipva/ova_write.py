@@ -9,7 +9,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 
 from .attachments import Machine, nic_for
-from .bundle import PERFCTR_KEY, format_mac
+from .bundle import PERFCTR_KEY, format_mac, format_uuid_bios
 from .targets import ROLES
 from .vmx import IDE_ROLES
 
@@ -90,6 +90,9 @@ def build_ovf(m: Machine, disks: dict[str, tuple[str, int]]) -> bytes:
         nic["Address"] = format_mac(m.mac)
     _item(hw, **nic)
     _sub(hw, "vmw", "ExtraConfig", ovf_required="false", vmw_key=PERFCTR_KEY, vmw_value="TRUE")
+    if m.uuid_bios:       # read back by bundle convert; deploy gives the vmx its own
+        _sub(hw, "vmw", "ExtraConfig", ovf_required="false", vmw_key="uuid.bios",
+             vmw_value=format_uuid_bios(m.uuid_bios))
     ET.indent(env)
     return ET.tostring(env, encoding="UTF-8", xml_declaration=True) + b"\n"
 
