@@ -16,7 +16,7 @@ import pytest
 from conftest import need_tool, run, vdisk
 from test_json_schema import _valid
 
-from vdisk_tool.errors import RefusedError, Severity
+from vdisk_tool.errors import RefusedError, Severity, VdiskError
 from vdisk_tool.ipva import convert, doctor, golden
 from vdisk_tool.ipva.attachments import (
     Machine,
@@ -323,3 +323,51 @@ def test_platform_targets_round_trip(source, tmp_path, runner, target):
     assert r.exit_code == 0, r.output
     same_disks(source, back, NAMES, NAMES)
     assert identity(back) == identity(source)
+
+
+def _platform_folder(source: str, folder: Path, target: str) -> list[str]:
+    """A Proxmox or Hyper-V folder as the platform would hold it, made without vdisk's
+    writers: the disks by qemu-img (qcow2/VHDX) where this build reads those containers,
+    else the source's VMDKs under the platform's names; the attachment vdisk writes."""
+    from vdisk_tool.image.disk import open_image
+    spec = TARGETS[target]
+    names = spec.disk_names(120)
+    folder.mkdir()
+    fmt = {"qcow2": "qcow2", "vhdx": "vhdx"}[spec.container]
+    for role, src_name in zip(names, NAMES, strict=True):
+        out = folder / names[role]
+        run(need_tool("qemu-img"), "convert", "-O", fmt, os.path.join(source, src_name), str(out))
+        try:
+            with open_image(str(out)) as d:
+                readable = d.format == fmt
+        except VdiskError:
+            readable = False
+        if not readable:
+            shutil.copyfile(os.path.join(source, src_name), out)
+    m = Machine("ipva", 64, 1, parse_mac(MAC), parse_uuid_bios(identity(source)[1]), None)
+    opts = PlatformOptions(vmid=120)
+    if target == "proxmox":
+        (folder / "120.conf").write_text(build_qm_conf(m, opts, {r: (names[r], SIZES[r]) for r in names}))
+    else:
+        (folder / "ipva.ps1").write_bytes(build_hyperv_script(m, opts, names, "ipva.ps1").encode())
+    return list(names.values())
+
+
+@pytest.mark.parametrize("target", ["proxmox", "hyperv"])
+def test_platform_folder_checks_and_converts_back(source, tmp_path, runner, target):
+    """`bundle check` reads a Proxmox or Hyper-V folder through its attachment; converting
+    it back to VMware gives the same disks, MAC and uuid.bios."""
+    names = _platform_folder(source, tmp_path / target, target)
+    folder = str(tmp_path / target)
+    r = vdisk(runner, "bundle", "check", folder, "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0, doc.get("findings") or doc
+    assert [os.path.basename(d["path"]) for d in doc["disks"]] == names
+    back = str(tmp_path / "back")
+    r = vdisk(runner, "bundle", "convert", folder, back, "--target", "workstation")
+    assert r.exit_code == 0, r.output
+    same_disks(source, back, NAMES, NAMES)
+    assert identity(back) == identity(source) and problems(back) == []
+    os.mkdir(os.path.join(folder, names[0] + ".lck"))
+    r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
+    assert r.exit_code == 3 and "running" in r.stderr

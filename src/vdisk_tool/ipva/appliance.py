@@ -5,28 +5,86 @@ against its source.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import warnings
 
 from .. import clock
-from ..errors import LockedError, RefusedError
+from ..errors import FormatError, LockedError, RefusedError
 from ..image import safe
 from ..image.base import BlockDevice
 from ..image.check import check_image
 from ..image.info import compare_devices
 from ..image.safe import LockOverrideWarning
 from .attachments import (
+    DEFAULT_VMWARE_NIC,
+    VMWARE_NIC_OF_QEMU,
     Machine,
     PlatformOptions,
     build_hyperv_script,
     build_qm_conf,
     nic_for,
+    read_hyperv_machine,
+    read_qm_machine,
 )
-from .bundle import PERFCTR_KEY, format_mac, format_uuid_bios
+from .bundle import PERFCTR_KEY, Bundle, format_mac, format_uuid_bios
 from .ova_write import write_ova
 from .targets import ROLES, TargetSpec
-from .vmx import IDE_ROLES
+from .vmx import IDE_ROLES, Vmx
+
+PLATFORM_CONFIGS = {".conf": "proxmox", ".ps1": "hyperv"}
+
+
+def find_platform_config(path: str) -> tuple[str, str] | None:
+    """(configuration, "proxmox"|"hyperv") of a folder vdisk wrote for Proxmox VE or
+    Hyper-V (one `*.conf` or `*.ps1` and no vmx), or of such a file itself."""
+    if os.path.isfile(path):
+        kind = PLATFORM_CONFIGS.get(os.path.splitext(path)[1].lower())
+        return (path, kind) if kind else None
+    if not os.path.isdir(path) or glob.glob(os.path.join(glob.escape(path), "*.vmx")):
+        return None
+    for ext, kind in PLATFORM_CONFIGS.items():
+        found = sorted(glob.glob(os.path.join(glob.escape(path), "*" + ext)))
+        if len(found) == 1:
+            return found[0], kind
+    return None
+
+
+def read_platform_config(config: str, kind: str) -> tuple[Machine, dict[str, str]]:
+    """The machine and the disk path of each role that a qm configuration or Hyper-V
+    script vdisk wrote names; disks must lie beside it."""
+    try:
+        with open(config, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+        reader = read_qm_machine if kind == "proxmox" else read_hyperv_machine
+        m, files = reader(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"not a {kind} appliance vdisk can read: {exc}", path=config) from None
+    folder = os.path.dirname(os.path.abspath(config))
+    disks = {}
+    for role, name in files.items():
+        if os.path.basename(name) != name or name in (".", ".."):
+            raise RefusedError(f"the {role} disk {name!r} is not a file beside the "
+                               "configuration", path=config)
+        disks[role] = os.path.join(folder, name)
+    return m, disks
+
+
+def open_platform_bundle(path: str) -> Bundle | None:
+    """A Proxmox or Hyper-V folder seen as a bundle for the doctor: a vmx made in memory
+    from its configuration (slots, MAC, memory, vCPUs; the NIC by its VMware name where
+    the device is the same). None when `path` is no such folder or file."""
+    found = find_platform_config(path)
+    if found is None:
+        return None
+    m, disks = read_platform_config(*found)
+    nic = VMWARE_NIC_OF_QEMU.get((m.nic or "").lower(), m.nic) if found[1] == "proxmox" \
+        else DEFAULT_VMWARE_NIC           # no public NIC requirement for Hyper-V
+    text = vmx_for_machine(m, "workstation", {r: os.path.basename(p) for r, p in disks.items()},
+                           nic=nic or DEFAULT_VMWARE_NIC)
+    vmx = Vmx(text.encode("utf-8"), path=found[0])
+    return Bundle(found[0], vmx)
 
 
 def new_uuid(mac: int) -> bytes:
@@ -81,8 +139,10 @@ def attachment_name(spec: TargetSpec, m: Machine, opts: PlatformOptions) -> str:
                                                                       f"{m.name}.vmx")
 
 
-def vmx_for_machine(m: Machine, target: str, names: dict[str, str]) -> str:
-    """A vmx holding every key ipva-model §6 asks for, with the machine's size and identity."""
+def vmx_for_machine(m: Machine, target: str, names: dict[str, str], nic: str | None = None
+                    ) -> str:
+    """A vmx holding every key ipva-model §6 asks for, with the machine's size and identity
+    (the NIC: `nic`, else the machine's device under its VMware name)."""
     net = ('ethernet0.networkName = "VM Network"' if target == "vsphere"
            else 'ethernet0.connectionType = "bridged"')
     lines = [
@@ -92,8 +152,8 @@ def vmx_for_machine(m: Machine, target: str, names: dict[str, str]) -> str:
     ]
     for slot, role in IDE_ROLES.items():
         lines += [f'{slot}.present = "TRUE"', f'{slot}.fileName = "{_q(names[role])}"']
-    lines += ['ethernet0.present = "TRUE"', f'ethernet0.virtualDev = "{nic_for(target, m.nic, None)}"',
-              net]
+    model = nic or nic_for(target, m.nic, None)
+    lines += ['ethernet0.present = "TRUE"', f'ethernet0.virtualDev = "{_q(model)}"', net]
     if m.mac is not None:
         lines += ['ethernet0.addressType = "static"', f'ethernet0.address = "{format_mac(m.mac)}"',
                   f'uuid.bios = "{format_uuid_bios(m.uuid_bios or new_uuid(m.mac))}"']

@@ -24,8 +24,10 @@ from ..image.disk import Disk, open_image
 from .appliance import (
     attachment_name,
     empty_destination,
+    find_platform_config,
     install,
     new_uuid,
+    read_platform_config,
     refuse_running,
     verify_copy,
     work_folder,
@@ -36,8 +38,6 @@ from .attachments import (
     PlatformOptions,
     check_machine,
     nic_for,
-    read_hyperv_machine,
-    read_qm_machine,
 )
 from .bundle import (
     CHECK_MAC_KEY,
@@ -111,20 +111,15 @@ def find_source(path: str) -> Source:
     if is_package(path):
         return _package_source(path)
     if os.path.isfile(path):
-        low = path.lower()
-        if low.endswith(".conf"):
-            return _platform_source(path, "proxmox")
-        if low.endswith(".ps1"):
-            return _platform_source(path, "hyperv")
-        return _vmx_source(path)
+        found = find_platform_config(path)
+        return _platform_source(*found) if found else _vmx_source(path)
     if not os.path.isdir(path):
         raise ImageError("no such file or folder", path=path)
     if glob.glob(os.path.join(glob.escape(path), "*.vmx")):
         return _vmx_source(find_vmx(path))
-    for pattern, kind in (("*.conf", "proxmox"), ("*.ps1", "hyperv")):
-        found = sorted(glob.glob(os.path.join(glob.escape(path), pattern)))
-        if len(found) == 1:
-            return _platform_source(found[0], kind)
+    found = find_platform_config(path)
+    if found is not None:
+        return _platform_source(*found)
     raise ImageError("no .vmx, Proxmox .conf or Hyper-V .ps1 in this folder", path=path,
                      hint="pass the appliance's folder, its .vmx or its package")
 
@@ -174,20 +169,7 @@ def _package_source(path: str) -> Source:
 
 
 def _platform_source(config: str, kind: str) -> Source:
-    try:
-        with open(config, encoding="utf-8") as f:
-            text = f.read(1 << 20)
-        reader = read_qm_machine if kind == "proxmox" else read_hyperv_machine
-        m, files = reader(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"not a {kind} appliance vdisk can read: {exc}", path=config) from None
-    folder = os.path.dirname(os.path.abspath(config))
-    disks = {}
-    for role, name in files.items():
-        if os.path.basename(name) != name or name in (".", ".."):
-            raise RefusedError(f"the {role} disk {name!r} is not a file beside the "
-                               "configuration", path=config)
-        disks[role] = os.path.join(folder, name)
+    m, disks = read_platform_config(config, kind)
     return Source(config, kind, config, m, disks)
 
 

@@ -22,6 +22,7 @@ from . import (
     doctor_disks,  # noqa: F401  (registers the disk checks)
     doctor_log,  # noqa: F401  (registers the vmware.log check)
 )
+from .appliance import open_platform_bundle
 from .bundle import (
     CHECK_MAC_KEY,
     MEMSIZE_MIN_MB,
@@ -80,8 +81,9 @@ MSG_NIC = "NIC unavailable!"
 
 # -- the whole run --------------------------------------------------------------------------
 def check_bundle(dir_or_vmx: str) -> Report:
-    """Run every registered check over the appliance at `dir_or_vmx`."""
-    ctx = Context(open_bundle(dir_or_vmx), dir_or_vmx)
+    """Run every registered check over the appliance at `dir_or_vmx` (a Proxmox or Hyper-V
+    folder vdisk wrote is seen through a vmx made from its configuration)."""
+    ctx = Context(open_platform_bundle(dir_or_vmx) or open_bundle(dir_or_vmx), dir_or_vmx)
     issues: list[Issue] = []
     for check in VMX_CHECKS:
         issues.extend(check(ctx))

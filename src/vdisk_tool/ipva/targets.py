@@ -65,7 +65,8 @@ def container_available(container: str) -> bool:
     """Whether this build's image layer writes `container` (vmdk always does)."""
     if container == "vmdk":
         return True
-    return container in getattr(image_create, "CONTAINERS", ())
+    return container in (*getattr(image_create, "FORMAT_SUBFORMATS", ()),
+                         *getattr(image_create, "CONTAINERS", ()))
 
 
 def require_writer(spec: TargetSpec) -> None:

@@ -70,6 +70,11 @@ class Entry:
     value: str
 
 
+# VMware's disks, and the qcow2/VHDX disks a Proxmox or Hyper-V folder's configuration names
+# (seen through a vmx made from it: specs/platforms.md)
+DISK_SUFFIXES = (".vmdk", ".qcow2", ".vhdx")
+
+
 @dataclass(frozen=True)
 class DiskSlot:
     """One controller slot named in the vmx (`ide0:1`), as the vmx describes it."""
@@ -88,7 +93,8 @@ class DiskSlot:
         if not self.present or not self.file_name:
             return False
         dt = (self.device_type or "disk").lower()
-        return "cdrom" not in dt and "floppy" not in dt and self.file_name.lower().endswith(".vmdk")
+        return "cdrom" not in dt and "floppy" not in dt and \
+            self.file_name.lower().endswith(DISK_SUFFIXES)
 
     def to_dict(self) -> dict[str, object]:
         return {"slot": self.slot, "bus": self.bus, "present": self.present,
