@@ -92,8 +92,9 @@ WRITERS: dict[tuple[str, ...], int] = {
 }
 
 
-def written_sparse_image(args: list[str]) -> str | None:
-    """The sparse VMDK a successful command line wrote, if any (see WRITERS)."""
+def written_sparse_image(args: list[str], magic: bytes = b"KDMV") -> str | None:
+    """The sparse VMDK (or, with magic QFI\\xfb, the qcow2) a successful command line wrote,
+    if any (see WRITERS)."""
     if "--dry-run" in args or (args[:1] == ["check"] and "--repair" not in args):
         return None
     for words, pos in WRITERS.items():
@@ -102,19 +103,25 @@ def written_sparse_image(args: list[str]) -> str | None:
             target = rest[pos] if len(rest) > pos and not rest[pos].startswith("-") else None
             if target and os.path.isfile(target):
                 with open(target, "rb") as f:
-                    if f.read(4) == b"KDMV":
+                    if f.read(4) == magic:
                         return target
     return None
 
 
 def vdisk(runner: CliRunner, *args: str):
     """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr).
-    A command that wrote a sparse VMDK must leave it clean for `vdisk check`."""
+    A command that wrote a sparse VMDK must leave it clean for `vdisk check`, one that wrote
+    a qcow2 clean for `qemu-img check`."""
     result = runner.invoke(app, list(args), catch_exceptions=False)
     target = written_sparse_image(list(args)) if result.exit_code == 0 else None
     if target:
         check = runner.invoke(app, ["check", target], catch_exceptions=False)
         assert check.exit_code == 0, f"vdisk {' '.join(args)} left {target} unclean:\n{check.stdout}"
+    qcow2 = written_sparse_image(list(args), b"QFI\xfb") if result.exit_code == 0 else None
+    if qcow2 and shutil.which("qemu-img"):
+        # every qcow2 vdisk writes must pass the oracle's refcount check
+        qc = run("qemu-img", "check", "-f", "qcow2", qcow2, check=False)
+        assert qc.returncode == 0, f"vdisk {' '.join(args)} left {qcow2} failing qemu-img check:\n{qc.stdout}"
     return result
 
 

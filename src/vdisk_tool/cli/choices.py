@@ -16,6 +16,15 @@ class Subformat(str, Enum):
     raw = "raw"
 
 
+class OutputFormat(str, Enum):
+    """The containers `create` and `convert` write (-O, as qemu-img): the VMDK subformats,
+    raw, qcow2, VHDX."""
+    vmdk = "vmdk"
+    raw = "raw"
+    qcow2 = "qcow2"
+    vhdx = "vhdx"
+
+
 class Adapter(str, Enum):
     """ddb.adapterType values (image.create.ADAPTERS)."""
     ide = "ide"

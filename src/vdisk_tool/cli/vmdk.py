@@ -2,6 +2,8 @@
 commands need are imported inside them, so `vdisk info` starts fast."""
 from __future__ import annotations
 
+import os
+
 import typer
 
 from ..image.backup import check_backup_for
@@ -9,7 +11,7 @@ from ..image.disk import open_image
 from ..image.info import allocation_map, compare_devices, describe
 from ..ipva.ova import is_package
 from .app import app
-from .choices import Adapter, Subformat, value
+from .choices import Adapter, OutputFormat, Subformat, value
 from .common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -27,6 +29,61 @@ from .common import (
 ALLOW_OUTSIDE = typer.Option(False, "--allow-outside",
                              help="Trust extent and parent paths outside the image's folder.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+OUTPUT_FORMAT = typer.Option(None, "--output-format", "-O", case_sensitive=False,
+                             help="The container to write (as qemu-img -O): vmdk (see "
+                                  "--subformat), raw, qcow2 or vhdx. Default: from the name "
+                                  "(.img/.raw, .qcow2, .vhdx), else the source's.")
+OPTIONS = typer.Option(None, "--options", "-o",
+                       help="Container options as qemu-img -o takes them. qcow2: cluster_size="
+                            "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on (create "
+                            "also backing_file=...,backing_fmt=...); vhdx: subformat=dynamic|"
+                            "fixed,block_size=1M..256M.")
+_BY_NAME = {".qcow2": "qcow2", ".vhdx": "vhdx", ".vmdk": "vmdk", ".img": "raw", ".raw": "raw"}
+
+
+def _pairs(text: str | None) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"-o takes key=value pairs, got {item!r}")
+        opts[key.strip()] = val.strip()
+    return opts
+
+
+def output_choice(path: str, output_format: OutputFormat | None, options: str | None,
+                  subformat: str | None, shape: dict | None = None
+                  ) -> tuple[str, str, object]:
+    """(container, subformat, creation options) from -O, -o, --subformat and the output's
+    name; `shape` is the source's (image.create.like) for convert, whose container and
+    options are kept when nothing else is asked."""
+    src_sub = (shape or {}).get("subformat") or ""
+    src_fmt = "qcow2" if src_sub == "qcow2" else "vhdx" if src_sub.startswith("vhdx") else None
+    fmt = (value(output_format) or ("raw" if subformat == "raw" else None)
+           or _BY_NAME.get(os.path.splitext(path.lower())[1])
+           or (src_fmt if subformat is None else None) or "vmdk")
+    same = fmt == src_fmt
+    from ..image.create import SUBFORMATS
+    if fmt == "qcow2":
+        from ..image.qcow2.create import parse_options
+        return fmt, "qcow2", parse_options(options, shape["options"] if same and shape else None)
+    opts = _pairs(options)
+    if fmt == "vhdx":
+        merged = {**(shape["options"] if same and shape else {}), **opts}
+        given = (subformat if subformat and subformat.startswith("vhdx")
+                 else src_sub if same else "vhdx-dynamic")
+        kind = merged.pop("subformat", given.removeprefix("vhdx-"))
+        if kind not in ("dynamic", "fixed"):
+            raise typer.BadParameter(f"VHDX subformat is dynamic or fixed, not {kind!r}")
+        return fmt, f"vhdx-{kind}", merged
+    if set(opts) - {"subformat"}:
+        raise typer.BadParameter(f"-o {', '.join(opts)}: only qcow2 and vhdx take creation "
+                                 "options")
+    if fmt == "raw":
+        return fmt, "raw", None
+    sub = opts.get("subformat") or (subformat if subformat and subformat != "raw" else
+                                    src_sub if src_sub in SUBFORMATS else "monolithicSparse")
+    return fmt, sub, None
 
 
 def _size(n: int) -> str:
@@ -72,7 +129,8 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     if d.get("geometry") and d["geometry"].get("cylinders") is not None:
         g = d["geometry"]
         typer.echo(f"geometry: {g['cylinders']}/{g['heads']}/{g['sectors']}")
-    for e in d["extents"]:
+    _echo_qcow2(d.get("qcow2"))
+    for e in d["extents"] if d["format"] != "qcow2" else ():
         typer.echo(f"extent: {e['access']} {e['sectors']} {e['type']} {e['file'] or ''}".rstrip())
     if len(d["chain"]) > 1:
         typer.echo("chain: " + " -> ".join(d["chain"]))
@@ -81,6 +139,28 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     if pending is not None:
         print_findings([pending])
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _echo_qcow2(q: dict | None) -> None:
+    """The qcow2 facts of `vdisk info`, as qemu-img info words them."""
+    if not q:
+        return
+    typer.echo(f"compat: {q['compat']}")
+    typer.echo(f"cluster size: {q['cluster_bytes']}")
+    typer.echo(f"refcount bits: {q['refcount_bits']}")
+    for key in ("lazy_refcounts", "extended_l2", "dirty", "corrupt"):
+        if q[key]:
+            typer.echo(f"{key.replace('_', ' ')}: true")
+    if q["backing_file"]:
+        fmt = f" (format {q['backing_format']})" if q["backing_format"] else ""
+        typer.echo(f"backing file: {q['backing_file']}{fmt}")
+    if q["bitmaps"]:
+        typer.echo(f"bitmaps: {q['bitmaps']} (kept, not read)")
+    if q["snapshots"]:
+        typer.echo("snapshots (internal; vdisk reads and writes the active layer):")
+        for s in q["snapshots"]:
+            size = "" if s["disk_size_bytes"] is None else f" disk {s['disk_size_bytes']} bytes"
+            typer.echo(f"  {s['id']:>4} {s['name']} vm state {s['vm_state_bytes']} bytes{size}")
 
 
 @app.command("map")
@@ -201,22 +281,33 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
                                                help="The VMDK subformat, or raw."),
            adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
            hw_version: str = typer.Option("4", "--hw-version", help="ddb.virtualHWVersion."),
+           output_format: OutputFormat | None = OUTPUT_FORMAT,
+           options: str | None = OPTIONS,
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
-    """Create an empty disk with geometry and descriptor as VMware writes them.
+    """Create an empty disk: a VMDK with geometry and descriptor as VMware writes them, a raw
+    image, or a qcow2 or VHDX as qemu-img lays them out.
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
+    Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
+    Example: vdisk create hd-flash.vhdx --size 100M -O vhdx -o subformat=dynamic,block_size=1M
     """
     from ..image.create import create_image
     n = parse_size(size)
     n = -(-n // 512) * 512
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
-    files = create_image(file, n, subformat, adapter, hw_version=hw_version, force=force,
-                         overwrite=overwrite)
+    fmt, sub, opts = output_choice(file, output_format, options, str(subformat))
+    files = create_image(file, n, sub, adapter, hw_version=hw_version, force=force,
+                         overwrite=overwrite, options=opts)
     if json_out:
-        emit_json({"files": files, "virtual_size_bytes": n, "subformat": subformat})
+        emit_json({"files": files, "virtual_size_bytes": n, "subformat": sub})
+    elif fmt == "qcow2":
+        from ..image.qcow2.create import Qcow2Options
+        assert isinstance(opts, Qcow2Options)
+        typer.echo(f"Formatting '{file}', fmt=qcow2 cluster_size={opts.cluster_bytes} "
+                   f"compat={opts.compat} refcount_bits={opts.refcount_bits} size={n}")
     else:
-        typer.echo(f"Formatting '{file}', fmt=vmdk size={n} subformat={subformat} adapter={adapter}")
+        typer.echo(f"Formatting '{file}', fmt={fmt} size={n} subformat={sub} adapter={adapter}")
 
 
 @app.command()
@@ -228,30 +319,33 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
                                                        help="Default: the source's, else "
                                                             "monolithicSparse."),
             raw: bool = typer.Option(False, "--raw", help="Write a raw image."),
+            output_format: OutputFormat | None = OUTPUT_FORMAT,
+            options: str | None = OPTIONS,
             adapter: Adapter | None = typer.Option(None, "--adapter",
                                                    help="Default: the source's adapter."),
             force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
             overwrite: bool = OVERWRITE, json_out: bool = JSON,
             allow_outside: bool = ALLOW_OUTSIDE) -> None:
     """Copy any readable image to any writable subformat; zero grains are not written.
+    The container follows -O, else the name (.img/.raw raw, .qcow2 qcow2, .vhdx VHDX), else
+    the source's.
 
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
+    Example: vdisk convert hd-cf.vmdk hd-cf.qcow2 -O qcow2 -o compat=1.1
+    Example: vdisk convert hd-cf.vmdk hd-cf.vhdx -O vhdx -o subformat=fixed
     """
     from ..image.create import carried_ddb, create_image, like
     with open_image(src, allow_outside=allow_outside) as disk:
         for w in disk.warnings:
             warn(w)
         shape = like(disk)
-        if raw or dst.lower().endswith((".img", ".raw")):
-            sub = "raw"
-        else:
-            sub = value(subformat) or (shape["subformat"] if shape["subformat"] != "raw"
-                                       else "monolithicSparse")
+        fmt, sub, opts = output_choice(dst, output_format, options,
+                                       "raw" if raw else value(subformat), shape)
         kept = carried_ddb(disk.descriptor, sub, value(adapter))
         with progress(f"converting to {sub}", not json_out) as cb:
             files = create_image(dst, disk.size_bytes, sub, kept.adapter, source=disk, progress=cb,
                                  force=force, hw_version=kept.hw_version, ddb=kept.ddb,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, options=opts)
         report(None, {"path": dst, "files": files, "subformat": sub,
                       "virtual_size_bytes": disk.size_bytes})
 

@@ -1,4 +1,5 @@
-"""`vdisk check`: walk all VMDK metadata and report every finding (specs/vmdk.md §Invariants).
+"""`vdisk check`: walk all VMDK metadata and report every finding (specs/vmdk.md §Invariants);
+a qcow2 image is checked by image/qcow2/check.py (specs/qcow2.md).
 
 A check never raises for what it finds: it returns Findings. Only an image that cannot be
 opened at all raises (exit 3 in the CLI).
@@ -55,6 +56,7 @@ class CheckReport:
     extent_sizes: dict[int, int] = field(default_factory=dict)   # extent index -> sectors
     grains_checked: int = 0
     roll_back: bool = False
+    rebuild_refcounts: bool = False     # qcow2: rebuild every refcount (image/qcow2/repair.py)
 
     def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
             fixable: bool = False, path: str | None = None) -> None:
@@ -96,6 +98,10 @@ def check_disk(disk: Disk, report: CheckReport, allow_outside: bool = False) -> 
                 report.add("vmdk.leftover-temp", W, f"{os.path.basename(tmp)} was left by an "
                            "interrupted run; the next change to this image removes it", path=tmp)
     try:
+        if disk.format == "qcow2":
+            from .qcow2.check import check_qcow2
+            check_qcow2(disk, report, allow_outside)
+            return report
         _check_descriptor(disk, report)
         for idx, ext in enumerate(disk.extents):
             if isinstance(ext.device, SparseExtent):

@@ -26,6 +26,8 @@ from .sparse import SparseExtent
 SUBFORMATS = ("monolithicSparse", "monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
               "twoGbMaxExtentFlat", "streamOptimized")
 ADAPTERS = ("ide", "lsilogic", "buslogic", "legacyESX")
+# other containers create_image writes, by the name of their format (one file, no descriptor)
+FORMAT_SUBFORMATS = ("qcow2",)
 SPLIT_SECTORS = 4192256            # 2047 MiB, as VMware splits
 EMBEDDED_DESCRIPTOR_SECTORS = 20
 GRAIN_SECTORS = vs.DEFAULT_GRAIN_SECTORS
@@ -45,13 +47,22 @@ def new_cid() -> int:
 
 
 def like(disk) -> dict:
-    """What create_image needs to make a blank disk identical in shape to `disk`."""
+    """What create_image needs to make a blank disk identical in shape to `disk`
+    (for a qcow2: its cluster size, compat, refcount width and lazy refcounts as `options`)."""
     desc = disk.descriptor
-    sub = disk.subformat if disk.subformat in SUBFORMATS else (
+    sub = disk.subformat if disk.subformat in SUBFORMATS + FORMAT_SUBFORMATS else (
         "raw" if disk.format == "raw" else "monolithicSparse")
+    options = None
+    if disk.format == "qcow2":
+        from .qcow2.create import Qcow2Options
+        m = disk.extents[0].device.meta
+        options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts)
+    if disk.format == "vhdx":
+        from .vhdx import shape_of
+        return shape_of(disk)
     return {"size_bytes": disk.size_bytes, "subformat": sub,
             "adapter": (desc.get("ddb.adapterType") if desc else None) or "ide",
-            "template": desc}
+            "template": desc, "options": options}
 
 
 # ddb keys a converted copy does not inherit: geometry is recomputed for its adapter,
@@ -130,14 +141,17 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  template: vd.Descriptor | None = None, hw_version: str = "4",
                  force: bool = False, backup: str | None = None,
                  parent_hint: str | None = None, parent_cid: int | None = None,
-                 ddb: dict[str, str] | None = None) -> list[str]:
-    """Create a disk (raw when subformat == 'raw'); fill it from `source` if given.
+                 ddb: dict[str, str] | None = None, options: object = None) -> list[str]:
+    """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2', VHDX when 'vhdx-dynamic'
+    or 'vhdx-fixed'); fill it from `source` if given. `options` are the container's creation
+    options: a Qcow2Options for qcow2, qemu-img -o pairs (block_size=...) for VHDX.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
     and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
     (see carried_ddb). Returns the files written (descriptor last).
     """
-    if subformat != "raw" and subformat not in SUBFORMATS:
+    vhdx = subformat.startswith("vhdx")
+    if subformat != "raw" and subformat not in SUBFORMATS + FORMAT_SUBFORMATS and not vhdx:
         raise RefusedError(f"unknown subformat {subformat!r}; choose one of {', '.join(SUBFORMATS)}")
     if adapter not in ADAPTERS:
         raise RefusedError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
@@ -163,6 +177,11 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     check_unlocked(targets, force=force)
     for t in targets:
         clean_leftovers_for(t)
+    if vhdx:
+        from .vhdx.create import create_vhdx, parse_options
+        return create_vhdx(path, size_bytes, subformat, source=source, progress=progress,
+                           backup=backup,
+                           **parse_options(options if isinstance(options, dict) else None))
     cid = new_cid()
     rep = Replacement()
     try:
@@ -170,6 +189,12 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))
             _write_raw(tmp, size_bytes, source, progress)
+        elif subformat == "qcow2":
+            from .qcow2.create import Qcow2Options, write_qcow2
+            tmp = create_temp(path)
+            rep.add(tmp, os.path.abspath(path))
+            write_qcow2(tmp, size_bytes, options if isinstance(options, Qcow2Options)
+                        else Qcow2Options(), source, progress)
         elif subformat == "monolithicSparse":
             tmp = create_temp(path)
             rep.add(tmp, os.path.abspath(path))

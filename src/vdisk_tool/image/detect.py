@@ -16,8 +16,9 @@ from contextvars import ContextVar
 from ..errors import FormatError, ImageError, UnsupportedError, WrongFormatError
 from ..formats import containers as ct
 
-FORMATS = ("raw", "vmdk")
-READS = "vdisk reads VMDK and raw images"
+FORMATS = ("raw", "vmdk", "qcow2", "vhdx")
+FORMAT_LIST = "raw, vmdk, qcow2 or vhdx"
+READS = "vdisk reads VMDK, qcow2, VHDX and raw images"
 
 
 # -f given for a file the user named: honoured wherever that file is opened during the
@@ -27,12 +28,12 @@ _FORCED: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("vdisk_forced_form
 
 @contextmanager
 def forced_format(path: str | os.PathLike[str] | None, fmt: str | None) -> Iterator[None]:
-    """Within the block, open `path` as `fmt` ('raw' or 'vmdk') whatever its bytes say."""
+    """Within the block, open `path` as `fmt` (one of FORMATS) whatever its bytes say."""
     if path is None or fmt is None:
         yield
         return
     if fmt not in FORMATS:
-        raise UnsupportedError(f"unknown format {fmt!r}; -f takes raw or vmdk")
+        raise UnsupportedError(f"unknown format {fmt!r}; -f takes {FORMAT_LIST}")
     token = _FORCED.set((*_FORCED.get(), (os.path.realpath(path), fmt)))
     try:
         yield
@@ -60,11 +61,11 @@ def detect(path: str) -> ct.Container:
 
 
 def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Container]:
-    """('vmdk' or 'raw', what was found) for the file at `path`; raises for anything vdisk
-    cannot read, naming what the file is."""
+    """('vmdk', 'qcow2', 'vhdx' or 'raw', what was found) for the file at `path`; raises for
+    anything vdisk cannot read, naming what the file is."""
     forced = forced or dict(_FORCED.get()).get(os.path.realpath(path))
     if forced is not None and forced not in FORMATS:
-        raise UnsupportedError(f"unknown format {forced!r}; -f takes raw or vmdk", path=path)
+        raise UnsupportedError(f"unknown format {forced!r}; -f takes {FORMAT_LIST}", path=path)
     found = detect(path)
     if found is ct.EMPTY:
         raise WrongFormatError("is empty (0 bytes): not a disk image", path, found.key)
@@ -72,8 +73,17 @@ def choose_format(path: str, forced: str | None = None) -> tuple[str, ct.Contain
         return "raw", found
     if found.family is ct.Family.VMDK:
         return "vmdk", found
+    if found is ct.VHDX and forced in (None, "vhdx"):
+        return "vhdx", found
+    if forced == "vhdx":
+        raise WrongFormatError(f"is {found.name}, not a VHDX image (-f vhdx)", path, found.key)
     if found.family is ct.Family.VMDK_UNSUPPORTED:
         _refuse_vmdk_kind(path, found)
+    if found is ct.QCOW2:
+        if forced in (None, "qcow2"):
+            return "qcow2", found
+    elif forced == "qcow2":
+        raise WrongFormatError(f"is {found.name}, not a qcow2 image (-f qcow2)", path, found.key)
     if forced == "vmdk":
         raise WrongFormatError(f"is {found.name}, not a VMDK (-f vmdk)", path, found.key)
     if found.family is ct.Family.PACKAGE:
@@ -94,7 +104,7 @@ def _foreign_hint(path: str, found: ct.Container) -> str | None:
     if found is ct.VHD_FIXED:
         return (f"convert it first (qemu-img convert -O vmdk {path} disk.vmdk), or pass -f raw "
                 "to read its disk bytes and the 512-byte footer after them")
-    if found.key in ("qcow2", "qcow", "vhdx", "vhd-dynamic", "vhd-fixed", "vdi", "qed"):
+    if found.key in ("qcow", "vhdx", "vhd-dynamic", "vhd-fixed", "vdi", "qed"):
         return f"convert it first, e.g. qemu-img convert -O vmdk {path} disk.vmdk"
     if found.family is ct.Family.FOREIGN and found.key != "luks":
         return "decompress it first"

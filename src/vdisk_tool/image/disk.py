@@ -1,5 +1,6 @@
-"""open_image(): any raw or VMDK image (every hosted subformat, snapshot chains) as one
-BlockDevice, plus what `info` needs to know about it (specs/vmdk.md)."""
+"""open_image(): any raw, VMDK (every hosted subformat, snapshot chains) or qcow2 image
+(image/qcow2/, with its backing chain) as one BlockDevice, plus what `info` needs to know
+about it (specs/vmdk.md, specs/qcow2.md)."""
 from __future__ import annotations
 
 import os
@@ -80,8 +81,8 @@ class Disk:
     """An opened image. It is itself a BlockDevice (size_bytes, read_at, write_at, runs)."""
 
     path: str
-    format: str                       # "raw" or "vmdk"
-    subformat: str                    # createType, or "raw"
+    format: str                       # "raw", "vmdk" or "qcow2"
+    subformat: str                    # createType, or "raw", "qcow2"
     descriptor: vd.Descriptor | None
     descriptor_path: str | None       # file holding the descriptor (text file or sparse file)
     extents: list[Extent]
@@ -272,9 +273,9 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
                parent_dir: str | None = None, follow_parent: bool = True,
                format: str | None = None, require_eos: bool = True,
                _depth: int = 0, _seen: frozenset[str] = frozenset()) -> Disk:
-    """Open any raw or VMDK image (and its parents, read-only) as a Disk.
+    """Open any raw, VMDK or qcow2 image (and its parents, read-only) as a Disk.
 
-    `format` ('raw' or 'vmdk') overrides what the file's bytes suggest, as qemu-img's -f;
+    `format` ('raw', 'vmdk' or 'qcow2') overrides what the file's bytes suggest, as qemu-img's -f;
     without it image/detect.py decides, refusing other containers by name.
     `require_eos=False` opens a stream whose end-of-stream marker is missing (for check).
     `parent_dir` is where a relative parentFileNameHint is looked up (default: the image's
@@ -291,6 +292,13 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, allow_outsi
     fmt, found = choose_format(path, format)
     if fmt == "raw":
         return _open_raw(path, writable)
+    if fmt == "qcow2":
+        from .qcow2 import open_qcow2
+        return open_qcow2(path, writable, allow_outside, follow_parent, _depth, _seen | {real})
+    if fmt == "vhdx":
+        from .vhdx import open_vhdx
+        return open_vhdx(path, writable, allow_outside, parent_dir, follow_parent, _depth,
+                         _seen | {real})
     if found is ct.SPARSE:
         disk = _open_sparse(path, writable, require_eos)
     else:

@@ -3,7 +3,9 @@
 Every subformat but streamOptimized is edited in place, under an undo journal at host-file
 level (image/journal.py, bound to image/hostio.py for the edit): the cost and the space
 needed grow with the change, and the files keep their inode, owner, mode and links.
-A sparse extent's uncleanShutdown byte is set for the edit and cleared at commit.
+A sparse extent's uncleanShutdown byte is set for the edit and cleared at commit, as is a
+qcow2 image's dirty bit when it has lazy refcounts; a dirty qcow2 gets its refcounts
+rebuilt first, as qemu does on opening it for writing.
 An exception rolls the edit back; dry_run writes nothing.
 
 streamOptimized images cannot change in place (VMware's tools refuse too): they are
@@ -23,7 +25,10 @@ from . import hostio
 from .create import create_image, like, new_cid
 from .disk import Disk, open_image
 from .journal import UndoJournal, recover
+from .qcow2 import Qcow2Device
+from .qcow2.repair import rebuild_refcounts
 from .safe import TMP_MARK, Replacement, check_unlocked, clean_leftovers_for, create_temp
+from .sparse import SparseExtent
 
 
 def temp_dir_for(path: str) -> str:
@@ -97,7 +102,10 @@ def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: boo
     try:
         journal = UndoJournal(path, files, dry_run=dry_run)
         hostio.bind(journal)
-        sparse = disk.sparse_extents
+        sparse = flagged_devices(disk)
+        for dev in sparse:
+            if isinstance(dev, Qcow2Device) and dev.meta.dirty:
+                rebuild_refcounts(dev)   # as qemu does when it opens a dirty image to write
         for ext in sparse:
             ext.mark_in_use(True)
         journal.flush()          # the journal exists and the flag is set before any change
@@ -122,6 +130,12 @@ def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: boo
         disk.close()
 
 
+def flagged_devices(disk: Disk) -> list[SparseExtent | Qcow2Device]:
+    """The devices whose in-use flag an edit sets and clears: a sparse extent's
+    uncleanShutdown byte, a qcow2 image's dirty bit (with lazy refcounts, as qemu sets it)."""
+    return [e.device for e in disk.extents if isinstance(e.device, (SparseExtent, Qcow2Device))]
+
+
 def _no_space(journal: UndoJournal, exc: OSError) -> ImageError:
     """One line for a full file system: which file, what the edit needed, what is free."""
     where = journal.current
@@ -141,7 +155,6 @@ def store_descriptor(disk: Disk, desc) -> None:
     of a sparse file, NUL padded): in place during an edit (under its journal), else as a
     new file renamed over the old one."""
     from ..errors import RefusedError
-    from .sparse import SparseExtent
     data = desc.to_bytes()
     target = disk.descriptor_path
     if target is None:

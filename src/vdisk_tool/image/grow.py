@@ -1,4 +1,7 @@
-"""`vdisk grow`: enlarge any writable VMDK (or raw image) without touching its data.
+"""`vdisk grow`: enlarge any writable VMDK (or raw or qcow2 image) without touching its data.
+
+A qcow2 image is grown in place under the undo journal (its size field, and its L1 table,
+which moves to new clusters when it outgrows its own).
 
 Sparse and stream subformats are rewritten into new files beside the old ones (cost: the
 metadata plus the allocated grains, never the capacity) and renamed over them. Flat
@@ -30,13 +33,15 @@ class GrowPlan:
     subformat: str
     old_bytes: int
     new_bytes: int
-    method: str        # "rewrite", "extend-flat", "extend-raw"
+    method: str        # "rewrite", "extend-flat", "extend-raw", "resize-qcow2"
     files: tuple[str, ...]
 
     def describe(self) -> list[str]:
         how = {"rewrite": "write a new image with the larger capacity and copy the allocated grains",
                "extend-flat": "extend the flat extent file(s) sparsely and rewrite the descriptor",
-               "extend-raw": "extend the raw file sparsely"}[self.method]
+               "extend-raw": "extend the raw file sparsely",
+               "resize-qcow2": "set the qcow2 virtual size in place (the L1 table grows as "
+                               "needed), under the undo journal"}[self.method]
         return [f"grow {self.path} ({self.subformat}) from {self.old_bytes} to {self.new_bytes} bytes",
                 how]
 
@@ -99,6 +104,8 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
                            "cut off data", path=path)
     if sub == "raw":
         method = "extend-raw"
+    elif sub == "qcow2":
+        method = "resize-qcow2"
     elif sub in ("monolithicFlat", "vmfs", "twoGbMaxExtentFlat"):
         method = "extend-flat"
     elif sub in ("monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse"):
@@ -122,6 +129,11 @@ def apply_grow(plan: GrowPlan, *, force: bool = False, backup: str | None = None
             sparse_copy(plan.path, backup)
         os.truncate(plan.path, plan.new_bytes)
         fsync_path(plan.path)
+        return
+    if plan.method == "resize-qcow2":
+        from .edit import edit_image
+        with edit_image(plan.path, force=force, backup=backup) as disk:
+            disk.extents[0].device.resize(plan.new_bytes)   # type: ignore[attr-defined]
         return
     if plan.method == "rewrite":
         with open_image(plan.path) as disk:

@@ -58,10 +58,17 @@ def describe(disk: Disk) -> dict:
                       "unclean_shutdown": bool(ext.device.header.unclean_shutdown)})
         extents.append(e)
     out["extents"] = extents
+    if disk.format == "vhdx":
+        from .vhdx import describe_vhdx
+        out.update(describe_vhdx(disk))
     sparse = disk.sparse_extents
     if sparse:
         out["grain_bytes"] = sparse[0].geo.grain_bytes
         out["unclean_shutdown"] = any(s.header.unclean_shutdown for s in sparse)
+    qdev = getattr(disk.extents[0].device, "describe", None) if disk.format == "qcow2" else None
+    if qdev is not None:
+        out["qcow2"] = qdev()
+        out["cluster_bytes"] = out["qcow2"]["cluster_bytes"]
     out["chain"] = [link.path for link in disk.chain()]
     out["warnings"] = list(disk.warnings)
     if desc is not None and (desc.create_type or "") not in vd.CREATE_TYPES:

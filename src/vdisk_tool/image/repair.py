@@ -15,9 +15,11 @@ from ..formats.vmdk_sparse import UNCLEAN_SHUTDOWN_OFFSET
 from . import hostio
 from .base import SECTOR_BYTES
 from .check import CheckReport, check_image
-from .edit import edit_image, store_descriptor
+from .edit import edit_image, flagged_devices, store_descriptor
 from .grow import roll_back_journal
 from .journal import recover
+from .qcow2 import REPAIRING, Qcow2Device
+from .qcow2.repair import rebuild_refcounts
 from .safe import Replacement, check_unlocked, create_temp, sparse_copy
 from .sparse import SparseExtent
 
@@ -43,6 +45,9 @@ def plan_repair(report: CheckReport) -> RepairPlan:
                 for f in report.entry_fixes]
     actions += [f"set extent {i + 1} to {n} sectors to match its flat file"
                 for i, n in sorted(report.extent_sizes.items())]
+    if report.rebuild_refcounts:
+        actions.append("rebuild every refcount from the references, set the COPIED flags and "
+                       "clear the dirty and corrupt bits (as qemu-img check -r all)")
     errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
     if report.clear_unclean and not errors_left:
         actions += [f"clear uncleanShutdown in {os.path.basename(p)}" for p in report.clear_unclean]
@@ -99,8 +104,21 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
         if plan.empty:
             return report
     errors_left = [f for f in report.findings if f.severity.value == "error" and not f.fixable]
+    token = REPAIRING.set(True)
+    try:
+        return _apply_in_place(plan, report, errors_left, backup, force, dry_run, allow_outside)
+    finally:
+        REPAIRING.reset(token)
+
+
+def _apply_in_place(plan: RepairPlan, report: CheckReport, errors_left: list, backup: str | None,
+                    force: bool, dry_run: bool, allow_outside: bool) -> CheckReport:
     with edit_image(plan.path, force=force, backup=backup, dry_run=dry_run, keep_cid=True,
                     allow_outside=allow_outside) as disk:
+        if report.rebuild_refcounts:
+            for ext in disk.extents:
+                if isinstance(ext.device, Qcow2Device):
+                    rebuild_refcounts(ext.device)
         by_name = {os.path.basename(e.path): e.device for e in disk.extents
                    if e.path and isinstance(e.device, SparseExtent)}
         for fix in report.fixes:
@@ -131,7 +149,7 @@ def apply_repair(plan: RepairPlan, *, backup: str | None = None, force: bool = F
                 line.sectors = n
                 desc.set_extent(i, line)
             store_descriptor(disk, desc)
-        for sp in disk.sparse_extents:
+        for sp in flagged_devices(disk):
             sp.mark_in_use(False)   # judge the result as it will be after the commit
         for ext in disk.extents:
             ext.device.flush()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedError
 from ..formats import vmdk_descriptor as vd
 from ..image.base import BlockDevice, FileDevice, RunKind
-from ..image.create import create_image, new_cid, write_sparse_extent
+from ..image.create import create_image, like, new_cid, write_sparse_extent
 from ..image.disk import Disk, open_image, read_descriptor, sniff
 from ..image.safe import Replacement, check_unlocked, create_temp, fsync_path
 
@@ -304,10 +304,10 @@ def _build_blank(disk: Disk, plan: ResetPlan, work: str, rep: Replacement) -> No
             f.truncate(plan.size_bytes)
         rep.add(tmp, plan.path)
         return
-    if disk.subformat in ("monolithicSparse", "streamOptimized"):
+    if disk.subformat in ("monolithicSparse", "streamOptimized", "qcow2"):
         tmp = os.path.join(work, name)
         create_image(tmp, plan.size_bytes, disk.subformat, _adapter(plan.adapter),
-                     template=disk.descriptor)
+                     template=disk.descriptor, options=like(disk)["options"])
         rep.add(tmp, plan.path)
         return
     desc = disk.descriptor
