@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import uuid as uuidlib
 from pathlib import Path
 
 import fwbuilder
@@ -318,6 +319,29 @@ def test_platform_targets_round_trip(source, tmp_path, runner, target):
     assert r.exit_code == 0, r.output
     names = list(spec.disk_names(120).values())
     same_disks(source, out, NAMES, names)
+    fmt = {"proxmox": "qcow2", "hyperv": "vhdx"}[target]
+    for n in names:
+        info = json.loads(run(need_tool("qemu-img"), "info", "--output=json",
+                              os.path.join(out, n)).stdout)
+        assert info["format"] == fmt
+    sizes = [json.loads(run(need_tool("qemu-img"), "info", "--output=json",
+                            os.path.join(source, n)).stdout)["virtual-size"] for n in NAMES]
+    if target == "proxmox":
+        assert sorted(os.listdir(out)) == sorted(names + ["120.conf"])
+        keys = _qm_keys(Path(out, "120.conf").read_text())
+        assert [keys[f"ide{i}"] for i in range(4)] == [
+            f"local:120/{n},size={sz >> 20}M" for n, sz in zip(names, sizes, strict=True)]
+        assert keys["net0"] == f"pcnet={MAC},bridge=vmbr0"
+        assert keys["smbios1"] == "uuid=" + str(uuidlib.UUID(bytes=parse_uuid_bios(
+            identity(source)[1])))
+    else:
+        assert sorted(os.listdir(out)) == sorted(names + ["ipva.ps1"])
+        text = Path(out, "ipva.ps1").read_text()
+        assert "-StaticMacAddress '005056010203'" in text and "-Generation 1" in text
+        assert [re.search(r"-ControllerNumber (\d) -ControllerLocation (\d) .*'(.+)'\)", x).groups()
+                for x in text.splitlines() if x.startswith("Add-VMHardDiskDrive")] == [
+            ("0", "0", names[0]), ("0", "1", names[1]), ("1", "0", names[2]), ("1", "1", names[3])]
+    assert problems(out) == []
     back = str(tmp_path / "back")
     r = vdisk(runner, "bundle", "convert", out, back, "--target", "workstation")
     assert r.exit_code == 0, r.output
@@ -363,6 +387,9 @@ def test_platform_folder_checks_and_converts_back(source, tmp_path, runner, targ
     doc = json.loads(r.stdout)
     assert r.exit_code == 0, doc.get("findings") or doc
     assert [os.path.basename(d["path"]) for d in doc["disks"]] == names
+    before = sorted(os.listdir(folder))
+    r = vdisk(runner, "bundle", "check", folder, "--fix")
+    assert r.exit_code == 2 and "no vmx to fix" in r.stderr and sorted(os.listdir(folder)) == before
     back = str(tmp_path / "back")
     r = vdisk(runner, "bundle", "convert", folder, back, "--target", "workstation")
     assert r.exit_code == 0, r.output
@@ -371,3 +398,27 @@ def test_platform_folder_checks_and_converts_back(source, tmp_path, runner, targ
     os.mkdir(os.path.join(folder, names[0] + ".lck"))
     r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
     assert r.exit_code == 3 and "running" in r.stderr
+
+
+@pytest.mark.parametrize("target", ["proxmox", "hyperv"])
+def test_create_for_platform(tmp_path, runner, target):
+    """A new appliance for Proxmox or Hyper-V: the containers qemu-img sees, a healthy check."""
+    fw = tmp_path / "ipva.bin"
+    fw.write_bytes(fwbuilder.standard().to_bytes())
+    out = str(tmp_path / "new")
+    r = vdisk(runner, "bundle", "create", out, "--firmware", str(fw), "--cf-size", "16M",
+              "--target", target, "--mac", MAC, "--memory", "192", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    _valid(doc)
+    spec = TARGETS[target]
+    names = spec.disk_names(100)
+    for role, n in names.items():
+        info = json.loads(run(need_tool("qemu-img"), "info", "--output=json",
+                              os.path.join(out, n)).stdout)
+        assert info["format"] == spec.container and info["virtual-size"] == \
+            (16 << 20 if role == "cf" else SIZES[role])
+        run(need_tool("qemu-img"), "check", os.path.join(out, n))
+    assert doc["attachment"] in os.listdir(out) and problems(out) == []
+    m = convert.find_source(out).machine
+    assert (m.mac, m.memsize_mb) == (parse_mac(MAC), 192)

@@ -7,6 +7,7 @@ import typer
 from ..errors import Severity, VdiskError
 from ..ipva import convert as bundle_convert
 from ..ipva import doctor, golden, ova_check, ova_deploy
+from ..ipva.appliance import find_platform_config
 from ..ipva.attachments import PlatformOptions
 from ..ipva.bundle import (
     CHECK_MAC_KEY,
@@ -129,6 +130,9 @@ def check(target: str = TARGET, json_out: bool = JSON,
     if fix and is_package(target):
         raise fail("a package is not changed in place; deploy it (vdisk bundle deploy) and fix "
                    "the bundle", EXIT_USAGE)
+    if fix and find_platform_config(target) is not None:
+        raise fail("a Proxmox or Hyper-V folder has no vmx to fix; change its .conf or .ps1, or "
+                   "convert it again with the options you need (vdisk bundle convert)", EXIT_USAGE)
     if fix:
         b = open_bundle(target)
         plan = plan_vmx_fixes(b.vmx)

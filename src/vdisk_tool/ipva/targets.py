@@ -8,6 +8,7 @@ call, `write_disk`, whatever the container; the callers never branch on it.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from ..errors import RefusedError, UnsupportedError
@@ -49,7 +50,7 @@ TARGETS: dict[str, TargetSpec] = {
                       "an OVF package: streamOptimized disks, .ovf, .mf and the .ova tar"),
     "proxmox": TargetSpec("proxmox", "qcow2", "qcow2", "qm",
                           "Proxmox VE (directory storage): qcow2 disks and a qm VM configuration"),
-    "hyperv": TargetSpec("hyperv", "vhdx", "vhdx", "hyperv",
+    "hyperv": TargetSpec("hyperv", "vhdx", "vhdx-dynamic", "hyperv",
                          "Hyper-V: dynamic VHDX disks and a PowerShell script making a "
                          "generation 1 VM"),
 }
@@ -63,10 +64,9 @@ def target_spec(name: str) -> TargetSpec:
 
 def container_available(container: str) -> bool:
     """Whether this build's image layer writes `container` (vmdk always does)."""
-    if container == "vmdk":
+    if container == "vmdk" or container in getattr(image_create, "FORMAT_SUBFORMATS", ()):
         return True
-    return container in (*getattr(image_create, "FORMAT_SUBFORMATS", ()),
-                         *getattr(image_create, "CONTAINERS", ()))
+    return importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.image.{container}") is not None
 
 
 def require_writer(spec: TargetSpec) -> None:
