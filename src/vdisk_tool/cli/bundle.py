@@ -239,8 +239,8 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
         d = plan.to_dict()
         _dry(d, json_out, f"would create {plan.folder} for {plan.target} "
              f"({plan.spec.container} {plan.subformat}), memsize {plan.memsize_mb} MB, NIC "
-             f"{d['nic_model']}" + "".join(f"\n  {n} ({_size(b)})" for n, b in
-                                         dict(d["disks"]).items())  # type: ignore[call-overload]
+             f"{d['nic_model']}" + "".join(f"\n  {plan.disk_names()[r]} ({_size(n)})"
+                                         for r, n in plan.sizes().items())
              + f"\n  {d['attachment']}")
         return
     files = golden.apply_create(plan)
@@ -337,8 +337,8 @@ def convert_cmd(appliance: str = typer.Argument(..., help="The appliance: a bund
         _dry(d, json_out, f"would convert {plan.source.config} to {plan.folder} for "
              f"{plan.target} ({plan.spec.container} {plan.spec.subformat}), memsize "
              f"{plan.machine.memsize_mb} MB, NIC {d['nic_model']}" + "".join(
-                 f"\n  {x['slot']} {x['role']:<5} {x['from']} -> {x['file']}"
-                 for x in d["disks"]) + f"\n  {d['attachment']}")  # type: ignore[attr-defined]
+                 f"\n  {bundle_convert.SLOT_OF_ROLE[r]} {r:<5} {plan.source.disks[r]} -> {n}"
+                 for r, n in plan.disk_names().items()) + f"\n  {d['attachment']}")
         return
     with progress("converting", not json_out) as cb:
         files = bundle_convert.apply_convert(plan, None if json_out else _say, cb)
