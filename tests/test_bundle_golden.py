@@ -149,8 +149,9 @@ def test_create_ova(tmp_path, firmware):
     nic = next(i for i in items if field(i, "ResourceType") == "10")
     assert field(nic, "ResourceSubType") == "PCNet32" and field(nic, "Address") == "00:50:56:3F:00:07"
     extra = env.findall(f"{OVF}VirtualSystem/{OVF}VirtualHardwareSection/{VMW}ExtraConfig")
+    uuid = Vmx.read(os.path.join(dst, "ipva.vmx")).get("uuid.bios")
     assert [(e.get(f"{VMW}key"), e.get(f"{VMW}value")) for e in extra] == [
-        ("monitor_control.pseudo_perfctr", "TRUE")]
+        ("monitor_control.pseudo_perfctr", "TRUE"), ("uuid.bios", uuid)]
 
 
 def test_create_refusals_leave_nothing(tmp_path, runner, firmware):

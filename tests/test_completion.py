@@ -26,7 +26,8 @@ def test_completes_commands_options_and_enum_values() -> None:
     assert {"cat", "df", "put", "check"} <= set(_complete("vdisk fs "))
     assert _complete("vdisk create x.vmdk --ov") == ["--overwrite"]
     assert _complete("vdisk create x.vmdk -F stream") == ["streamOptimized"]
-    assert set(_complete("vdisk bundle create d --target ")) == {"workstation", "vsphere", "ova"}
+    assert set(_complete("vdisk bundle create d --target ")) == {"workstation", "vsphere", "ova",
+                                                                        "proxmox", "hyperv"}
 
 
 @pytest.mark.parametrize("shell, marker", [("bash", "complete -o default -F _vdisk_completion"),

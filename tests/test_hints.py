@@ -86,6 +86,8 @@ PRINTERS: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("ipva/flash.py", "plan_reset"): [("flash", "reset")],
     ("ipva/cf.py", "plan_cf"): [("cf", "grow")],
     ("ipva/golden.py", "plan_clone"): [("bundle", "clone")],
+    ("ipva/appliance.py", "refuse_running"): [("bundle", "clone"), ("bundle", "convert")],
+    ("ipva/targets.py", "require_writer"): [("bundle", "create"), ("bundle", "convert")],
     ("ipva/bundle.py", "validate_static_mac"): [("bundle", "set-mac")],
     ("fs/format.py", "plan_volume"): [("fs", "format")],
     ("fs/transfer.py", "_create"): [("fs", "get")],

@@ -87,6 +87,7 @@ CASES = [
     ["bundle", "check", "{s}/ipva", "--fix", "--dry-run"],
     ["bundle", "set-mac", "{s}/ipva", "--mac", "00:50:56:00:00:01", "--dry-run"],
     ["bundle", "clone", "{s}/ipva", "{t}/clone", "--dry-run"],
+    ["bundle", "convert", "{s}/ipva", "{t}/o", "--target", "ova", "--dry-run"],
 ]
 
 

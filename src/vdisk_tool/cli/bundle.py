@@ -1,11 +1,14 @@
 """The `bundle` group: the whole appliance (vmx + four IDE disks): check, set-mac, create,
-clone."""
+clone, deploy, convert."""
 from __future__ import annotations
 
 import typer
 
 from ..errors import Severity, VdiskError
+from ..ipva import convert as bundle_convert
 from ..ipva import doctor, golden, ova_check, ova_deploy
+from ..ipva.appliance import find_platform_config
+from ..ipva.attachments import PlatformOptions
 from ..ipva.bundle import (
     CHECK_MAC_KEY,
     VmxFix,
@@ -48,6 +51,26 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the vmx changes as a diff; write nothing.")
 BACKUP = typer.Option(None, "--backup", help="Keep the old vmx under this name.")
 FORCE = typer.Option(False, "--force", help="Edit even though a VMware lock (.lck) exists.")
+TARGET_HELP = ("workstation (monolithicSparse + vmx), vsphere (vmfs + -flat + vmx), ova "
+               "(streamOptimized + .ovf + .ova), proxmox (qcow2 + <vmid>.conf), hyperv (VHDX + "
+               "a PowerShell script making a generation 1 VM).")
+NIC_MODEL = typer.Option(None, "--nic-model", help="NIC model of the target: vlance|vmxnet3 "
+                         "(VMware), pcnet|vmxnet3|e1000|e1000e|virtio|rtl8139 (proxmox), "
+                         "legacy|synthetic (hyperv). Default: the source's device (PCnet for a "
+                         "new appliance); innovaphone publishes none for Proxmox or Hyper-V.")
+CPUS = typer.Option(None, "--cpus", help="vCPUs (default: the source's, 1 for a new appliance).")
+VMID = typer.Option(100, "--vmid", help="Proxmox VM id: names <vmid>.conf and vm-<vmid>-hd-*.qcow2.")
+STORAGE = typer.Option("local", "--storage", help="Proxmox storage the qm configuration names.")
+BRIDGE = typer.Option("vmbr0", "--bridge", help="Proxmox bridge of net0.")
+SWITCH = typer.Option("", "--switch", help="Hyper-V virtual switch the script connects (default: "
+                      "none; the script takes -SwitchName too).")
+
+
+def _platform(nic_model: str | None, vmid: int, storage: str, bridge: str, switch: str
+              ) -> PlatformOptions:
+    if not 100 <= vmid <= 999999999:
+        raise fail(f"--vmid {vmid}: Proxmox VM ids are 100 to 999999999", EXIT_USAGE)
+    return PlatformOptions(nic_model, vmid, storage, bridge, switch)
 
 
 def _check_mac(ctx: typer.Context, text: str | None) -> str | None:
@@ -110,6 +133,9 @@ def check(target: str = TARGET, json_out: bool = JSON,
     if fix and is_package(target):
         raise fail("a package is not changed in place; deploy it (vdisk bundle deploy) and fix "
                    "the bundle", EXIT_USAGE)
+    if fix and find_platform_config(target) is not None:
+        raise fail("a Proxmox or Hyper-V folder has no vmx to fix; change its .conf or .ps1, or "
+                   "convert it again with the options you need (vdisk bundle convert)", EXIT_USAGE)
     if fix:
         b = open_bundle(target)
         plan = plan_vmx_fixes(b.vmx)
@@ -193,14 +219,16 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
            firmware: str = typer.Option(..., "--firmware", help="The ipva.bin to install "
                                         "(verified first)."),
            cf_size: str = typer.Option("1G", "--cf-size", help="Capacity of the CF disk."),
-           memsize: int = typer.Option(64, "--memsize", help="RAM in MB (multiple of 4)."),
+           memsize: int = typer.Option(64, "--memsize", "--memory", help="RAM in MB (multiple "
+                                       "of 4)."),
            mac: str | None = typer.Option(None, "--mac", callback=_check_mac,
                                           help="Static MAC (default: random in "
                                                "00:50:56:00:00:00-00:50:56:3F:FF:FF)."),
-           target: Target = typer.Option(Target.workstation, "--target", help="workstation "
-                                         "(monolithicSparse), vsphere (vmfs + -flat), ova "
-                                         "(streamOptimized + .ovf + .ova)."),
-           name: str = typer.Option("ipva", "--name", help="Name of the vmx/ovf/ova files."),
+           target: Target = typer.Option(Target.workstation, "--target", help=TARGET_HELP),
+           name: str = typer.Option("ipva", "--name", help="Name of the VM and its vmx/ovf/ova/"
+                                    "ps1 files."),
+           nic_model: str | None = NIC_MODEL, cpus: int | None = CPUS, vmid: int = VMID,
+           storage: str = STORAGE, bridge: str = BRIDGE, switch: str = SWITCH,
            compression_level: int = COMPRESSION_LEVEL,
            json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
     """Make a complete new appliance: vmx with every required key, boot disk with the
@@ -210,12 +238,18 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
     """
     plan = golden.plan_create(folder, firmware, cf_bytes=parse_size(cf_size, "--cf-size"),
                               memsize_mb=memsize, mac=mac, target=target.value, name=name,
+                              cpus=cpus or 1,
+                              options=_platform(nic_model, vmid, storage, bridge, switch),
                               compression_level=compression_level)
     if dry_run:
-        _dry(plan.to_dict(), json_out, f"would create {plan.folder} for {plan.target} "
-             f"({plan.subformat}), memsize {plan.memsize_mb} MB")
+        d = plan.to_dict()
+        _dry(d, json_out, f"would create {plan.folder} for {plan.target} "
+             f"({plan.spec.container} {plan.subformat}), memsize {plan.memsize_mb} MB, NIC "
+             f"{d['nic_model']}" + "".join(f"\n  {plan.disk_names()[r]} ({_size(n)})"
+                                         for r, n in plan.sizes().items())
+             + f"\n  {d['attachment']}")
         if mac is None:
-            _random_mac_note(plan.to_dict(), json_out)
+            _random_mac_note(d, json_out)
         return
     files = golden.apply_create(plan)
     _report_made(plan.folder, files, json_out, plan.to_dict())
@@ -278,6 +312,49 @@ def deploy(package: str = typer.Argument(..., help="The OVF package: .ova, .ovf 
     with progress("converting", not json_out) as cb:
         files = ova_deploy.apply_deploy(plan, None if json_out else _say, cb)
     _report_made(plan.folder, files, json_out, plan.to_dict())
+
+
+@grp.command("convert")
+@handle_errors
+def convert_cmd(appliance: str = typer.Argument(..., help="The appliance: a bundle folder or its "
+                                                ".vmx, an .ova/.ovf/.zip package, or a Proxmox or "
+                                                "Hyper-V folder vdisk wrote."),
+                out: str = typer.Argument(..., help="The new folder (must not exist or be "
+                                          "empty)."),
+                target: Target = typer.Option(..., "--target", help=TARGET_HELP),
+                new_mac: bool = typer.Option(False, "--new-mac", help="Make a clone: a new random "
+                                             "static MAC and uuid.bios (licences are bound to "
+                                             "the MAC)."),
+                name: str | None = typer.Option(None, "--name", help="Name of the VM (default: "
+                                                "the source's)."),
+                memsize: int | None = typer.Option(None, "--memsize", "--memory", help="RAM in "
+                                                   "MB (default: the source's)."),
+                cpus: int | None = CPUS, nic_model: str | None = NIC_MODEL, vmid: int = VMID,
+                storage: str = STORAGE, bridge: str = BRIDGE, switch: str = SWITCH,
+                json_out: bool = JSON, dry_run: bool = DRY_RUN,
+                force: bool = typer.Option(False, "--force", help="Convert even though a lock "
+                                           "(.lck) says the source is running.")) -> None:
+    """Convert an appliance to another platform: the four disks in the target's container
+    (sparse), each checked and compared with its source, plus the vmx, OVF package, qm
+    configuration or Hyper-V script. The MAC and uuid.bios stay (it is the same appliance;
+    a generated MAC is frozen as static); --new-mac makes a clone.
+
+    Example: vdisk bundle convert ./ipva ./ipva-pve --target proxmox --vmid 120
+    """
+    plan = bundle_convert.plan_convert(
+        appliance, out, target=target.value, new_mac=new_mac, memsize_mb=memsize, cpus=cpus,
+        options=_platform(nic_model, vmid, storage, bridge, switch), force=force, name=name)
+    d = plan.to_dict()
+    if dry_run:
+        _dry(d, json_out, f"would convert {plan.source.config} to {plan.folder} for "
+             f"{plan.target} ({plan.spec.container} {plan.spec.subformat}), memsize "
+             f"{plan.machine.memsize_mb} MB, NIC {d['nic_model']}" + "".join(
+                 f"\n  {bundle_convert.SLOT_OF_ROLE[r]} {r:<5} {plan.source.disks[r]} -> {n}"
+                 for r, n in plan.disk_names().items()) + f"\n  {d['attachment']}")
+        return
+    with progress("converting", not json_out) as cb:
+        files = bundle_convert.apply_convert(plan, None if json_out else _say, cb)
+    _report_made(plan.folder, files, json_out, d)
 
 
 def _say(message: str) -> None:

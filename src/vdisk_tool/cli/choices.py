@@ -38,6 +38,8 @@ class Target(str, Enum):
     workstation = "workstation"
     vsphere = "vsphere"
     ova = "ova"
+    proxmox = "proxmox"
+    hyperv = "hyperv"
 
 
 class DeployTarget(str, Enum):

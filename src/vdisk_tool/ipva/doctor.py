@@ -22,6 +22,7 @@ from . import (
     doctor_disks,  # noqa: F401  (registers the disk checks)
     doctor_log,  # noqa: F401  (registers the vmware.log check)
 )
+from .appliance import open_platform_bundle
 from .bundle import (
     CHECK_MAC_KEY,
     MEMSIZE_MIN_MB,
@@ -81,16 +82,19 @@ MSG_NIC = "NIC unavailable!"
 
 # -- the whole run --------------------------------------------------------------------------
 def check_bundle(dir_or_vmx: str) -> Report:
-    """Run every registered check over the appliance at `dir_or_vmx`. A folder without a
-    vmx (disks for Proxmox or Hyper-V) is checked disk by disk, its disks found by content
-    and name; the vmx checks are then skipped, as `bundle.no-vmx` says."""
-    try:
-        bundle = open_bundle(dir_or_vmx)
-    except ImageError:
-        loose = bundle_without_vmx(dir_or_vmx)
-        if loose is None:
-            raise
-        bundle = loose
+    """Run every registered check over the appliance at `dir_or_vmx`. A Proxmox or Hyper-V
+    folder vdisk wrote is seen through a vmx made from its configuration; a folder without
+    any (bare qcow2 or VHDX disks) is checked disk by disk, its disks found by content and
+    name, and the vmx checks are then skipped, as `bundle.no-vmx` says."""
+    bundle = open_platform_bundle(dir_or_vmx)
+    if bundle is None:
+        try:
+            bundle = open_bundle(dir_or_vmx)
+        except ImageError:
+            loose = bundle_without_vmx(dir_or_vmx)
+            if loose is None:
+                raise
+            bundle = loose
     ctx = Context(bundle, dir_or_vmx)
     issues: list[Issue] = []
     if bundle.synthetic:

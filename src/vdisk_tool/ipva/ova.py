@@ -311,6 +311,8 @@ def extra_config_refused(key: str) -> str | None:
     if not _VMX_KEY.match(key):
         return "is not a vmx key"
     low = key.lower()
+    if low == "uuid.bios":          # the appliance's identity (with its MAC): carried
+        return None
     if low.startswith(_DEVICE_PREFIXES) or low in _WRITTEN_KEYS or "filename" in low:
         return "names a device, a file or a setting of the hardware section"
     return None

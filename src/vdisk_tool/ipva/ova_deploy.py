@@ -17,15 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, RefusedError, Severity
-from ..image.check import check_image
 from ..image.create import create_image
-from ..image.disk import Disk, open_image
-from ..image.info import compare_devices
-from .bundle import format_mac, format_uuid_bios, parse_mac, random_static_mac
-from .golden import _empty_destination, _install, _work_folder, new_uuid
+from .appliance import empty_destination, install, new_uuid, verify_copy, work_folder
+from .bundle import format_mac, format_uuid_bios, parse_mac, parse_uuid_bios, random_static_mac
 from .ova import Package, open_package, vmx_text
 from .ova_check import digest
-from .vmx import IDE_ROLES
+from .vmx import IDE_ROLES, Vmx
 
 DEPLOY_TARGETS = {"workstation": "monolithicSparse", "vsphere": "vmfs"}
 Say = Callable[[str], None]
@@ -101,7 +98,7 @@ def plan_deploy(package: str, folder: str, *, target: str = "workstation",
             disks.append(DeployDisk(slot, role, d.member.name, fname, d.capacity_bytes))
         nics = pkg.nics()
         old = nics[0].mac if nics else None
-    _empty_destination(folder)
+    empty_destination(folder)
     if new_mac:
         mac: int | None = random_static_mac()
     else:
@@ -117,7 +114,7 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
                  ) -> list[str]:
     """Write the bundle; returns its files (relative to the folder)."""
     tell = say or (lambda _m: None)
-    work = _work_folder(plan.folder)
+    work = work_folder(plan.folder)
     try:
         with open_package(plan.package) as pkg:
             tell("manifest digests")
@@ -132,19 +129,32 @@ def apply_deploy(plan: DeployPlan, say: Say | None = None, progress: Bytes | Non
                                            path=plan.package)
                     create_image(out, src.size_bytes, plan.subformat, "ide", source=src,
                                  progress=progress)
-                    _verify_copy(src, out)
+                    verify_copy(src, out)
             text = vmx_text(pkg, {d.slot: d.file_name for d in plan.disks}, plan.mac,
                             plan.target, plan.name)
         if plan.mac is not None:
-            text += f'uuid.bios = "{format_uuid_bios(new_uuid(plan.mac))}"\n'
+            text = with_uuid_bios(text, plan.mac, renew=plan.mac_renewed)
         with open(os.path.join(work, f"{plan.name}.vmx"), "w", encoding="utf-8",
                   newline="\n") as f:
             f.write(text)
-        _install(work, plan.folder)
+        install(work, plan.folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return sorted(os.listdir(plan.folder))
+
+
+def with_uuid_bios(text: str, mac: int, renew: bool) -> str:
+    """The vmx text with a uuid.bios: the package's own (ExtraConfig) unless the MAC is
+    renewed or it has none, then a new one ending in the MAC's last bytes."""
+    vmx = Vmx(text.encode("utf-8"))
+    old = vmx.get("uuid.bios")
+    try:
+        uuid = parse_uuid_bios(old) if old and not renew else new_uuid(mac)
+    except FormatError:
+        uuid = new_uuid(mac)
+    vmx.set("uuid.bios", format_uuid_bios(uuid))
+    return vmx.render().decode("utf-8")
 
 
 def _check_digests(pkg: Package, names: list[str]) -> None:
@@ -160,14 +170,3 @@ def _check_digests(pkg: Package, names: list[str]) -> None:
                                "digest in the manifest (damaged download)", path=pkg.path,
                                hint="download the package again")
 
-
-def _verify_copy(src: Disk, out: str) -> None:
-    report = check_image(out)
-    if not report.clean:
-        raise RefusedError(f"the converted disk does not check clean: "
-                           f"{report.findings[0].message}", path=out)
-    with open_image(out) as new:
-        res = compare_devices(src, new)
-    if not res.same:
-        raise RefusedError(f"the converted disk differs from the package's at byte "
-                           f"{res.first_difference}", path=out)

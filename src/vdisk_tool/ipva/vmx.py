@@ -76,6 +76,11 @@ class Entry:
     value: str
 
 
+# VMware's disks, and the qcow2/VHDX disks a Proxmox or Hyper-V folder's configuration names
+# (seen through a vmx made from it: specs/platforms.md)
+DISK_SUFFIXES = (".vmdk", ".qcow2", ".vhdx")
+
+
 @dataclass(frozen=True)
 class DiskSlot:
     """One controller slot named in the vmx (`ide0:1`), as the vmx describes it."""
