@@ -15,6 +15,7 @@ from typer.main import get_command
 from vdisk_tool.cli import choices
 from vdisk_tool.cli.app import app, polish
 from vdisk_tool.image.create import ADAPTERS, SUBFORMATS
+from vdisk_tool.ipva.attachments import HYPERV_NICS, PROXMOX_NICS, VMWARE_NICS
 from vdisk_tool.ipva.golden import TARGETS
 from vdisk_tool.ipva.ova_deploy import DEPLOY_TARGETS
 
@@ -98,13 +99,16 @@ def test_choice_enums_mirror_the_library() -> None:
     assert [c.value for c in choices.Adapter] == list(ADAPTERS)
     assert [c.value for c in choices.Target] == list(TARGETS)
     assert [c.value for c in choices.DeployTarget] == list(DEPLOY_TARGETS)
+    assert {c.value for c in choices.NicModel} == {*VMWARE_NICS, *PROXMOX_NICS, *HYPERV_NICS}
 
 
 # Options that take free text (a path, a size, a MAC, a name...), by parameter name. Any
 # other text option is a choice in disguise: make it an enum (cli/choices.py) so that -h
 # and the error list its values, or add it here if its value really is free.
 FREE_TEXT_OPTIONS = {"all_dir", "backup", "cf_size", "firmware", "hw_version", "label_", "mac",
-                     "name", "output", "size", "text", "version", "vmx"}
+                     "name", "output", "size", "text", "version", "vmx",
+                     "options",                       # qemu-img style key=value pairs
+                     "storage", "bridge", "switch"}   # names on the target platform
 
 
 def test_every_choice_valued_option_is_an_enum() -> None:

@@ -26,7 +26,7 @@ from ..ipva.bundle import (
 )
 from ..ipva.packages import is_package
 from .app import app
-from .choices import DeployTarget, Target
+from .choices import DeployTarget, NicModel, Target, value
 from .common import (
     COMPRESSION_LEVEL,
     EXIT_FINDINGS,
@@ -54,9 +54,9 @@ FORCE = typer.Option(False, "--force", help="Edit even though a VMware lock (.lc
 TARGET_HELP = ("workstation (monolithicSparse + vmx), vsphere (vmfs + -flat + vmx), ova "
                "(streamOptimized + .ovf + .ova), proxmox (qcow2 + <vmid>.conf), hyperv (VHDX + "
                "a PowerShell script making a generation 1 VM).")
-NIC_MODEL = typer.Option(None, "--nic-model", help="NIC model of the target: vlance|vmxnet3 "
-                         "(VMware), pcnet|vmxnet3|e1000|e1000e|virtio|rtl8139 (proxmox), "
-                         "legacy|synthetic (hyperv). Default: the source's device (PCnet for a "
+NIC_MODEL = typer.Option(None, "--nic-model", help="NIC model of the target: vlance or vmxnet3 "
+                         "(VMware); pcnet, vmxnet3, e1000, e1000e, virtio or rtl8139 (proxmox); "
+                         "legacy or synthetic (hyperv). Default: the source's device (PCnet for a "
                          "new appliance); innovaphone publishes none for Proxmox or Hyper-V.")
 CPUS = typer.Option(None, "--cpus", help="vCPUs (default: the source's, 1 for a new appliance).")
 VMID = typer.Option(100, "--vmid", help="Proxmox VM id: names <vmid>.conf and vm-<vmid>-hd-*.qcow2.")
@@ -66,11 +66,11 @@ SWITCH = typer.Option("", "--switch", help="Hyper-V virtual switch the script co
                       "none; the script takes -SwitchName too).")
 
 
-def _platform(nic_model: str | None, vmid: int, storage: str, bridge: str, switch: str
+def _platform(nic_model: NicModel | None, vmid: int, storage: str, bridge: str, switch: str
               ) -> PlatformOptions:
     if not 100 <= vmid <= 999999999:
         raise fail(f"--vmid {vmid}: Proxmox VM ids are 100 to 999999999", EXIT_USAGE)
-    return PlatformOptions(nic_model, vmid, storage, bridge, switch)
+    return PlatformOptions(value(nic_model), vmid, storage, bridge, switch)
 
 
 def _check_mac(ctx: typer.Context, text: str | None) -> str | None:
@@ -227,7 +227,7 @@ def create(folder: str = typer.Argument(..., help="The new appliance folder (mus
            target: Target = typer.Option(Target.workstation, "--target", help=TARGET_HELP),
            name: str = typer.Option("ipva", "--name", help="Name of the VM and its vmx/ovf/ova/"
                                     "ps1 files."),
-           nic_model: str | None = NIC_MODEL, cpus: int | None = CPUS, vmid: int = VMID,
+           nic_model: NicModel | None = NIC_MODEL, cpus: int | None = CPUS, vmid: int = VMID,
            storage: str = STORAGE, bridge: str = BRIDGE, switch: str = SWITCH,
            compression_level: int = COMPRESSION_LEVEL,
            json_out: bool = JSON, dry_run: bool = DRY_RUN) -> None:
@@ -329,7 +329,7 @@ def convert_cmd(appliance: str = typer.Argument(..., help="The appliance: a bund
                                                 "the source's)."),
                 memsize: int | None = typer.Option(None, "--memsize", "--memory", help="RAM in "
                                                    "MB (default: the source's)."),
-                cpus: int | None = CPUS, nic_model: str | None = NIC_MODEL, vmid: int = VMID,
+                cpus: int | None = CPUS, nic_model: NicModel | None = NIC_MODEL, vmid: int = VMID,
                 storage: str = STORAGE, bridge: str = BRIDGE, switch: str = SWITCH,
                 json_out: bool = JSON, dry_run: bool = DRY_RUN,
                 force: bool = typer.Option(False, "--force", help="Convert even though a lock "

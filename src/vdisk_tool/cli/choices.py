@@ -58,3 +58,17 @@ class FatBits(str, Enum):
 def value(choice: Enum | None) -> str | None:
     """The plain string of a chosen value (None stays None)."""
     return None if choice is None else str(choice.value)
+
+
+class NicModel(str, Enum):
+    """NIC models of every target (ipva.attachments: VMware, Proxmox, Hyper-V); which ones a
+    target takes is checked against the target."""
+    vlance = "vlance"
+    vmxnet3 = "vmxnet3"
+    pcnet = "pcnet"
+    e1000 = "e1000"
+    e1000e = "e1000e"
+    virtio = "virtio"
+    rtl8139 = "rtl8139"
+    legacy = "legacy"
+    synthetic = "synthetic"
