@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_images" / "ipva" / "hd-boot.vmdk"
 PROBE = """
 import sys
@@ -55,6 +57,8 @@ def test_every_parameter_gets_the_plain_conversion() -> None:
 
     from vdisk_tool.cli import _coerce
     from vdisk_tool.cli.app import app, polish
+    if _coerce._plain_class() is None:
+        pytest.skip("this typer converts values without per-parameter validators")
     group = typer.main.get_command(app)
     polish(group)
     stack, left = [group], []
