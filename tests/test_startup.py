@@ -3,28 +3,30 @@ something is drawn, no repair/create machinery for `vdisk info` (bench/bench_sta
 measures the time)."""
 from __future__ import annotations
 
-import json
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_images" / "ipva" / "hd-boot.vmdk"
 PROBE = """
-import json, sys
+import sys
 sys.argv = ["vdisk", *sys.argv[1:]]
 from vdisk_tool.cli.main import main
 try:
     main()
 except SystemExit:
     pass
-print(json.dumps(sorted(m for m in sys.modules if m.startswith(("vdisk_tool", "rich", "construct",
-                                                             "pydantic")))), file=sys.stderr)
+print(repr(sorted(m for m in sys.modules if m.startswith(("vdisk_tool", "rich", "construct",
+                                                             "pydantic", "json")))), file=sys.stderr)
 """
 
 
 def _modules(*args: str) -> set[str]:
     r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True)
-    return set(json.loads(r.stderr.strip().splitlines()[-1]))
+    return set(ast.literal_eval(r.stderr.strip().splitlines()[-1]))
 
 
 def test_info_loads_one_group_and_no_rich() -> None:
@@ -38,7 +40,7 @@ def test_info_loads_one_group_and_no_rich() -> None:
     # the OVF package reader, the construct schemas and typer's pydantic validators are
     # the rest of what made `vdisk info` cost 3x `import typer`
     assert not mods & {"vdisk_tool.ipva.ova", "vdisk_tool.ipva.bundle", "vdisk_tool.formats.ovf"}
-    assert not any(m.startswith(("construct", "pydantic")) for m in mods), sorted(mods)
+    assert not any(m.startswith(("construct", "pydantic", "json")) for m in mods), sorted(mods)
 
 
 def test_option_values_are_read_without_pydantic(tmp_path: Path) -> None:
@@ -55,6 +57,8 @@ def test_every_parameter_gets_the_plain_conversion() -> None:
 
     from vdisk_tool.cli import _coerce
     from vdisk_tool.cli.app import app, polish
+    if _coerce._plain_class() is None:
+        pytest.skip("this typer converts values without per-parameter validators")
     group = typer.main.get_command(app)
     polish(group)
     stack, left = [group], []

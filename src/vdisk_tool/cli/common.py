@@ -6,7 +6,6 @@ import contextlib
 import enum
 import functools
 import inspect
-import json
 import os
 import sys
 import traceback
@@ -65,6 +64,7 @@ def error(message: str, hint: str | None = None, path: str | None = None,
     """The one place an error is reported: a line on stderr (plus a hint); under --json also
     the error envelope on stdout (specs/json.md)."""
     if MODE["json"]:
+        import json
         head = {"schema": SCHEMA, "command": MODE["command"]} if MODE.get("command") else \
             {"schema": SCHEMA}
         typer.echo(json.dumps({**head, "ok": False, "error": {
@@ -224,6 +224,7 @@ def envelope(obj: Any, ok: bool | None = None, findings: Any = None) -> dict[str
     """The one JSON shape of every command (specs/json.md): schema, command, ok, findings,
     then the command's own keys. `ok` defaults to the result's own verdict (ok, healthy,
     clean, same), else to no error or warning among the findings."""
+    import json  # only what prints JSON loads it (start-up)
     data = json.loads(json.dumps(obj, default=_json_default))
     if not isinstance(data, dict):
         data = {"result": data}
@@ -244,6 +245,7 @@ def envelope(obj: Any, ok: bool | None = None, findings: Any = None) -> dict[str
 
 def emit_json(obj: Any, ok: bool | None = None, findings: Any = None) -> None:
     """Print a command's result in the JSON envelope (see envelope())."""
+    import json
     typer.echo(json.dumps(envelope(obj, ok, findings), indent=2))
 
 
