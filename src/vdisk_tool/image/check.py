@@ -57,6 +57,7 @@ class CheckReport:
     grains_checked: int = 0
     roll_back: bool = False
     replay_log: bool = False      # vhdx: a pending log that --repair replays
+    units: str = "grains"         # what grains_checked counts ("blocks" for vhdx)
 
     def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
             fixable: bool = False, path: str | None = None) -> None:
