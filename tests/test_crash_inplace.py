@@ -169,7 +169,8 @@ def _vhdx_fat(folder: Path, name: str = "d.vhdx", mib: int = 16) -> None:
     1 MiB blocks."""
     raw = folder.parent / f"vhdx-{mib}.raw"
     if not raw.exists():
-        _fat_raw(raw, mib, 2048, FILES)
+        # a file of zeros first: the new file's clusters land in blocks never allocated
+        _fat_raw(raw, mib, 2048, dict(FILES, **{"ZEROS.BIN": bytes(3 * MIB)}))
     run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
         "subformat=dynamic,block_size=1M", str(raw), str(folder / name))
 
@@ -181,8 +182,18 @@ def test_vhdx_new_blocks(tmp_path: Path) -> None:
         _vhdx_fat(folder)
         (folder / "new.bin").write_bytes(DATA)
 
-    res = crash_test(make, ["fs", "put", "d.vhdx", "new.bin", "/NEW.BIN"], _put_result("d.vhdx"),
-                     tmp_path, points=POINTS)
+    def stored(folder: Path) -> int:
+        with open_image(str(folder / "d.vhdx")) as d:
+            return sum(r.length_bytes for r in d.runs() if r.kind.value == "data")
+
+    before: dict[str, int] = {}
+
+    def grew(folder: Path) -> bool:
+        before.setdefault("n", stored(tmp_path / "template"))
+        return stored(folder) > before["n"]
+
+    res = crash_test(make, ["fs", "put", "d.vhdx", "new.bin", "/NEW.BIN"],
+                     _put_result("d.vhdx", grew), tmp_path, points=POINTS)
     _enough(res)
     _finish("fs put (vhdx, new blocks)", res)
 

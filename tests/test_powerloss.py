@@ -46,6 +46,8 @@ def _disk(subformat: str):
         if subformat == "raw":
             os.rename(raw, folder / "d.img")
         elif subformat.startswith("vhdx-"):
+            # a file of zeros first: what is added lands in a block never allocated
+            mtools_fill(raw, 0, {"ZEROS.BIN": bytes(MIB + 65536)}, raw.parent)
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
                 f"subformat={subformat[5:]},block_size=1M", str(raw), str(folder / "d.vhdx"))
             raw.unlink()

@@ -271,3 +271,14 @@ def test_parent_locator_is_held_to_path_safety(tmp_path, runner, locator, messag
     res = vdisk(runner, "info", str(p))
     assert res.exit_code == 3 and message in res.stderr, res.output
     assert "Traceback" not in res.output
+
+
+def test_vhdx_to_vhdx_keeps_subformat_and_block_size(tmp_path, runner):
+    import json
+    p = _qemu(tmp_path, "f.vhdx", "subformat=fixed,block_size=2M")
+    out = tmp_path / "copy.vhdx"
+    assert vdisk(runner, "convert", str(p), str(out)).exit_code == 0
+    d = json.loads(vdisk(runner, "info", "--json", str(out)).stdout)
+    assert d["subformat"] == "vhdx-fixed" and d["block_bytes"] == 2 * MIB
+    run(need_tool("qemu-img"), "check", str(out))
+    run(need_tool("qemu-img"), "compare", str(p), str(out))

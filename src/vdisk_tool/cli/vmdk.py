@@ -125,7 +125,8 @@ def info(image: str = typer.Argument(..., help="A raw image, any VMDK (descripto
     typer.echo(f"sector size: logical {d['logical_sector_bytes']}, physical "
                f"{d['physical_sector_bytes']} bytes")
     for key in ("cid", "parent_cid", "adapter", "hardware_version", "tools_version", "grain_bytes",
-                "unclean_shutdown"):
+                "unclean_shutdown", "block_bytes", "disk_id", "data_write_guid",
+                "log_replayed_entries"):
         if d.get(key) is not None:
             typer.echo(f"{key.replace('_', ' ')}: {d[key]}")
     if d.get("geometry") and d["geometry"].get("cylinders") is not None:
@@ -266,7 +267,7 @@ def _print_report(report, json_out: bool) -> None:
         emit_json(report.to_dict())
         return
     if report.clean:
-        typer.echo(f"No errors were found on {report.path} ({report.grains_checked} grains checked).")
+        typer.echo(f"No errors were found on {report.path} ({report.grains_checked} {report.units} checked).")
         print_findings(report.findings)
         return
     print_findings(report.findings)

@@ -59,6 +59,7 @@ class CheckReport:
     roll_back: bool = False
     rebuild_refcounts: bool = False     # qcow2: rebuild every refcount (image/qcow2/repair.py)
     replay_log: bool = False      # vhdx: a pending log that --repair replays
+    units: str = "grains"         # what grains_checked counts ("blocks" for vhdx)
 
     def add(self, code: str, sev: Severity, msg: str, offset: int | None = None,
             fixable: bool = False, path: str | None = None) -> None:

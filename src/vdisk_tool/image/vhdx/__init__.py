@@ -81,7 +81,7 @@ def shape_of(disk) -> dict:
     dev = disk.extents[0].device
     sub = "vhdx-fixed" if dev.subformat == "vhdx-fixed" else "vhdx-dynamic"
     return {"size_bytes": disk.size_bytes, "subformat": sub, "adapter": "ide", "template": None,
-            "options": {"block_size": str(dev.block_bytes)}}
+            "options": {"subformat": sub.removeprefix("vhdx-"), "block_size": str(dev.block_bytes)}}
 
 
 def describe_vhdx(disk) -> dict:

@@ -24,6 +24,7 @@ BAT_PIECE_ENTRIES = 1 << 17      # 1 MiB of BAT at a time
 def check_vhdx(path: str, report, allow_outside: bool = False):
     """Fill `report` (image/check.py CheckReport) with the findings of the VHDX at `path`."""
     from ..check import TableFix
+    report.units = "blocks"
     fd = platform.open_fd(path, os.O_RDONLY)
     try:
         fb = hostio.file_bytes(fd)
@@ -138,6 +139,7 @@ def _check_bat(read, lay: Layout, report, path: str) -> None:
                     report.add("vhdx.bitmap-missing", E, f"{what} is partially present but its "
                                "chunk has no sector bitmap block", at, path=path)
             spans.extend((off, off + length))
+            report.grains_checked += 1
     if reported > 20:
         report.add("vhdx.bat-state-invalid", E, f"... and {reported - 20} more BAT entries with "
                    "invalid states", lay.bat_offset, path=path)

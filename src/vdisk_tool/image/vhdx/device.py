@@ -294,7 +294,7 @@ class VhdxDevice(ReopenableFile):
             e = self.entry(vx.payload_index(block, self.ratio))
             st = vx.bat_state(e)
             if st == vx.PAYLOAD_BLOCK_FULLY_PRESENT:
-                yield from self._stored_runs(start, n, vx.bat_offset(e))
+                yield from self._stored_runs(start, n, self._block_at(block, e, n))
             elif st == vx.PAYLOAD_BLOCK_PARTIALLY_PRESENT and diff:
                 yield from self._partial_runs(block, e, start, n)
             elif st in (vx.PAYLOAD_BLOCK_ZERO, vx.PAYLOAD_BLOCK_UNMAPPED):
