@@ -300,6 +300,8 @@ def _vmx_text(plan: ConvertPlan, names: dict[str, str]) -> str | None:
             v.set(CHECK_MAC_KEY, "FALSE")
     if m.uuid_bios is not None and (plan.mac_renewed or not v.get("uuid.bios")):
         v.set("uuid.bios", format_uuid_bios(m.uuid_bios))
+    if m.name != src.machine.name:
+        v.set("displayName", m.name)
     v.set("memsize", str(m.memsize_mb))
     v.set("numvcpus", str(m.cpus))
     if plan.options.nic_model is not None:
