@@ -398,6 +398,11 @@ def test_platform_folder_checks_and_converts_back(source, tmp_path, runner, targ
     assert r.exit_code == 0, r.output
     same_disks(source, back, NAMES, NAMES)
     assert identity(back) == identity(source) and problems(back) == []
+    if target == "proxmox":
+        conf = Path(folder, "120.conf")
+        conf.write_text(conf.read_text() + "lock: backup\n")
+        r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
+        assert r.exit_code == 3 and "lock: backup" in r.stderr
     os.mkdir(os.path.join(folder, names[0] + ".lck"))
     r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
     assert r.exit_code == 3 and "running" in r.stderr
