@@ -110,8 +110,11 @@ def test_round_trip_workstation_ova_vsphere_workstation(source, tmp_path, runner
 
 def test_new_mac_makes_a_clone(source, tmp_path, runner):
     out = str(tmp_path / "clone")
-    r = vdisk(runner, "bundle", "convert", source, out, "--target", "workstation", "--new-mac")
+    r = vdisk(runner, "bundle", "convert", source, out, "--target", "workstation", "--new-mac",
+              "--name", "site/2")
     assert r.exit_code == 0, r.output
+    assert os.listdir(out).count("site-2.vmx") == 1
+    assert Vmx.read(os.path.join(out, "site-2.vmx")).get("displayName") == "site-2"
     mac, uuid = identity(out)
     assert mac != MAC
     assert 0x005056000000 <= parse_mac(mac) <= 0x0050563FFFFF
@@ -395,6 +398,11 @@ def test_platform_folder_checks_and_converts_back(source, tmp_path, runner, targ
     assert r.exit_code == 0, r.output
     same_disks(source, back, NAMES, NAMES)
     assert identity(back) == identity(source) and problems(back) == []
+    if target == "proxmox":
+        conf = Path(folder, "120.conf")
+        conf.write_text(conf.read_text() + "lock: backup\n")
+        r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
+        assert r.exit_code == 3 and "lock: backup" in r.stderr
     os.mkdir(os.path.join(folder, names[0] + ".lck"))
     r = vdisk(runner, "bundle", "convert", folder, str(tmp_path / "b2"), "--target", "ova")
     assert r.exit_code == 3 and "running" in r.stderr
@@ -406,6 +414,9 @@ def test_create_for_platform(tmp_path, runner, target):
     fw = tmp_path / "ipva.bin"
     fw.write_bytes(fwbuilder.standard().to_bytes())
     out = str(tmp_path / "new")
+    r = vdisk(runner, "bundle", "create", out, "--firmware", str(fw), "--target", target,
+              "--name", "../evil")
+    assert r.exit_code == 3 and not os.path.exists(out) and not (tmp_path / "evil.ps1").exists()
     r = vdisk(runner, "bundle", "create", out, "--firmware", str(fw), "--cf-size", "16M",
               "--target", target, "--mac", MAC, "--memory", "192", "--json")
     assert r.exit_code == 0, r.output

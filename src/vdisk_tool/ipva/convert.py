@@ -38,6 +38,7 @@ from .attachments import (
     PlatformOptions,
     check_machine,
     nic_for,
+    parse_qm_conf,
 )
 from .bundle import (
     CHECK_MAC_KEY,
@@ -225,6 +226,13 @@ def plan_convert(appliance: str, out: str, *, target: str, new_mac: bool = False
     opts = options or PlatformOptions()
     src = find_source(appliance)
     refuse_running(source_locks(src), force)
+    if src.kind == "proxmox" and not force:
+        with open(src.config, encoding="utf-8") as f:
+            held = parse_qm_conf(f.read(1 << 20)).get("lock")
+        if held:
+            raise RefusedError(f"the configuration says 'lock: {held}': Proxmox VE is working on "
+                               "the VM", path=src.config,
+                               hint="wait for it to finish (or --force for a stale lock)")
     caps = {}
     for role in ROLES:
         with open_source_disk(src, role) as disk:
@@ -300,6 +308,8 @@ def _vmx_text(plan: ConvertPlan, names: dict[str, str]) -> str | None:
             v.set(CHECK_MAC_KEY, "FALSE")
     if m.uuid_bios is not None and (plan.mac_renewed or not v.get("uuid.bios")):
         v.set("uuid.bios", format_uuid_bios(m.uuid_bios))
+    if m.name != src.machine.name:
+        v.set("displayName", m.name)
     v.set("memsize", str(m.memsize_mb))
     v.set("numvcpus", str(m.cpus))
     if plan.options.nic_model is not None:

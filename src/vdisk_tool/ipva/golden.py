@@ -114,6 +114,9 @@ def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
         raise RefusedError(f"compression level must be 1..9, got {compression_level}")
     spec = target_spec(target)
     opts = options or PlatformOptions()
+    if os.path.basename(name) != name or name in (".", "..") or not name.strip() or \
+            any(c in name for c in '\\/:*?"<>|'):
+        raise RefusedError(f"name {name!r} is not a file name")
     check_machine(Machine(name, memsize_mb, cpus))
     nic_for(target, "vlance", opts.nic_model)
     if cf_bytes < 16 * MiB or cf_bytes % MiB:
