@@ -178,7 +178,7 @@ ImageFormat = enum.Enum("ImageFormat", {f: f for f in FORMATS}, type=str)  # typ
 
 def _format_option() -> Any:
     return typer.Option(None, "--format", "-f", case_sensitive=False,
-                        help="Read the image as raw, vmdk or vhdx, whatever its bytes suggest "
+                        help="Read the image as raw, vmdk, qcow2 or vhdx, whatever its bytes suggest "
                              "(as qemu-img -f). Default: detected; other containers are "
                              "refused by name.")
 

@@ -2,7 +2,7 @@
 (specs/vmdk.md §Identification).
 
 As in qemu-img, raw is the fallback for bytes that look like no container, and
-`-f raw|vmdk` overrides the guess. Two rules go beyond qemu-img: a file named `*.vmdk`
+`-f raw|vmdk|qcow2|vhdx` overrides the guess. Two rules go beyond qemu-img: a file named `*.vmdk`
 that has no VMDK structure is refused (it is a lost descriptor or a flat extent opened
 by mistake, not a disk), and an empty file is never a disk.
 """
