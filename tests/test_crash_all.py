@@ -69,17 +69,19 @@ def _safe(check: Callable[[Path], bool]) -> Callable[[Path], bool]:
 # -- independent readers ----------------------------------------------------------------------
 
 def _to_raw(folder: Path, name: str) -> Path | None:
-    """qemu-img check (VMDK), then a raw copy beside the run folder; None if either fails."""
+    """qemu-img check (VMDK, qcow2), then a raw copy beside the run folder; None if either
+    fails."""
     img = folder / name
     if not img.exists():
         return None
-    if name.endswith(".vmdk"):
-        if run("qemu-img", "check", str(img), check=False).returncode != 0:
+    kind = "vmdk" if name.endswith(".vmdk") else "qcow2" if name.endswith(".qcow2") else "raw"
+    if kind != "raw":
+        if run("qemu-img", "check", "-f", kind, str(img), check=False).returncode != 0:
             return None
     out = folder.parent / f"{folder.name}-{name}.raw"
     if out.exists():
         out.unlink()
-    fmt = ["-f", "vmdk"] if name.endswith(".vmdk") else ["-f", "raw"]
+    fmt = ["-f", kind]
     if run("qemu-img", "convert", *fmt, "-O", "raw", str(img), str(out), check=False).returncode:
         return None
     return out

@@ -45,6 +45,10 @@ def _disk(subformat: str):
         _raw_fat(raw)
         if subformat == "raw":
             os.rename(raw, folder / "d.img")
+        elif subformat.startswith("qcow2"):
+            run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2", "-o",
+                subformat.partition(":")[2], str(raw), str(folder / "d.qcow2"))
+            raw.unlink()
         else:
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                 f"subformat={subformat}", str(raw), str(folder / "d.vmdk"))
@@ -59,10 +63,11 @@ def _fat_judge(image: str, want: dict[str, bytes]):
     def judge(folder: Path) -> str | None:
         img = folder / image
         raw = folder.parent / f"{folder.name}-judge.raw"
-        if image.endswith(".vmdk"):
-            if run("qemu-img", "check", str(img), check=False).returncode:
+        if image.endswith((".vmdk", ".qcow2")):
+            fmt = image.rsplit(".", 1)[1]
+            if run("qemu-img", "check", "-f", fmt, str(img), check=False).returncode:
                 return "qemu-img check failed"
-            run("qemu-img", "convert", "-q", "-f", "vmdk", "-O", "raw", str(img), str(raw))
+            run("qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", str(img), str(raw))
         else:
             raw.write_bytes(img.read_bytes())
         try:
@@ -95,6 +100,8 @@ class Scenario:
 
     @property
     def image(self) -> str:
+        if self.subformat.startswith("qcow2"):
+            return "d.qcow2"
         return "d.img" if self.subformat == "raw" else "d.vmdk"
 
 
@@ -110,6 +117,10 @@ SCENARIOS = [
     # grow: sparse by copy and rename, flat in place under its length journal (image/grow.py)
     Scenario("grow-sparse", "monolithicSparse", ("grow", "d.vmdk", "--size", "6M"), adds=()),
     Scenario("grow-flat", "monolithicFlat", ("grow", "d.vmdk", "--size", "6M"), adds=()),
+    # qcow2 in place: new clusters, L2 tables, refcount blocks; grow moves the L1 table
+    Scenario("inplace-qcow2", "qcow2:cluster_size=4096,lazy_refcounts=on",
+             ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
+    Scenario("grow-qcow2", "qcow2:cluster_size=512", ("grow", "d.qcow2", "--size", "6M"), adds=()),
 ]
 
 

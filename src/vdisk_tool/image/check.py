@@ -85,7 +85,15 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)
-    disk = open_image(path, allow_outside=allow_outside, follow_parent=False, require_eos=False)
+    try:
+        disk = open_image(path, allow_outside=allow_outside, follow_parent=False,
+                          require_eos=False)
+    except VdiskError:
+        if pending is not None and pending.fixable:
+            # an interrupted edit may leave metadata that opens only once it is rolled back
+            # (a qcow2 header written, its new L1 table not): report the journal alone
+            return report
+        raise
     return check_disk(disk, report, allow_outside)
 
 
