@@ -339,12 +339,43 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
     with open(tmp, "r+b") as f:
         f.truncate(size_bytes)
         fd = f.fileno()
-        if source is not None:
+        if source is not None and source_start == 0 and runs is None:
+            _copy_runs(source, fd, size_bytes, progress)
+        elif source is not None:
             for off, piece in _coalesce(data_pieces(source, source_start, size_bytes, runs=runs)):
                 os.pwrite(fd, piece, off)
                 if progress:
                     progress(off + len(piece), size_bytes)
         os.fsync(fd)
+
+
+def _copy_runs(source: BlockDevice, fd: int, size_bytes: int, progress: Progress | None) -> None:
+    """Fill a raw image. A qcow2's data clusters are copied from its file inside the kernel
+    (hostio.copy_range; the unwritten tail of a last cluster stays zero, as qemu reads it);
+    anything else (other containers, whose reads check more, compressed clusters, a backing
+    file) is read through the device and its non-zero pieces written."""
+    from . import hostio
+    direct = getattr(source, "format", None) == "qcow2"
+    files: dict[str, int] = {}
+    try:
+        for run in source.runs():
+            if run.kind in (RunKind.ZERO, RunKind.UNALLOCATED) or run.offset >= size_bytes:
+                continue
+            length = min(run.length_bytes, size_bytes - run.offset)
+            if direct and run.kind == RunKind.DATA and run.file and run.file_offset is not None:
+                if run.file not in files:
+                    files[run.file] = os.open(run.file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                if run.file_offset >= hostio.file_bytes(files[run.file]):
+                    source.read_at(run.offset, 1)   # raises: the cluster lies past the end
+                hostio.copy_range(files[run.file], fd, length, run.file_offset, run.offset)
+            else:
+                for off, piece in _coalesce(data_pieces(source, run.offset, length)):
+                    os.pwrite(fd, piece, run.offset + off)
+            if progress:
+                progress(run.offset + length, size_bytes)
+    finally:
+        for f in files.values():
+            os.close(f)
 
 
 def sparse_layout(capacity_sectors: int, embedded_descriptor: bool) -> dict:

@@ -87,6 +87,33 @@ def preadinto(fd: int, buf: memoryview, offset: int) -> int:
     return os.preadv(fd, [buf], offset)
 
 
+def copy_range(src_fd: int, dst_fd: int, length: int, src_offset: int, dst_offset: int) -> int:
+    """Copy bytes between two files inside the kernel (copy_file_range), as far as the
+    source has them; returns the bytes copied (short where the source ends). Files an
+    edit's journal covers are copied through pread/pwrite, so pending writes are seen."""
+    done = 0
+    fast = hasattr(os, "copy_file_range") and _covered(src_fd) is None \
+        and _covered(dst_fd) is None
+    while done < length:
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done,
+                                       dst_offset + done)
+            except OSError:
+                fast = False
+                continue
+        else:
+            data = pread(src_fd, min(length - done, 1 << 20), src_offset + done)
+            n = len(data)
+            if n:
+                pwrite(dst_fd, data, dst_offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
 def file_bytes(fd: int) -> int:
     """The file's length as the edit sees it."""
     hit = _covered(fd)
