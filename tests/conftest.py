@@ -23,6 +23,7 @@ SLOW_MODULES = frozenset({
     "test_findings_coverage", "test_vmdk_hostile", "test_powerloss", "test_crash_inplace",
     "test_inplace", "test_fat_damage", "test_ova_hostile", "test_vmdk_limits", "test_roles",
     "test_cid", "test_grow", "test_journal", "test_vhdx_commands", "test_platform_crash",
+    "test_qcow2_write", "test_qcow2_hostile",
 })
 SLOW_TESTS = frozenset({
     "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",

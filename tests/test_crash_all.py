@@ -69,11 +69,12 @@ def _safe(check: Callable[[Path], bool]) -> Callable[[Path], bool]:
 # -- independent readers ----------------------------------------------------------------------
 
 def _to_raw(folder: Path, name: str) -> Path | None:
-    """qemu-img check (VMDK), then a raw copy beside the run folder; None if either fails."""
+    """qemu-img check (VMDK, qcow2), then a raw copy beside the run folder; None if either
+    fails."""
     img = folder / name
     if not img.exists():
         return None
-    kind = name.rsplit(".", 1)[-1] if name.endswith((".vmdk", ".vhdx")) else "raw"
+    kind = name.rsplit(".", 1)[-1] if name.endswith((".vmdk", ".vhdx", ".qcow2")) else "raw"
     if kind != "raw":
         if run("qemu-img", "check", "-f", kind, str(img), check=False).returncode != 0:
             return None

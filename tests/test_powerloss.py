@@ -51,6 +51,10 @@ def _disk(subformat: str):
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
                 f"subformat={subformat[5:]},block_size=1M", str(raw), str(folder / "d.vhdx"))
             raw.unlink()
+        elif subformat.startswith("qcow2"):
+            run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2", "-o",
+                subformat.partition(":")[2], str(raw), str(folder / "d.qcow2"))
+            raw.unlink()
         else:
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                 f"subformat={subformat}", str(raw), str(folder / "d.vmdk"))
@@ -65,7 +69,7 @@ def _fat_judge(image: str, want: dict[str, bytes]):
     def judge(folder: Path) -> str | None:
         img = folder / image
         raw = folder.parent / f"{folder.name}-judge.raw"
-        if image.endswith((".vmdk", ".vhdx")):
+        if image.endswith((".vmdk", ".vhdx", ".qcow2")):
             fmt = image.rsplit(".", 1)[1]
             if run("qemu-img", "check", "-f", fmt, str(img), check=False).returncode:
                 return "qemu-img check failed"
@@ -104,6 +108,8 @@ class Scenario:
     def image(self) -> str:
         if self.subformat.startswith("vhdx-"):
             return "d.vhdx"
+        if self.subformat.startswith("qcow2"):
+            return "d.qcow2"
         return "d.img" if self.subformat == "raw" else "d.vmdk"
 
 
@@ -123,6 +129,10 @@ SCENARIOS = [
     Scenario("inplace-vhdx-dynamic", "vhdx-dynamic", ("fs", "put", "d.vhdx", "payload.bin", "/NEW.BIN")),
     Scenario("inplace-vhdx-fixed", "vhdx-fixed", ("fs", "put", "d.vhdx", "payload.bin", "/NEW.BIN")),
     Scenario("grow-vhdx", "vhdx-dynamic", ("grow", "d.vhdx", "--size", "6M"), adds=()),
+    # qcow2 in place: new clusters, L2 tables, refcount blocks; grow moves the L1 table
+    Scenario("inplace-qcow2", "qcow2:cluster_size=4096,lazy_refcounts=on",
+             ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
+    Scenario("grow-qcow2", "qcow2:cluster_size=512", ("grow", "d.qcow2", "--size", "6M"), adds=()),
 ]
 
 

@@ -26,7 +26,7 @@ def qemu_io_bin() -> str:
     return need_tool("qemu-io")
 
 WRITES = ("write -P 0x11 0 4k", "write -P 0xab 1M 64k", "write -P 0x5c 3333k 7k",
-          "write -z 2M 64k", "write -P 0x77 4M 128k", "write -z -u 4M 64k",
+          "write -z 2M 64k", "write -P 0x77 4M 128k", "write -z -u 4M 64k", "write -z 4160k 64k",
           "write -P 0xee 8188k 4k")
 
 

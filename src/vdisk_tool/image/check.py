@@ -91,7 +91,15 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
     if choose_format(path)[0] == "vhdx":
         from .vhdx.check import check_vhdx
         return check_vhdx(path, report, allow_outside)
-    disk = open_image(path, allow_outside=allow_outside, follow_parent=False, require_eos=False)
+    try:
+        disk = open_image(path, allow_outside=allow_outside, follow_parent=False,
+                          require_eos=False)
+    except VdiskError:
+        if pending is not None and pending.fixable:
+            # an interrupted edit may leave metadata that opens only once it is rolled back
+            # (a qcow2 header written, its new L1 table not): report the journal alone
+            return report
+        raise
     return check_disk(disk, report, allow_outside)
 
 

@@ -20,11 +20,11 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import ImageError
+from ..errors import ImageError, VdiskError
 from . import hostio
 from .create import create_image, like, new_cid
 from .disk import Disk, open_image
-from .journal import UndoJournal, recover
+from .journal import UndoJournal, journal_path, recover
 from .qcow2 import Qcow2Device
 from .qcow2.repair import rebuild_refcounts
 from .safe import TMP_MARK, Replacement, check_unlocked, clean_leftovers_for, create_temp
@@ -41,7 +41,16 @@ def edit_image(path: str, *, force: bool = False, backup: str | None = None,
                dry_run: bool = False, allow_outside: bool = False, keep_cid: bool = False,
                warnings: Callable[[str], None] | None = None) -> Iterator[Disk]:
     """Yield a writable Disk over `path`; commit on success, roll back on an exception."""
-    with open_image(path, allow_outside=allow_outside) as probe:
+    try:
+        probe = open_image(path, allow_outside=allow_outside)
+    except VdiskError:
+        if not os.path.exists(journal_path(path)):
+            raise
+        # metadata half written by an interrupted edit opens only once it is rolled back
+        check_unlocked([os.path.abspath(path)], force=force)
+        recover(path)
+        probe = open_image(path, allow_outside=allow_outside)
+    with probe:
         files = [os.path.abspath(f) for f in probe.files]
         sub = probe.subformat
         shape = like(probe)
