@@ -19,7 +19,7 @@ from ..formats import vmdk_sparse as vs
 from .detect import choose_format
 from .disk import Disk, _resolve, open_image
 from .safe import TMP_MARK, leftover_temps
-from .sparse import SparseExtent, eos_problem, zero_entries
+from .vmdk.sparse import SparseExtent, eos_problem, zero_entries
 
 SECTOR = vs.SECTOR_BYTES
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO

@@ -20,7 +20,7 @@ from ..formats import vmdk_sparse as vs
 from . import hostio, parallel, platform
 from .base import SECTOR_BYTES, BlockDevice, Run, RunKind, copy_data, merge_runs
 from .safe import Replacement, check_unlocked, clean_leftovers_for, create_temp
-from .sparse import SparseExtent
+from .vmdk.sparse import SparseExtent
 
 SUBFORMATS = ("monolithicSparse", "monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
               "twoGbMaxExtentFlat", "streamOptimized")

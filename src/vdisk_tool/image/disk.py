@@ -23,7 +23,7 @@ from .base import (
     check_range,
 )
 from .detect import choose_format, detect
-from .sparse import SparseExtent
+from .vmdk.sparse import SparseExtent
 
 MAX_CHAIN_DEPTH = 64
 # the extent files of descriptors kept open at once (all disks of the process together);
