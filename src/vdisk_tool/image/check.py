@@ -95,7 +95,7 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
 
 
 def check_disk(disk: Disk, report: CheckReport, allow_outside: bool = False) -> CheckReport:
-    """Check an opened disk (closing it): also a disk inside a package (image.disk.open_window)."""
+    """Check an opened disk (closing it): also a disk inside a package (image.vmdk.open.open_window)."""
     for f in disk.files:
         folder, name = os.path.split(os.path.abspath(f))
         for tmp in leftover_temps(folder):
