@@ -132,7 +132,7 @@ def break_grain_table_and_flag(path) -> None:
     uncleanShutdown flag is set."""
     import struct
 
-    from vdisk_tool.image.sparse import SparseExtent
+    from vdisk_tool.image.vmdk.sparse import SparseExtent
     e = SparseExtent(str(path))
     gt0 = e.gd[0]
     e.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_cid_renewed, descriptor_lines, run, vdisk
 
-from vdisk_tool.image import base, sparse
+from vdisk_tool.image import base
+from vdisk_tool.image.vmdk import sparse
 from vdisk_tool.ipva import flash as fl
 
 MiB = 1 << 20

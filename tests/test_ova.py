@@ -219,10 +219,10 @@ def test_disk_without_its_controller_is_unplaced(tmp_path, runner, streams):
 
 @pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
 def test_a_disk_inside_another_file_reads_as_qemu_reads_it(tmp_path, raws, subformat):
-    """image.disk.open_window: a VMDK written by qemu-img, stored at an odd offset of a larger
+    """image.vmdk.open.open_window: a VMDK written by qemu-img, stored at an odd offset of a larger
     file, reads byte for byte as the raw image it was made from."""
     from vdisk_tool.image.check import CheckReport, check_disk
-    from vdisk_tool.image.disk import open_window
+    from vdisk_tool.image.vmdk.open import open_window
 
     vmdk = tmp_path / "cf.vmdk"
     run(need_tool("qemu-img"), "convert", "-f", "raw", "-O", "vmdk", "-o",

@@ -36,7 +36,8 @@ def test_info_loads_one_group_and_no_rich() -> None:
                      "vdisk_tool.cli.flash", "vdisk_tool.cli.firmware", "vdisk_tool.cli.cf"} == set()
     assert not any(m.startswith("rich") for m in mods)
     assert not mods & {"vdisk_tool.image.repair", "vdisk_tool.image.create",
-                       "vdisk_tool.image.grow", "vdisk_tool.image.check"}
+                       "vdisk_tool.image.grow", "vdisk_tool.image.check",
+                       "vdisk_tool.image.vmdk.create", "vdisk_tool.image.vmdk.check"}
     # the OVF package reader, the construct schemas and typer's pydantic validators are
     # the rest of what made `vdisk info` cost 3x `import typer`
     assert not mods & {"vdisk_tool.ipva.ova", "vdisk_tool.ipva.bundle", "vdisk_tool.formats.ovf"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import need_tool, run, vdisk
 
-from vdisk_tool.image.sparse import SparseExtent
+from vdisk_tool.image.vmdk.sparse import SparseExtent
 
 WRITES = [(0, 0x11, 65536), (1 << 20, 0xAB, 65536), (5 << 20, 0x5C, 131072), (40 << 20, 0x77, 4096)]
 

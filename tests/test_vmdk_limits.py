@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import need_tool, vdisk
 
-from vdisk_tool.image import disk as disk_mod
 from vdisk_tool.image.disk import open_image
+from vdisk_tool.image.vmdk import open as vmdk_open
 
 TIB, GIB, KIB = 1 << 40, 1 << 30, 1 << 10
 BIG = 2 * TIB + 64 * KIB
@@ -57,7 +57,7 @@ def test_thousand_extents_open_like_qemu_and_vmdkinfo(runner, split_flat):
         assert disk.read_at(GIB - 512, 4 * KIB) == b"\xcd" * (4 * KIB)
         for ext in disk.extents:            # touch every extent file once
             ext.device.read_at(0, 512)
-        assert disk_mod.EXTENT_FILES.open_count <= 64
+        assert vmdk_open.EXTENT_FILES.open_count <= 64
         assert disk.read_at(0, 512) == bytes(512)   # a parked extent reopens
 
 

@@ -15,10 +15,11 @@ from conftest import need_tool, run, vdisk
 
 from vdisk_tool.formats import vmdk_descriptor as vd
 from vdisk_tool.formats import vmdk_sparse as vs
-from vdisk_tool.image import create, hostio, parallel, platform, sparse
+from vdisk_tool.image import hostio, parallel, platform
 from vdisk_tool.image.base import FileDevice
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.image.journal import UndoJournal
+from vdisk_tool.image.vmdk import create, sparse
 
 GRAIN = 64 << 10
 MiB = 1 << 20

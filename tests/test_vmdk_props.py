@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from vdisk_tool.errors import FormatError, VdiskError
 from vdisk_tool.formats import vmdk_descriptor as vd
 from vdisk_tool.formats import vmdk_sparse as vs
-from vdisk_tool.image.sparse import validate_geometry
+from vdisk_tool.image.vmdk.sparse import validate_geometry
 
 PROPS = settings(derandomize=True, max_examples=200, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow])
@@ -401,7 +401,7 @@ def test_rgd_outside_the_file_is_bounded_when_read(tmp_path):
     """An rgdOffset past the end opens (the primary directory serves); reading the redundant
     directory raises instead of allocating or reading past the file."""
     from vdisk_tool.errors import VdiskError
-    from vdisk_tool.image.sparse import SparseExtent
+    from vdisk_tool.image.vmdk.sparse import SparseExtent
     f = {"magic": b"KDMV", "version": 1, "flags": 3, "capacity": 16384, "grain_size": 128,
          "descriptor_offset": 1, "descriptor_size": 20, "gtes_per_gt": 512, "rgd_offset": 1 << 40,
          "gd_offset": 26, "overhead": 128, "unclean_shutdown": 0, "eol_chars": b"\n \r\n",

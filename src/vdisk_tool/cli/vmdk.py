@@ -337,7 +337,8 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
     Example: vdisk convert hd-cf.vmdk hd-cf.qcow2 -O qcow2 -o compat=1.1
     Example: vdisk convert hd-cf.vmdk hd-cf.vhdx -O vhdx -o subformat=fixed
     """
-    from ..image.create import carried_ddb, create_image, like
+    from ..image.create import create_image, like
+    from ..image.vmdk.create import carried_ddb
     with open_image(src, allow_outside=allow_outside) as disk:
         for w in disk.warnings:
             warn(w)

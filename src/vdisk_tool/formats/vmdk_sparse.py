@@ -147,7 +147,7 @@ def header_defaults(capacity_sectors: int, *, grain_sectors: int = DEFAULT_GRAIN
 
 
 def parse_header(data: bytes) -> Header:
-    """Parse the 512-byte SparseExtentHeader (no validation; see image/sparse.validate)."""
+    """Parse the 512-byte SparseExtentHeader (no validation; see image/vmdk/sparse.validate)."""
     if len(data) < HEADER_STRUCT.size:
         raise ValueError(f"a SparseExtentHeader is {HEADER_STRUCT.size} bytes, got {len(data)}")
     return Header(zip(HEADER_FIELDS, HEADER_STRUCT.unpack_from(data), strict=True))

@@ -28,7 +28,7 @@ from .journal import UndoJournal, journal_path, recover
 from .qcow2 import Qcow2Device
 from .qcow2.repair import rebuild_refcounts
 from .safe import TMP_MARK, Replacement, check_unlocked, clean_leftovers_for, create_temp
-from .sparse import SparseExtent
+from .vmdk.sparse import SparseExtent
 
 
 def temp_dir_for(path: str) -> str:

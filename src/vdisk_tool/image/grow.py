@@ -20,10 +20,11 @@ from ..formats import vmdk_descriptor as vd
 from . import platform
 from .backup import check_backup_target
 from .base import SECTOR_BYTES
-from .create import SPLIT_SECTORS, create_image, extent_names, like, new_cid
+from .create import create_image, like, new_cid
 from .disk import open_image
 from .journal import recover
 from .safe import Replacement, check_unlocked, create_temp, fsync_dir, fsync_path
+from .vmdk.create import SPLIT_SECTORS, extent_names
 
 JOURNAL_SUFFIX = ".vdisk-journal"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..formats import vmdk_descriptor as vd
 from .base import Run, RunKind, merge_runs
 from .disk import Disk
-from .sparse import SparseExtent
+from .vmdk.sparse import SparseExtent
 
 
 def host_bytes(path: str) -> int:

@@ -22,7 +22,7 @@ from .journal import recover
 from .qcow2 import REPAIRING, Qcow2Device
 from .qcow2.repair import rebuild_refcounts
 from .safe import Replacement, check_unlocked, create_temp, sparse_copy
-from .sparse import SparseExtent
+from .vmdk.sparse import SparseExtent
 
 
 @dataclass(frozen=True)

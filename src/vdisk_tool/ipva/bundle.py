@@ -14,7 +14,7 @@ from .. import clock
 from ..errors import FormatError, RefusedError, VdiskError
 from ..formats import vmdk_descriptor as vd
 from ..image import safe
-from ..image.disk import read_descriptor as disk_descriptor
+from ..image.vmdk.open import read_descriptor as disk_descriptor
 from .vmx import IDE_ROLES, DiskSlot, Vmx, find_vmx, vmx_bool
 
 ROLE_SLOTS = {role: slot for slot, role in IDE_ROLES.items()}

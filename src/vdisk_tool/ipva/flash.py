@@ -20,9 +20,11 @@ from ..errors import Finding, ImageError, RefusedError, Severity, UnsupportedErr
 from ..formats import vmdk_descriptor as vd
 from ..image import hostio, platform
 from ..image.base import BlockDevice, FileDevice, RunKind
-from ..image.create import create_image, like, new_cid, write_sparse_extent
-from ..image.disk import Disk, open_image, read_descriptor, sniff
+from ..image.create import create_image, like, new_cid
+from ..image.disk import Disk, open_image, sniff
 from ..image.safe import Replacement, check_unlocked, create_temp, fsync_path
+from ..image.vmdk.create import write_sparse_extent
+from ..image.vmdk.open import read_descriptor
 
 MiB = 1 << 20
 FLASH_REGION_BYTES = 64 * MiB

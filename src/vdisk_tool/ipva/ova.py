@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..errors import Finding, FormatError, ImageError, Severity
 from ..formats import ovf
-from ..image.disk import Disk, open_window
+from ..image.disk import Disk
+from ..image.vmdk.open import open_window
 from .bundle import format_mac, parse_mac
 from .ova_tar import Member, open_zip, read_tar, unsafe_name
 from .packages import PACKAGE_SUFFIXES, is_package  # noqa: F401 - part of this API

@@ -1,6 +1,6 @@
 """The qcow2 backend (specs/qcow2.md): open_qcow2() gives a Disk whose one extent is a
 Qcow2Device, with its backing chain attached read-only under the same path safety and
-depth/loop limits as VMDK parents (image/disk.py)."""
+depth/loop limits as VMDK parents (image/vmdk/open.py)."""
 from __future__ import annotations
 
 import os

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatError, ImageError, UnsupportedError, VdiskError
-from ..formats import vmdk_sparse as vs
-from . import hostio, parallel
-from .base import ReopenableFile, Run, RunKind, check_range
+from ...errors import FormatError, ImageError, UnsupportedError, VdiskError
+from ...formats import vmdk_sparse as vs
+from .. import hostio, parallel
+from ..base import ReopenableFile, Run, RunKind, check_range
 
 SECTOR = vs.SECTOR_BYTES
 GT_CACHE = 512
