@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..errors import Finding, Severity
+from ..errors import Finding, Severity, VdiskError
 from .detect import choose_format
 from .disk import Disk, open_image
 from .safe import TMP_MARK, leftover_temps
