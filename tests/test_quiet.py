@@ -38,6 +38,7 @@ CASES: dict[str, tuple[list[str], bool]] = {
     "bundle create": (["{t}/new", "--firmware", "{d}/ipva.bin", "--cf-size", "64M"], False),
     "bundle clone": (["{d}", "{t}/clone"], False),
     "bundle deploy": (["{t}/pkg/ipva.ova", "{t}/deployed"], False),
+    "bundle convert": (["{d}", "{t}/pve", "--target", "proxmox"], False),
     "cf format": (["{d}/hd-cf.vmdk", "--yes"], False),
     "cf grow": (["{d}/hd-cf.vmdk", "--size", "2G", "--yes"], False),
     "dump list": (["{d}/hd-dump.vmdk"], True),
@@ -65,7 +66,8 @@ CASES: dict[str, tuple[list[str], bool]] = {
 # Exit codes other than 0: the sample's dump store holds a torn record (a finding).
 EXIT = {"dump list": 1}
 # Result lines of the changing commands that print more than one.
-RESULT_LINES = {"bundle create": 3, "bundle clone": 3, "bundle deploy": 2, "bundle set-mac": 2}
+RESULT_LINES = {"bundle create": 3, "bundle clone": 3, "bundle deploy": 2, "bundle set-mac": 2,
+                "bundle convert": 3}
 # What a command needs made first (with -q too), by command words.
 BEFORE = {
     "flash restore": ["flash", "backup", "{d}/hd-flash.vmdk", "-o", "{t}/flash.img"],
