@@ -321,7 +321,10 @@ class VhdxDevice(ReopenableFile):
 
     def _partial_runs(self, block: int, e: int, start: int, n: int) -> Iterator[Run]:
         ss = self.sector_bytes
-        bits = self._bitmap(block, 0, n // ss) or [False] * (n // ss)
+        bits = self._bitmap(block, 0, n // ss)
+        if bits is None:
+            self._read_block(block, 0, 1, start)   # raises: a partial block needs its bitmap
+            return
         off = vx.bat_offset(e)
         for i, present in enumerate(bits):
             if present:
