@@ -3,6 +3,7 @@ threads, zlib levels honoured, bounded memory (checked structurally), copy_range
 and fallback paths, and every new path's output judged by qemu-img check/compare."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -211,6 +212,14 @@ def _pair(tmp_path: Path, n: int = 3 * MiB + 123) -> tuple[bytes, int, int]:
     return data, os.open(tmp_path / "a", os.O_RDONLY), os.open(tmp_path / "b", os.O_RDWR)
 
 
+def _fake_kernel_copy(monkeypatch, fn) -> None:
+    """os.copy_file_range replaced by `fn`, and the host taken to have it (also on the
+    platform fallback path, where vdisk does not use it)."""
+    monkeypatch.setattr(os, "copy_file_range", fn, raising=False)
+    monkeypatch.setattr(platform, "FEATURES",
+                        dataclasses.replace(platform.FEATURES, copy_file_range=True))
+
+
 @pytest.mark.parametrize("kernel", [True, False])
 def test_copy_range_copies_and_stops_at_the_source_end(tmp_path: Path, monkeypatch,
                                                       kernel: bool) -> None:
@@ -238,7 +247,7 @@ def test_copy_range_falls_back_where_the_kernel_cannot(tmp_path: Path, monkeypat
     def refuse(*a):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    _fake_kernel_copy(monkeypatch, refuse)
     data, a, b = _pair(tmp_path)
     try:
         assert hostio.copy_range(a, 0, b, 0, len(data)) == len(data)
@@ -252,7 +261,7 @@ def test_copy_range_passes_other_errors_on(tmp_path: Path, monkeypatch) -> None:
     def broken(*a):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(os, "copy_file_range", broken, raising=False)
+    _fake_kernel_copy(monkeypatch, broken)
     _, a, b = _pair(tmp_path)
     try:
         with pytest.raises(OSError, match="I/O error"):
@@ -268,7 +277,7 @@ def test_copy_range_into_a_journalled_file_goes_through_the_journal(tmp_path: Pa
     def forbidden(*a):
         raise AssertionError("copy_file_range bypassed the journal")
 
-    monkeypatch.setattr(os, "copy_file_range", forbidden, raising=False)
+    _fake_kernel_copy(monkeypatch, forbidden)
     data, a, b = _pair(tmp_path)
     os.close(b)
     target = tmp_path / "b"
