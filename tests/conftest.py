@@ -27,7 +27,8 @@ SLOW_MODULES = frozenset({
 })
 SLOW_TESTS = frozenset({
     "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",
-    "test_cf_grow_is_crash_safe",
+    "test_cf_grow_is_crash_safe", "test_grow_moves_the_bat_when_it_must",
+    "test_convert_to_vhdx_passes_qemu",
 })
 
 
