@@ -23,7 +23,9 @@ SLOW_MODULES = frozenset({
     "test_findings_coverage", "test_vmdk_hostile", "test_powerloss", "test_crash_inplace",
     "test_inplace", "test_fat_damage", "test_ova_hostile", "test_vmdk_limits", "test_roles",
     "test_cid", "test_grow", "test_journal", "test_vhdx_commands", "test_platform_crash",
-    "test_qcow2_write", "test_qcow2_hostile",
+    "test_qcow2_write", "test_qcow2_hostile", "test_qcow2_bundle", "test_bundle_convert",
+    # every command walked or run through the CLI: the interpreter makes no difference there
+    "test_locks", "test_readme", "test_json_schema", "test_cli_shape", "test_completion",
 })
 SLOW_TESTS = frozenset({
     "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",
