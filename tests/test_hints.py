@@ -88,7 +88,6 @@ PRINTERS: dict[tuple[str, str], list[tuple[str, ...]]] = {
     ("ipva/golden.py", "plan_clone"): [("bundle", "clone")],
     ("ipva/appliance.py", "refuse_running"): [("bundle", "clone"), ("bundle", "convert")],
     ("ipva/convert.py", "plan_convert"): [("bundle", "convert")],
-    ("ipva/targets.py", "require_writer"): [("bundle", "create"), ("bundle", "convert")],
     ("ipva/bundle.py", "validate_static_mac"): [("bundle", "set-mac")],
     ("fs/format.py", "plan_volume"): [("fs", "format")],
     ("fs/transfer.py", "_create"): [("fs", "get")],

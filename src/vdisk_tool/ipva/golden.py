@@ -43,7 +43,7 @@ from .bundle import (
     validate_static_mac,
 )
 from .dump import apply_clear, plan_clear
-from .targets import ROLES, TARGETS, TargetSpec, require_writer, target_spec, write_disk
+from .targets import ROLES, TARGETS, TargetSpec, target_spec, write_disk
 from .vmx import IDE_ROLES, Vmx
 
 __all__ = ["TARGETS", "CreatePlan", "ClonePlan", "apply_clone", "apply_create", "new_uuid",
@@ -112,7 +112,7 @@ def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
     """Check every input before anything is written."""
     if not 1 <= compression_level <= 9:
         raise RefusedError(f"compression level must be 1..9, got {compression_level}")
-    spec = target_spec(target)
+    target_spec(target)                  # refuses an unknown target
     opts = options or PlatformOptions()
     if os.path.basename(name) != name or name in (".", "..") or not name.strip() or \
             any(c in name for c in '\\/:*?"<>|'):
@@ -123,7 +123,6 @@ def plan_create(folder: str, firmware: str, *, cf_bytes: int = DEFAULT_CF_BYTES,
         raise RefusedError(f"CF size {cf_bytes} bytes: must be whole MiB, at least 16 MiB")
     if not os.path.isfile(firmware):
         raise RefusedError("no such firmware file", path=firmware)
-    require_writer(spec)
     empty_destination(folder)
     value = validate_static_mac(mac) if mac else random_static_mac()
     return CreatePlan(os.path.abspath(folder), name, firmware, target, cf_bytes, memsize_mb, value,

@@ -8,10 +8,9 @@ call, `write_disk`, whatever the container; the callers never branch on it.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
-from ..errors import RefusedError, UnsupportedError
+from ..errors import RefusedError
 from ..image import create as image_create
 from ..image.base import BlockDevice
 
@@ -62,26 +61,10 @@ def target_spec(name: str) -> TargetSpec:
     return TARGETS[name]
 
 
-def container_available(container: str) -> bool:
-    """Whether this build's image layer writes `container` (vmdk always does)."""
-    if container == "vmdk" or container in getattr(image_create, "FORMAT_SUBFORMATS", ()):
-        return True
-    return importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.image.{container}") is not None
-
-
-def require_writer(spec: TargetSpec) -> None:
-    """Refuse a target whose container this build cannot write, before anything is made."""
-    if not container_available(spec.container):
-        raise UnsupportedError(f"this vdisk cannot write {spec.container} disks yet, which the "
-                               f"{spec.name} target needs",
-                               hint="choose --target workstation, vsphere or ova")
-
-
 def write_disk(path: str, spec: TargetSpec, size_bytes: int, source: BlockDevice | None,
                progress: image_create.Progress | None = None, compression_level: int = 6
                ) -> list[str]:
     """Write one disk of the appliance in the target's container (sparse: runs that hold
     no data stay holes or unallocated clusters). Returns the files written."""
-    require_writer(spec)
     return image_create.create_image(path, size_bytes, spec.subformat, "ide", source=source,
                                      progress=progress, compression_level=compression_level)
