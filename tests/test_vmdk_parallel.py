@@ -16,7 +16,7 @@ from conftest import need_tool, run, vdisk
 
 from vdisk_tool.formats import vmdk_descriptor as vd
 from vdisk_tool.formats import vmdk_sparse as vs
-from vdisk_tool.image import hostio, parallel, platform
+from vdisk_tool.image import hostio, parallel, platform, zcodec
 from vdisk_tool.image.base import FileDevice
 from vdisk_tool.image.disk import open_image
 from vdisk_tool.image.journal import UndoJournal
@@ -24,6 +24,25 @@ from vdisk_tool.image.vmdk import create, sparse
 
 GRAIN = 64 << 10
 MiB = 1 << 20
+# RFC 1950: bits 6-7 of the second header byte (FLEVEL) say how hard the compressor worked
+FLEVEL = {1: 0, 6: 2, 9: 3}
+
+
+def _library(name: str):
+    """The deflate library itself (not vdisk's wrapper), to judge what vdisk wrote."""
+    if name == "zlib":
+        return zlib
+    return pytest.importorskip("zlib_ng.zlib_ng")
+
+
+@pytest.fixture(params=["zlib", "zlib-ng"])
+def codec(request):
+    """Each test once with Python's zlib and once with zlib-ng (skipped where absent)."""
+    lib = _library(request.param)
+    before = zcodec.NAME
+    assert zcodec.use(request.param) == request.param
+    yield lib
+    zcodec.use(before)
 
 
 def _text(rng: random.Random, n: int) -> bytes:
@@ -64,7 +83,7 @@ def _stream(raw: Path, out: Path, workers: int, level: int = 6) -> bytes:
     return out.read_bytes()
 
 
-def test_stream_is_the_same_file_for_1_and_n_workers(tmp_path: Path) -> None:
+def test_stream_is_the_same_file_for_1_and_n_workers(tmp_path: Path, codec) -> None:
     qemu_img = need_tool("qemu-img")
     raw = _raw(tmp_path / "src.raw")
     (tmp_path / "1").mkdir()
@@ -85,7 +104,7 @@ def _first_grain(image: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("level", [1, 9])
-def test_compression_level_is_honoured(tmp_path: Path, runner, level: int) -> None:
+def test_compression_level_is_honoured(tmp_path: Path, runner, codec, level: int) -> None:
     qemu_img = need_tool("qemu-img")
     raw = _raw(tmp_path / "src.raw")
     out = tmp_path / f"l{level}.vmdk"
@@ -97,7 +116,17 @@ def test_compression_level_is_honoured(tmp_path: Path, runner, level: int) -> No
                check=False).returncode == 0
     lba, blob = _first_grain(out.read_bytes())
     first = raw.read_bytes()[:GRAIN]
-    assert lba == 0 and blob == zlib.compress(first, level)
+    assert lba == 0 and blob == codec.compress(first, level)
+    assert blob[1] >> 6 == FLEVEL[level]
+
+
+def test_the_default_codec_is_zlib_ng_where_it_is_installed() -> None:
+    try:
+        import zlib_ng  # noqa: F401
+    except ImportError:
+        assert zcodec.NAME == "zlib"
+    else:
+        assert ("zlib" if os.environ.get("VDISK_ZLIB") == "stdlib" else "zlib-ng") == zcodec.NAME
 
 
 def test_levels_give_sensible_sizes(tmp_path: Path) -> None:
@@ -364,7 +393,92 @@ def test_convert_stream_to_raw_and_back_and_check_compare(tmp_path: Path, runner
     assert res.exit_code == 0, res.output
 
 
-def test_grow_of_a_stream_takes_the_level(tmp_path: Path, runner) -> None:
+def _qemu_stream(tmp_path: Path) -> tuple[Path, bytes]:
+    """A stream written by qemu-img from _raw's source (whole sectors, as qemu pads)."""
+    qemu_img = need_tool("qemu-img")
+    padded = tmp_path / "src512.raw"
+    padded.write_bytes(_raw(tmp_path / "src.raw").read_bytes())
+    stream = tmp_path / "q.vmdk"
+    run(qemu_img, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+        str(padded), str(stream))
+    return stream, padded.read_bytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_stream_to_raw_decodes_on_workers_to_the_same_bytes(tmp_path: Path, runner, codec,
+                                                             monkeypatch, workers: int) -> None:
+    qemu_img = need_tool("qemu-img")
+    stream, expected = _qemu_stream(tmp_path)
+    monkeypatch.setattr(parallel, "default_workers", lambda: workers)
+    used = []
+    real = parallel.write_decoded
+    monkeypatch.setattr(parallel, "write_decoded",
+                        lambda jobs, put, w, *a: used.append(w) or real(jobs, put, w, *a))
+    out = tmp_path / "out.raw"
+    assert vdisk(runner, "convert", str(stream), str(out)).exit_code == 0
+    assert used and set(used) == {workers}
+    assert out.read_bytes() == expected
+    assert run(qemu_img, "compare", "-f", "vmdk", "-F", "raw", str(stream), str(out),
+               check=False).returncode == 0
+    assert _data_bytes(out) < len(expected)   # the hole and the zero grains stay holes
+
+
+def test_decode_jobs_cut_grains_at_the_edges_of_a_window(tmp_path: Path) -> None:
+    stream, expected = _qemu_stream(tmp_path)
+    lo, n = GRAIN + 777, 5 * GRAIN + 1000
+    out = bytearray(n)
+
+    def put(off: int, data: bytes) -> None:
+        out[off:off + len(data)] = data
+
+    with open_image(str(stream)) as d:
+        jobs = d.decode_jobs(lo, n)
+        assert jobs is not None
+        for _ in parallel.write_decoded(jobs, put, 2, batch=2):
+            pass
+    assert bytes(out) == expected[lo:lo + n]
+
+
+def test_decode_jobs_are_only_offered_by_streams(tmp_path: Path) -> None:
+    src = _qemu_sparse(tmp_path)
+    with open_image(str(src)) as d:
+        assert d.decode_jobs(0, d.size_bytes) is None
+
+
+def test_write_decoded_keeps_the_in_flight_bound_and_raises_the_first_error() -> None:
+    started, written = [0], {}
+
+    def job(i: int):
+        def decode() -> bytes:
+            if i == 37:
+                raise ValueError("grain 37 is broken")
+            return bytes([i % 255 + 1]) * 16
+        return decode
+
+    def jobs():
+        for i in range(100):
+            started[0] += 1
+            yield i * 16, job(i)
+
+    ends, lag = [], 0
+    with pytest.raises(ValueError, match="grain 37"):
+        for end in parallel.write_decoded(jobs(), written.__setitem__, 2, batch=4):
+            ends.append(end)
+            lag = max(lag, started[0] - 4 * len(ends))
+    assert ends == [16 * 4 * (k + 1) for k in range(len(ends))] and len(ends) == 9
+    assert lag <= 4 * (2 * 2 + 1)                      # at most 2 × workers batches ahead
+    assert all(written[i * 16] == bytes([i % 255 + 1]) * 16 for i in range(36))
+    assert 37 * 16 not in written
+
+
+def test_write_decoded_leaves_zero_pieces_out() -> None:
+    written = {}
+    jobs = [(0, lambda: b"\0" * 64), (64, lambda: b"x" * 64), (128, lambda: bytes(64))]
+    assert list(parallel.write_decoded(iter(jobs), written.__setitem__, 1)) == [192]
+    assert written == {64: b"x" * 64}
+
+
+def test_grow_of_a_stream_takes_the_level(tmp_path: Path, runner, codec) -> None:
     qemu_img = need_tool("qemu-img")
     raw = _raw(tmp_path / "src.raw")
     disk = tmp_path / "g.vmdk"
@@ -375,7 +489,7 @@ def test_grow_of_a_stream_takes_the_level(tmp_path: Path, runner) -> None:
     assert run(qemu_img, "compare", "-f", "raw", "-F", "vmdk", str(raw), str(disk),
                check=False).returncode == 0
     _, blob = _first_grain(disk.read_bytes())
-    assert blob == zlib.compress(raw.read_bytes()[:GRAIN], 1)
+    assert blob == codec.compress(raw.read_bytes()[:GRAIN], 1)
 
 
 def test_open_image_of_a_stream_closes_its_workers(tmp_path: Path, monkeypatch) -> None:

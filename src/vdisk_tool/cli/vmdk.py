@@ -227,11 +227,11 @@ def check(image: str = typer.Argument(..., help="The image to check (any VMDK or
     Example: vdisk check hd-flash.vmdk --repair --backup hd-flash.bak
     """
     from ..image.check import check_image
-    from ..image.repair import apply_repair, plan_repair
     report = check_image(image, allow_outside=allow_outside)
     if not repair:
         _print_report(report, json_out)
         raise typer.Exit(EXIT_OK if report.clean else EXIT_FINDINGS)
+    from ..image.repair import apply_repair, plan_repair
     plan = plan_repair(report)
     if plan.empty:
         _print_report(report, json_out)

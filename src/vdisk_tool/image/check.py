@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import Finding, Severity, VdiskError
 from .detect import choose_format
 from .disk import Disk, open_image
-from .safe import TMP_MARK, leftover_temps
+from .safe import GROW_JOURNAL_SUFFIX, TMP_MARK, leftover_temps, sidecar_path
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -71,13 +71,12 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
     """Open `path` (raising only if it cannot be opened) and check every layer of it.
     `during_edit`: the check of an edit's result before it commits (its journal is expected)."""
     report = CheckReport(path)
-    from .grow import journal_path
     from .journal import pending_finding
     pending = None if during_edit else pending_finding(path)
     if pending is not None:
         report.roll_back = pending.fixable
         report.findings.append(pending)
-    if os.path.exists(journal_path(path)):
+    if os.path.exists(sidecar_path(path, GROW_JOURNAL_SUFFIX)):
         report.roll_back = True
         report.add("vmdk.interrupted-grow", E, "an interrupted grow left its undo journal: the flat "
                    "extent may be longer than the descriptor says", fixable=True, path=path)

@@ -274,7 +274,8 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
             with _SourceFiles() as files:
                 for off, length, src in _raw_plan(source, source_start, size_bytes, runs):
                     if src is None:
-                        _write_decoded(source, source_start + off, length, fd, off)
+                        _write_decoded(source, source_start + off, length, fd, off, progress,
+                                       size_bytes)
                     else:
                         assert src.file is not None and src.file_offset is not None
                         src_fd = files.fd(src.file)
@@ -322,9 +323,21 @@ def _raw_plan(source: BlockDevice, start: int, length: int, runs: list[Run] | No
         yield pending[0] - start, pending[1] - pending[0], None
 
 
-def _write_decoded(source: BlockDevice, start: int, length: int, fd: int, at: int) -> None:
-    """Read [start, start+length) of the source grain by grain (a compressed grain is then
-    its inflate as it is, no copy) and write the grains that are not all zero."""
+def _write_decoded(source: BlockDevice, start: int, length: int, fd: int, at: int,
+                   progress: Progress | None = None, total: int = 0) -> None:
+    """Write [start, start+length) of the source at `at`, without its all-zero pieces.
+    A source that decodes (a stream's compressed grains) is inflated and written on every
+    core (parallel.write_decoded); any other is read grain by grain (a compressed grain is
+    then its inflate as it is, no copy)."""
+    jobs = getattr(source, "decode_jobs", lambda _o, _n: None)(start, length)
+    if jobs is not None:
+        def put(off: int, data: bytes) -> None:
+            hostio.pwrite(fd, data, at + off)
+        workers = 1 if hostio.journalled(fd) else parallel.default_workers()
+        for done in parallel.write_decoded(jobs, put, workers):
+            if progress:
+                progress(at + done, total)
+        return
     zero = _ZEROS[:GRAIN_BYTES]
     pos = 0
     while pos < length:

@@ -113,6 +113,15 @@ class Disk:
             pos += n
             i += 1
 
+    def decode_jobs(self, offset: int, length: int):  # noqa: ANN201 - see SparseExtent
+        """The single extent's decode jobs (SparseExtent.decode_jobs) where this disk has
+        one extent and no parent; None otherwise (read_at serves)."""
+        if self.parent is not None or len(self.extents) != 1 or \
+                self.extents[0].access == "NOACCESS":
+            return None
+        jobs = getattr(self.extents[0].device, "decode_jobs", None)
+        return None if jobs is None else jobs(offset, length)
+
     def runs(self) -> Iterator[Run]:
         """Runs of this link; stretches that read through to the parent are resolved there:
         PARENT where the parent (or its parents) stores data, else zero/unallocated."""

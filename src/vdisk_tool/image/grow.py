@@ -23,10 +23,18 @@ from .base import SECTOR_BYTES
 from .create import create_image, like, new_cid
 from .disk import open_image
 from .journal import recover
-from .safe import Replacement, check_unlocked, create_temp, fsync_dir, fsync_path
+from .safe import (
+    GROW_JOURNAL_SUFFIX,
+    Replacement,
+    check_unlocked,
+    create_temp,
+    fsync_dir,
+    fsync_path,
+    sidecar_path,
+)
 from .vmdk.create import SPLIT_SECTORS, extent_names
 
-JOURNAL_SUFFIX = ".vdisk-journal"
+JOURNAL_SUFFIX = GROW_JOURNAL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,7 @@ class GrowPlan:
 
 
 def journal_path(path: str) -> str:
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}{JOURNAL_SUFFIX}")
+    return sidecar_path(path, JOURNAL_SUFFIX)
 
 
 def roll_back_journal(path: str) -> bool:

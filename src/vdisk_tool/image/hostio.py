@@ -60,6 +60,11 @@ def _covered(fd: int) -> tuple[Journal, int] | None:
     return None if idx is None else (j, idx)
 
 
+def journalled(fd: int) -> bool:
+    """Whether writes to `fd` go through a bound undo journal (which one thread drives)."""
+    return _covered(fd) is not None
+
+
 def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
     """Write all of `data` at `offset` (through the journal when it covers the file)."""
     hit = _covered(fd)

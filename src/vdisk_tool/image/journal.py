@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import Finding, ImageError, RefusedError, Severity
 from . import platform
 from .platform import fsync_dir
+from .safe import sidecar_path
 
 SUFFIX = ".vdisk-journal-edit"
 MAGIC = b"VDISKJNL"
@@ -36,8 +37,7 @@ _CRC = struct.Struct("<I")
 
 
 def journal_path(path: str) -> str:
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}{SUFFIX}")
+    return sidecar_path(path, SUFFIX)
 
 
 def batch_bytes() -> int:

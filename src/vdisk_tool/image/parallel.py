@@ -1,23 +1,22 @@
 """Deflate and inflate of streamOptimized grains on every core (specs/vmdk.md §Stream).
 
-zlib releases the GIL while it deflates or inflates, so a few threads keep every core busy
-while one thread reads, orders and writes. The work is split into whole grains, each
-compressed on its own with the same parameters, so the output does not depend on how many
-threads made it: 1 or N workers write the same bytes. Memory is bounded by the number of
-grains in flight, whatever the size of the disk.
+The codec (image/zcodec.py) releases the GIL while it deflates or inflates, so a few
+threads keep every core busy while one thread reads, orders and writes. The work is split
+into whole grains, each compressed on its own with the same parameters, so the output does
+not depend on how many threads made it: 1 or N workers write the same bytes. Memory is
+bounded by the number of grains in flight, whatever the size of the disk.
 """
 from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import ImageError
 from ..formats import vmdk_sparse as vs
+from . import zcodec
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,6 +25,9 @@ DEFAULT_LEVEL = 6            # zlib's default, what qemu-img's compress() uses
 MAX_WORKERS = 8
 IN_FLIGHT_PER_WORKER = 4     # grains submitted but not yet written, per worker
 SECTOR = vs.SECTOR_BYTES
+
+if TYPE_CHECKING:   # the pool is imported when first used: commands that never start one load faster
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def default_workers() -> int:
@@ -54,6 +56,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             yield fn(item)
         return
     bound = limit if limit is not None else in_flight_limit(workers)
+    from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vdisk-zlib")
     pending: deque[tuple[Future[R], T]] = deque()
     try:
@@ -74,6 +77,51 @@ def _take(job: tuple[Future[R], T], fn: Callable[[T], R]) -> R:
     return fn(item) if fut.cancel() else fut.result()
 
 
+DECODE_BATCH = 16    # decoded pieces per task of write_decoded (16 grains: 1 MiB)
+_ZERO_OF: dict[int, bytes] = {}
+
+
+def _all_zero(data: bytes) -> bool:
+    zero = _ZERO_OF.get(len(data))
+    if zero is None:
+        zero = _ZERO_OF.setdefault(len(data), bytes(len(data))) if len(_ZERO_OF) < 8 \
+            else bytes(len(data))
+    return data == zero
+
+
+def write_decoded(jobs: Iterable[tuple[int, Callable[[], bytes]]],
+                  write: Callable[[int, bytes], None], workers: int,
+                  batch: int = DECODE_BATCH) -> Iterator[int]:
+    """Decode pieces on `workers` threads and write them where they belong.
+
+    `jobs` gives (offset, decode) pairs; decode() returns the piece's bytes, which are
+    written with write(offset, data) in the worker unless they are all zero (positional
+    writes need no order, and a raw output's holes already read as zero). A task decodes
+    `batch` pieces, so the hand-over between threads costs little beside the inflate.
+    Yields the end of each batch in job order (for progress); the first error is raised
+    in that order too. Memory: at most in_flight_limit(workers) batches of pieces."""
+    def run(group: list[tuple[int, Callable[[], bytes]]]) -> int:
+        end = 0
+        for off, decode in group:
+            data = decode()
+            if not _all_zero(data):
+                write(off, data)
+            end = off + len(data)
+        return end
+
+    def groups() -> Iterator[list[tuple[int, Callable[[], bytes]]]]:
+        group: list[tuple[int, Callable[[], bytes]]] = []
+        for job in jobs:
+            group.append(job)
+            if len(group) >= batch:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    yield from ordered_map(run, groups(), workers, limit=max(2, 2 * workers))
+
+
 def check_level(level: int) -> int:
     if not 1 <= level <= 9:
         raise ValueError(f"compression level must be 1..9, got {level}")
@@ -83,7 +131,7 @@ def check_level(level: int) -> int:
 def grain_block(lba_sectors: int, data: bytes, level: int) -> bytes:
     """One grain of a stream: marker (lba, compressed size), the zlib data, sector padding
     (specs/vmdk.md §Grain marker)."""
-    blob = zlib.compress(data, level)
+    blob = zcodec.compress(data, level)
     head = struct.pack("<QI", lba_sectors, len(blob))
     return head + blob + bytes(-(len(head) + len(blob)) % SECTOR)
 
@@ -93,10 +141,10 @@ def inflate_grain(blob: bytes, grain: int, grain_bytes: int, last_bytes: int, pa
     """The `grain_bytes` content of one compressed grain; `last_bytes` of them must be in
     the data (less only for the last grain of the capacity). Raises ImageError for data
     that is broken, incomplete or inflates past one grain."""
-    d = zlib.decompressobj()
+    d = zcodec.decompressobj()
     try:
         out = d.decompress(blob, grain_bytes)
-    except zlib.error as exc:
+    except zcodec.error as exc:
         raise ImageError(f"grain {grain}: decompression failed ({exc})", path=path,
                          offset=offset) from None
     if not d.eof:
@@ -153,6 +201,7 @@ class ReadAhead:
         for g in [g for g in self._ahead if g < start]:
             self._ahead.pop(g)[1].cancel()
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(max_workers=self._workers,
                                             thread_name_prefix="vdisk-inflate")
         self._next = max(self._next, start)

@@ -20,6 +20,13 @@ from .backup import check_backup_target
 from .base import copy_data, host_data_ranges
 
 TMP_MARK = ".vdisk-tmp-"
+GROW_JOURNAL_SUFFIX = ".vdisk-journal"   # the record of an in-progress flat grow (image/grow.py)
+
+
+def sidecar_path(path: str, suffix: str) -> str:
+    """The hidden file beside `path` that a journal with `suffix` lives in."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}{suffix}")
 
 
 class LockOverrideWarning(UserWarning):

@@ -8,7 +8,6 @@ except the unwritten tail of a cluster that starts inside the file (as qemu read
 """
 from __future__ import annotations
 
-import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 from ...errors import ImageError, UnsupportedError
 from ...formats import qcow2 as q
-from .. import hostio
+from .. import hostio, zcodec
 from ..base import ReopenableFile, Run, RunKind, check_range, merge_runs
 from .header import Qcow2Meta, l1_entries_for, parse_meta, parse_snapshots
 from .refcount import Refcounts, be_u64s, u64s_be
@@ -190,10 +189,10 @@ class Qcow2Device(ReopenableFile):
             raise ImageError(f"compressed cluster {vc} at 0x{off:x} lies past the end of the "
                              "file", path=self.path, offset=off)
         blob = self.pread(nbytes, off)
-        d = zlib.decompressobj(-12)
+        d = zcodec.decompressobj(-12)
         try:
             out = d.decompress(blob, self.cs)
-        except zlib.error as exc:
+        except zcodec.error as exc:
             raise ImageError(f"compressed cluster {vc} at 0x{off:x}: {exc}", path=self.path,
                              offset=off) from None
         want = min(self.cs, self.size_bytes - vc * self.cs)

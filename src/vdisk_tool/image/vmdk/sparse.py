@@ -170,6 +170,10 @@ def zero_entries(table: array, start: int) -> int:
     return n
 
 
+def _cut(job: Callable[[], bytes], lo: int, hi: int) -> bytes:
+    return job()[lo:hi]
+
+
 class SparseExtent(ReopenableFile):
     """One KDMV file as a device of capacity_sectors × 512 bytes.
 
@@ -308,6 +312,30 @@ class SparseExtent(ReopenableFile):
         blob = self._span_read(size, off + 12, f"compressed grain {grain}")
         last = min(gb, self.size_bytes - grain * gb)
         return functools.partial(parallel.inflate_grain, blob, grain, gb, last, self.path, off)
+
+    def decode_jobs(self, offset: int, length: int
+                    ) -> Iterator[tuple[int, Callable[[], bytes]]] | None:
+        """For a streamOptimized extent without a parent: (offset relative to `offset`,
+        inflate) of each stored grain in [offset, offset+length), the inflate a pure
+        function any thread may run (what the raw writer decodes on every core). Zeroed and
+        unallocated grains are left out: they read as zeros. None for other extents, whose
+        bytes read_at serves."""
+        if not self.geo.compressed or self.parent is not None:
+            return None
+        check_range(self, offset, length)
+        return self._decode_jobs(offset, length)
+
+    def _decode_jobs(self, offset: int, length: int) -> Iterator[tuple[int, Callable[[], bytes]]]:
+        gb, end = self.geo.grain_bytes, offset + length
+        for grain in range(offset // gb, -(-end // gb)):
+            entry = self.gte(grain)
+            if entry <= vs.ZERO_GRAIN_GTE:
+                continue
+            job = self._compressed_job(grain, entry)
+            lo, hi = max(grain * gb, offset), min((grain + 1) * gb, end)
+            if hi - lo != gb:   # the request cuts this grain
+                job = functools.partial(_cut, job, lo - grain * gb, hi - grain * gb)
+            yield lo - offset, job
 
     def _fetch_ahead(self, grain: int) -> tuple[int, Callable[[], bytes]] | None:
         try:

@@ -1,0 +1,49 @@
+"""The deflate codec of stream grains (VMDK) and compressed clusters (qcow2).
+
+zlib-ng, where it is installed (a dependency on the platforms it has wheels for), reads
+and writes the same zlib and raw-deflate formats as Python's zlib, about twice as fast
+both ways; what it writes at a level was smaller than zlib's in the bench
+(specs/vmdk.md, "How vdisk writes and reads streams"). Python's zlib serves everywhere else, and where the environment
+says VDISK_ZLIB=stdlib. Both release the GIL while they work, so threads use every core.
+Output is the same for any number of threads with either codec; the two codecs' outputs
+differ from each other (any reader inflates both).
+"""
+from __future__ import annotations
+
+import os
+import zlib as _stdlib
+from types import ModuleType
+from typing import Any
+
+NAME = "zlib"
+_impl: ModuleType = _stdlib
+error: tuple[type[BaseException], ...] = (_stdlib.error,)
+
+
+def use(name: str) -> str:
+    """Choose the codec: "zlib-ng" (if importable, else "zlib") or "zlib"; return the one
+    chosen."""
+    global NAME, _impl, error
+    impl: ModuleType = _stdlib
+    if name == "zlib-ng":
+        try:
+            from zlib_ng import zlib_ng as impl  # type: ignore[no-redef]
+        except ImportError:
+            impl = _stdlib
+    _impl = impl
+    NAME = "zlib" if impl is _stdlib else "zlib-ng"
+    error = (_stdlib.error,) if impl is _stdlib else (_stdlib.error, impl.error)
+    return NAME
+
+
+def compress(data: bytes, level: int) -> bytes:
+    """`data` as one zlib stream (header, deflate, Adler-32) at `level`."""
+    return _impl.compress(data, level)
+
+
+def decompressobj(wbits: int = 15) -> Any:
+    """An inflater (zlib streams by default, raw deflate for negative `wbits`)."""
+    return _impl.decompressobj(wbits)
+
+
+use("zlib" if os.environ.get("VDISK_ZLIB", "") == "stdlib" else "zlib-ng")
