@@ -96,6 +96,21 @@ def test_both_tables_plausible_is_not_guessed(tmp_path, runner):
     assert p.read_bytes() == before
 
 
+@pytest.mark.parametrize("side", ["primary", "redundant"])
+def test_a_table_emptied_on_one_side_only_is_a_mismatch(tmp_path, runner, side):
+    """Grain table 1 holds one grain (the write at 40 MiB); all its entries zeroed on one
+    side: the copies disagree, however empty one of them is."""
+    p = _sparse(tmp_path)
+    e = SparseExtent(str(p))
+    try:
+        gt, rgt, gt_bytes = e.gd[1], e.read_rgd()[1], e.geo.gt_bytes
+    finally:
+        e.close()
+    _poke(p, (gt if side == "primary" else rgt) * 512, bytes(gt_bytes))
+    code, codes, doc = _codes(runner, p)
+    assert code == 1 and "vmdk.gt-rgt-mismatch" in codes, doc
+
+
 def test_unclean_shutdown_is_cleared(tmp_path, runner):
     p = _sparse(tmp_path)
     _poke(p, 72, b"\x01")

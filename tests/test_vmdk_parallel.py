@@ -39,7 +39,7 @@ def _library(name: str):
 def codec(request):
     """Each test once with Python's zlib and once with zlib-ng (skipped where absent)."""
     lib = _library(request.param)
-    before = zcodec.NAME
+    before = zcodec.name()
     assert zcodec.use(request.param) == request.param
     yield lib
     zcodec.use(before)

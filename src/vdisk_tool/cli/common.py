@@ -18,13 +18,14 @@ import typer
 from ..errors import Finding, RepairError, VdiskError
 from ..image import platform
 from ..image.detect import FORMATS, forced_format
+from . import _plain
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
 EXIT_REPAIR_FAILED = 4
-SCHEMA = 1          # the version of the --json envelope (specs/json.md)
+SCHEMA = _plain.SCHEMA
 
 F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERRORS: tuple[type[BaseException], ...] = (typer.BadParameter.__mro__[1],)  # UsageError
@@ -217,36 +218,14 @@ def takes_format(*image_params: str) -> Callable[[F], F]:
     return deco
 
 
-SUCCESS_KEYS = ("ok", "healthy", "clean", "same")
-
-
 def envelope(obj: Any, ok: bool | None = None, findings: Any = None) -> dict[str, Any]:
-    """The one JSON shape of every command (specs/json.md): schema, command, ok, findings,
-    then the command's own keys. `ok` defaults to the result's own verdict (ok, healthy,
-    clean, same), else to no error or warning among the findings."""
-    import json  # only what prints JSON loads it (start-up)
-    data = json.loads(json.dumps(obj, default=_json_default))
-    if not isinstance(data, dict):
-        data = {"result": data}
-    found = data.pop("findings", None)
-    if found is None:
-        found = data.pop("issues", None)
-    if findings is not None:
-        found = json.loads(json.dumps(list(findings), default=_json_default))
-    found = found or []
-    if ok is None:
-        verdict = next((data[k] for k in SUCCESS_KEYS if isinstance(data.get(k), bool)), None)
-        ok = verdict if verdict is not None else not any(
-            f.get("severity") in ("error", "warning") for f in found if isinstance(f, dict))
-    data.pop("ok", None)
-    return {"schema": SCHEMA, "command": MODE.get("command", ""), "ok": ok, "findings": found,
-            **data}
+    """The one JSON shape of every command (cli/_plain.py, specs/json.md)."""
+    return _plain.envelope(obj, MODE.get("command", ""), ok, findings)
 
 
 def emit_json(obj: Any, ok: bool | None = None, findings: Any = None) -> None:
     """Print a command's result in the JSON envelope (see envelope())."""
-    import json
-    typer.echo(json.dumps(envelope(obj, ok, findings), indent=2))
+    typer.echo(_plain.json_text(obj, MODE.get("command", ""), ok, findings))
 
 
 def report(text: str | None, data: dict[str, Any], ok: bool | None = None) -> None:
@@ -273,24 +252,9 @@ def show_plan(lines: str | list[str], dry_run: bool) -> None:
             say(line)
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "__dataclass_fields__"):
-        import dataclasses
-        return dataclasses.asdict(o)
-    if isinstance(o, bytes):
-        return o.hex()
-    if hasattr(o, "value"):
-        return o.value
-    return str(o)
-
-
 def print_findings(findings: list[Finding], prefix: str = "") -> None:
     for f in findings:
-        where = f" @0x{f.offset:x}" if f.offset is not None else ""
-        fix = " (fixable)" if f.fixable else ""
-        typer.echo(f"{prefix}{f.severity.value}: {f.code}{where}: {f.message}{fix}")
+        typer.echo(_plain.finding_line(f, prefix))
 
 
 _SHOWN: set[str] = set()

@@ -28,6 +28,10 @@ def console_streams() -> None:
 def main() -> None:
     console_streams()
     try:
+        from . import fast
+        code = fast.run(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
         from . import _select
         _select.ONLY = _select.route(sys.argv[1:])
         from .app import main as run

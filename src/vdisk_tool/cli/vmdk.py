@@ -266,14 +266,9 @@ def _print_report(report, json_out: bool) -> None:
     if json_out:
         emit_json(report.to_dict())
         return
-    if report.clean:
-        typer.echo(f"No errors were found on {report.path} ({report.grains_checked} {report.units} checked).")
-        print_findings(report.findings)
-        return
-    print_findings(report.findings)
-    n = sum(1 for f in report.findings if f.severity.value != "info")
-    fixable = sum(1 for f in report.findings if f.fixable)
-    typer.echo(f"{n} finding(s), {fixable} fixable with --repair.")
+    from ._plain import check_lines
+    for line in check_lines(report):
+        typer.echo(line)
 
 
 @app.command()
