@@ -30,7 +30,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-VDISK = [sys.executable, "-m", "vdisk_tool", "-q"]
+from benchlib import vdisk_command
+
+VDISK = vdisk_command("-q")
 MiB = 1 << 20
 
 

@@ -19,7 +19,9 @@ import sys
 import tempfile
 import time
 
-VDISK = [sys.executable, "-m", "vdisk_tool"]
+from benchlib import vdisk_command
+
+VDISK = vdisk_command()
 
 
 def timed(cmd: list[str], before=None) -> tuple[float, int]:
