@@ -132,6 +132,9 @@ class Disk:
         yield from _resolve_parent(own, self.parent.runs(), self.parent.size_bytes)
 
     def _own_runs(self) -> Iterator[Run]:
+        if len(self.extents) == 1 and self.extents[0].access != "NOACCESS":
+            yield from self.extents[0].device.runs()   # the disk is its extent
+            return
         for ext in self.extents:
             # bytes of a NOACCESS extent name no file: nothing copies them from there
             # without read_at's refusal
