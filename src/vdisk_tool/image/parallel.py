@@ -158,25 +158,42 @@ def inflate_grain(blob: bytes, grain: int, grain_bytes: int, last_bytes: int, pa
     return out if len(out) == grain_bytes else out + bytes(grain_bytes - len(out))
 
 
+READ_AHEAD_BATCH = 8   # grains one task of ReadAhead inflates (the hand-over costs less)
+
+
+def _each(jobs: list[Callable[[], bytes]]) -> list[tuple[bool, object]]:
+    """Run every job; (True, result) or (False, the exception) each, so a broken grain is
+    reported when, and only if, the reader gets to it."""
+    out: list[tuple[bool, object]] = []
+    for job in jobs:
+        try:
+            out.append((True, job()))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader of that grain
+            out.append((False, exc))
+    return out
+
+
 class ReadAhead:
     """Inflates the grains that follow a sequential reader's position on worker threads.
 
     `fetch(grain)` (called in the reader's thread, which owns the extent and its file)
     returns what to inflate: (entry, a zero-argument function that inflates) or None for a
     grain without compressed data. Read-ahead starts once reads go forward grain after
-    grain and stops at a jump; at most `window` grains are read ahead. Results are keyed by
-    (grain, entry): a caller asking for another entry than the one read ahead (check's
-    reconciled tables) gets its own inflate.
+    grain and stops at a jump; at most `window` grains are read ahead, handed to the pool
+    `batch` at a time. Results are keyed by (grain, entry): a caller asking for another
+    entry than the one read ahead (check's reconciled tables) gets its own inflate.
     """
 
     def __init__(self, fetch: Callable[[int], tuple[int, Callable[[], bytes]] | None],
-                 grains: int, workers: int, window: int) -> None:
+                 grains: int, workers: int, window: int, batch: int = READ_AHEAD_BATCH) -> None:
         self._fetch = fetch
         self._grains = grains
         self._window = window
+        self._batch = max(1, min(batch, window))
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[int, tuple[int, Future[bytes], Callable[[], bytes]]] = {}
+        # grain -> (entry, the future of its batch, its place in the batch, its inflate)
+        self._ahead: dict[int, tuple[int, Future[list], int, Callable[[], bytes]]] = {}
         self._last = -1 - window   # the grain asked for last
         self._next = 0             # the first grain not yet read ahead
 
@@ -189,9 +206,12 @@ class ReadAhead:
             self._fill(grain + 1)
         else:
             self._drop()
-        if hit is not None and hit[0] == entry:
-            return hit[2]() if hit[1].cancel() else hit[1].result()
-        return inflate()
+        if hit is None or hit[0] != entry or hit[1].cancel():
+            return inflate()   # not read ahead, or its batch not started: inflate it here
+        ok, value = hit[1].result()[hit[2]]
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
 
     @property
     def in_flight(self) -> int:
@@ -200,21 +220,29 @@ class ReadAhead:
     def _fill(self, start: int) -> None:
         for g in [g for g in self._ahead if g < start]:
             self._ahead.pop(g)[1].cancel()
+        self._next = max(self._next, start)
+        stop = min(self._grains, start + self._window)
+        if stop - self._next < self._batch and stop < self._grains:
+            return   # top up a whole batch at a time
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(max_workers=self._workers,
                                             thread_name_prefix="vdisk-inflate")
-        self._next = max(self._next, start)
-        stop = min(self._grains, start + self._window)
         while self._next < stop:
-            g = self._next
-            self._next += 1
-            job = self._fetch(g)
-            if job is not None:
-                self._ahead[g] = (job[0], self._pool.submit(job[1]), job[1])
+            group: list[tuple[int, int, Callable[[], bytes]]] = []
+            while self._next < stop and len(group) < self._batch:
+                g = self._next
+                self._next += 1
+                job = self._fetch(g)
+                if job is not None:
+                    group.append((g, job[0], job[1]))
+            if group:
+                fut = self._pool.submit(_each, [inflate for _, _, inflate in group])
+                for k, (g, e, inflate) in enumerate(group):
+                    self._ahead[g] = (e, fut, k, inflate)
 
     def _drop(self) -> None:
-        for _, fut, _job in self._ahead.values():
+        for _, fut, _k, _job in self._ahead.values():
             fut.cancel()
         self._ahead.clear()
         self._next = 0
@@ -223,4 +251,3 @@ class ReadAhead:
         self._drop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
