@@ -163,6 +163,10 @@ def test_size_must_be_the_parents(tmp_path, runner):
                   code=2)
     assert "differencing" in res.stderr
     assert vdisk(runner, "create", str(tmp_path / "e.vhdx")).exit_code == 2   # no size, no parent
+    res = vdisk(runner, "convert", str(tmp_path / "parent.vhdx"), str(tmp_path / "f.vhdx"),
+                "-o", "backing_file=parent.vhdx")
+    assert res.exit_code == 3 and "convert does not write differencing" in res.stderr
+    assert not (tmp_path / "f.vhdx").exists()
 
 
 # -- (b) reads and writes -----------------------------------------------------------------------
