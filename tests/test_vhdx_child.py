@@ -266,3 +266,25 @@ def test_locator_paths_on_windows(monkeypatch):
     loc_type, got = vb._parse_locator(raw)
     assert loc_type == vb.VHDX_LOCATOR and got == pairs
     assert struct.unpack_from("<H", raw, 18)[0] == len(pairs)
+
+
+def test_a_child_of_a_child(tmp_path, runner):
+    """A chain of three: the grandchild takes the child's facts (which are the parent's) and
+    names the child; a write lands in the grandchild only."""
+    parent = _fat_parent(tmp_path)
+    want = bytearray(_raw_of(parent))
+    child, grand = tmp_path / "child.vhdx", tmp_path / "grand.vhdx"
+    _create(runner, child, "-o", "backing_file=parent.vhdx")
+    _create(runner, grand, "-o", "backing_file=child.vhdx")
+    c, g = vb.parse(child.read_bytes()), vb.parse(grand.read_bytes())
+    assert g.locator == {"parent_linkage": "{" + c.current["data_write"].lower() + "}",
+                         "relative_path": "child.vhdx"}
+    assert (g.size, g.block, g.disk_id) == (c.size, c.block, c.disk_id)
+    sums = _sha(parent), _sha(child)
+    with edit_image(str(grand)) as d:
+        d.write_at(3 * MIB + 7, b"grandchild")
+    want[3 * MIB + 7:3 * MIB + 17] = b"grandchild"
+    assert (_sha(parent), _sha(child)) == sums
+    with open_image(grand) as d:
+        assert d.read_at(0, d.size_bytes) == bytes(want)
+    assert vdisk(runner, "check", str(grand)).exit_code == 0
