@@ -198,11 +198,12 @@ def test_vhdx_new_blocks(tmp_path: Path) -> None:
     _finish("fs put (vhdx, new blocks)", res)
 
 
-def test_vhdx_differencing_child(tmp_path: Path) -> None:
-    """A differencing child (tests/vhdxbuilder.py) over a qemu-img VHDX parent: the edit
-    makes blocks partially present and allocates a sector bitmap; the parent never changes.
-    qemu-img does not read differencing VHDX: vdisk's raw copy is judged by fsck.fat and
-    mtools instead."""
+@pytest.mark.parametrize("maker", ["builder", "vdisk create"])
+def test_vhdx_differencing_child(tmp_path: Path, maker: str) -> None:
+    """A differencing child over a qemu-img VHDX parent, made by tests/vhdxbuilder.py or by
+    `vdisk create -o backing_file=`: the edit makes blocks partially present and allocates
+    a sector bitmap; the parent never changes. qemu-img does not read differencing VHDX:
+    vdisk's raw copy is judged by fsck.fat and mtools instead."""
     import struct
     import uuid
 
@@ -210,12 +211,18 @@ def test_vhdx_differencing_child(tmp_path: Path) -> None:
 
     def make(folder: Path) -> None:
         _vhdx_fat(folder, "base.vhdx")
-        head = (folder / "base.vhdx").read_bytes()[64 * 1024:192 * 1024]
-        h1, h2 = head[:4096], head[64 * 1024:64 * 1024 + 4096]
-        cur = max((h1, h2), key=lambda h: struct.unpack_from("<Q", h, 8)[0])
-        guid = "{" + str(uuid.UUID(bytes_le=cur[32:48])) + "}"
-        child = vb.Vhdx(size=16 * MIB, parent={"parent_linkage": guid, "relative_path": "base.vhdx"})
-        (folder / "d.vhdx").write_bytes(child.build())
+        if maker == "vdisk create":
+            made = run_vdisk(["create", "d.vhdx", "-O", "vhdx", "-o", "backing_file=base.vhdx"],
+                             folder, {})
+            assert made.returncode == 0, made.stderr
+        else:
+            head = (folder / "base.vhdx").read_bytes()[64 * 1024:192 * 1024]
+            h1, h2 = head[:4096], head[64 * 1024:64 * 1024 + 4096]
+            cur = max((h1, h2), key=lambda h: struct.unpack_from("<Q", h, 8)[0])
+            guid = "{" + str(uuid.UUID(bytes_le=cur[32:48])) + "}"
+            child = vb.Vhdx(size=16 * MIB, parent={"parent_linkage": guid,
+                                                   "relative_path": "base.vhdx"})
+            (folder / "d.vhdx").write_bytes(child.build())
         (folder / "new.bin").write_bytes(DATA)
 
     def via_vdisk(folder: Path) -> bool:
@@ -239,7 +246,7 @@ def test_vhdx_differencing_child(tmp_path: Path) -> None:
         base_bytes.setdefault("b", (tmp_path / "template" / "base.vhdx").read_bytes())
         assert (folder / "base.vhdx").read_bytes() == base_bytes["b"], folder
     _enough(res)
-    _finish("fs put (vhdx differencing child)", res)
+    _finish(f"fs put (vhdx differencing child, {maker})", res)
 
 
 def test_vhdx_grow_that_moves_the_bat(tmp_path: Path) -> None:

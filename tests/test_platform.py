@@ -210,6 +210,11 @@ class FakeWin32:
     def open_error(self, path: str, writable: bool) -> int:
         return self.open_code
 
+    def volume_path(self, path: str) -> str:
+        if path.startswith("\\\\"):
+            raise OSError(1, "a share has no volume name")
+        return "\\\\?\\Volume{26a21bda-a627-11d7-9931-806e6f6e6963}\\" + path[3:]
+
 
 @pytest.fixture
 def windows(monkeypatch: pytest.MonkeyPatch) -> FakeWin32:
@@ -318,3 +323,34 @@ def test_the_windows_module_imports_anywhere_and_has_the_documented_codes() -> N
 def test_file_ids_fit_the_journal_header() -> None:
     st = os.stat_result((0o100644, (1 << 100) + 5, 1, 1, 0, 0, 0, 0, 0, 0))
     assert platform.file_id(st) == 5
+
+
+def test_volume_path_only_where_the_host_names_volumes(windows) -> None:
+    """A differencing VHDX's volume_path (specs/vhdx.md): the volume's GUID name on Windows,
+    None for a share (the call fails) and on every other host."""
+    assert platform.volume_path("C:\\vms\\p.vhdx") == \
+        "\\\\?\\Volume{26a21bda-a627-11d7-9931-806e6f6e6963}\\vms\\p.vhdx"
+    assert platform.volume_path("\\\\srv\\share\\p.vhdx") is None
+
+
+def test_volume_path_is_none_off_windows() -> None:
+    if not platform.FEATURES.windows:
+        assert platform.volume_path(os.getcwd()) is None
+
+
+def test_win32_volume_path_joins_the_volume_name_and_the_rest(monkeypatch) -> None:
+    """_win32.volume_path against a stand-in kernel32: mount point C:\\, its volume name."""
+    def get_path(path, buf, n):
+        buf.value = "C:\\"
+        return 1
+
+    def get_name(mount, buf, n):
+        assert mount == "C:\\"
+        buf.value = "\\\\?\\Volume{26a21bda-a627-11d7-9931-806e6f6e6963}\\"
+        return 1
+
+    fake = type("K32", (), {})()
+    fake.GetVolumePathNameW, fake.GetVolumeNameForVolumeMountPointW = get_path, get_name
+    monkeypatch.setattr(_win32, "_kernel32", lambda: fake)
+    assert _win32.volume_path("C:\\vms\\p.vhdx") == \
+        "\\\\?\\Volume{26a21bda-a627-11d7-9931-806e6f6e6963}\\vms\\p.vhdx"

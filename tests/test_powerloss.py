@@ -230,6 +230,8 @@ RENAMING = [   # (name, make, args, env)
     ("grow, sparse", _disk("monolithicSparse"), ("grow", "d.vmdk", "--size", "8M"), ()),
     ("convert", _disk("monolithicSparse"), ("convert", "d.vmdk", "s.vmdk", "-F", "streamOptimized"), ()),
     ("convert, flat", _disk("monolithicSparse"), ("convert", "d.vmdk", "f.vmdk", "-F", "monolithicFlat"), ()),
+    ("create, vhdx child", _disk("vhdx-dynamic"),
+     ("create", "c.vhdx", "-O", "vhdx", "-o", "backing_file=d.vhdx"), ()),
     ("flash reset", _flash, ("flash", "reset", "hd-flash.vmdk", "--yes"), ()),
     ("cf format", _cf, ("cf", "format", "hd-cf.vmdk", "--yes"), ()),
 ]

@@ -3,6 +3,9 @@ vdisk's code): dynamic and differencing files, logs with entries to replay, and 
 knobs to break each structure. qemu-img writes neither logs nor differencing files, so
 these inputs come from here.
 
+parse() reads a VHDX back the same way (struct only, every MUST of MS-VHDX §2.2 and §2.6 it
+meets asserted), so files vdisk writes can be judged without vdisk.
+
 Layout: identifier 0, headers 64/128 KiB, region tables 192/256 KiB, log at 1 MiB,
 metadata at LOG+log_bytes, BAT after it, payload blocks after the BAT.
 """
@@ -113,6 +116,7 @@ class Vhdx:
     data_guid: bytes = field(default_factory=lambda: uuid.uuid4().bytes_le)
     bat_override: dict[int, int] = field(default_factory=dict)   # BAT index -> raw entry
     meta_lengths: dict[str, int] | None = None
+    meta_extra: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (id, flags, value)
 
     # offsets, known after build()
     meta_offset: int = 0
@@ -143,7 +147,8 @@ class Vhdx:
         out[256 * 1024:320 * 1024] = rt
         out[MIB:MIB + len(log)] = log
         out[self.meta_offset:self.meta_offset + MIB] = metadata(
-            self.size, self.block, self.sector, self.parent, lengths=self.meta_lengths)
+            self.size, self.block, self.sector, self.parent, extra=self.meta_extra,
+            lengths=self.meta_lengths)
         bat = bytearray(bat_bytes)
         for blk, (state, data) in sorted(self.blocks.items()):
             off = 0
@@ -185,3 +190,144 @@ def log_entry(seq: int, tail: int, log_guid: bytes, writes: list[tuple[int, byte
             struct.pack_into("<4sIQQQ", buf, d, b"zero", 0, w, off, seq)
     crc_into(buf)
     return bytes(buf)
+
+
+# -- an independent parser ------------------------------------------------------------------
+class Invalid(Exception):
+    """A MUST of MS-VHDX that the parsed file breaks."""
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise Invalid(what)
+
+
+def _crc_ok(buf: bytes, at: int = 4) -> bool:
+    stored = struct.unpack_from("<I", buf, at)[0]
+    return _crc(buf[:at] + b"\0\0\0\0" + buf[at + 4:]) == stored
+
+
+@dataclass
+class Parsed:
+    """What parse() found; GUIDs as upper-case text, items by GUID text."""
+
+    headers: list[dict]
+    current: dict
+    regions: dict[str, tuple[int, int, int]]          # guid -> (offset, length, required)
+    items: dict[str, tuple[int, bytes]]               # system items: guid -> (flags, value)
+    user_items: list[tuple[str, int, bytes]]          # (guid, flags, value)
+    block: int
+    size: int
+    sector: int
+    physical: int
+    flags: int
+    disk_id: str
+    locator_type: str | None
+    locator: dict[str, str]
+    bat: list[int]
+
+    @property
+    def has_parent(self) -> bool:
+        return bool(self.flags & 2)
+
+
+def _guid_text(raw: bytes) -> str:
+    return str(uuid.UUID(bytes_le=bytes(raw))).upper()
+
+
+def parse(data: bytes) -> Parsed:
+    """Parse a whole VHDX held in memory; raise Invalid at the first MUST it breaks."""
+    _need(data[:8] == b"vhdxfile", "file type identifier")
+    headers = []
+    for off in (64 * 1024, 128 * 1024):
+        h = data[off:off + 4096]
+        _need(h[:4] == b"head" and _crc_ok(h), f"header at 0x{off:x} verifies")
+        seq, fw, dw, lg, lv, ver, ll, lo = struct.unpack_from("<Q16s16s16sHHIQ", h, 8)
+        _need(ver == 1 and lv == 0, "header version 1, log version 0")
+        _need(ll % MIB == 0 and lo % MIB == 0 and lo >= MIB, "log 1 MiB aligned after the header section")
+        headers.append(dict(seq=seq, file_write=_guid_text(fw), data_write=_guid_text(dw),
+                            log_guid=_guid_text(lg), log_length=ll, log_offset=lo))
+    current = max(headers, key=lambda h: h["seq"])
+    _need(headers[0]["seq"] != headers[1]["seq"], "header sequence numbers differ")
+    tables = []
+    for off in (192 * 1024, 256 * 1024):
+        t = data[off:off + 64 * 1024]
+        _need(t[:4] == b"regi" and _crc_ok(t), f"region table at 0x{off:x} verifies")
+        tables.append(t)
+    _need(tables[0] == tables[1], "the two region tables are the same")
+    count = struct.unpack_from("<I", tables[0], 8)[0]
+    _need(count <= 2047, "region entry count")
+    regions = {}
+    for i in range(count):
+        gid, off, n, req = struct.unpack_from("<16sQII", tables[0], 16 + 32 * i)
+        _need(off % MIB == 0 and n % MIB == 0 and off >= MIB and n > 0, "region 1 MiB aligned")
+        _need(off + n <= len(data), "region inside the file")
+        regions[_guid_text(gid)] = (off, n, req & 1)
+    _need(BAT in regions and META in regions, "BAT and metadata regions")
+    spans = sorted([(o, o + n) for o, n, _ in regions.values()]
+                   + [(current["log_offset"], current["log_offset"] + current["log_length"])])
+    _need(all(b[0] >= a[1] for a, b in zip(spans, spans[1:], strict=False)), "regions and log do not overlap")
+    moff, mlen, _ = regions[META]
+    meta = data[moff:moff + mlen]
+    _need(meta[:8] == b"metadata", "metadata table signature")
+    mcount = struct.unpack_from("<H", meta, 10)[0]
+    _need(mcount <= 2047, "metadata entry count")
+    items: dict[str, tuple[int, bytes]] = {}
+    user: list[tuple[str, int, bytes]] = []
+    used = []
+    for i in range(mcount):
+        gid, off, n, flags, _r2 = struct.unpack_from("<16sIIII", meta, 32 + 32 * i)
+        _need(n <= MIB and (n == 0 and off == 0 or off >= 64 * 1024 and off + n <= mlen),
+              "metadata item inside the region after the table")
+        _need(flags & ~7 == 0, "metadata entry reserved bits")
+        if n:
+            used.append((off, off + n))
+        key = _guid_text(gid)
+        if flags & 1:
+            user.append((key, flags, meta[off:off + n]))
+        else:
+            _need(key not in items, "system item listed once")
+            items[key] = (flags, meta[off:off + n])
+    used.sort()
+    _need(all(b[0] >= a[1] for a, b in zip(used, used[1:], strict=False)), "metadata items do not overlap")
+    for k in (FILE_PARAMS, DISK_SIZE, DISK_ID, LOGICAL, PHYSICAL):
+        _need(k in items and items[k][0] & 4, f"required item {k}")
+    block, flags = struct.unpack("<II", items[FILE_PARAMS][1][:8])
+    _need(flags & ~3 == 0, "file parameter reserved bits")
+    _need(MIB <= block <= 256 * MIB and block & (block - 1) == 0, "block size")
+    size = struct.unpack("<Q", items[DISK_SIZE][1][:8])[0]
+    sector = struct.unpack("<I", items[LOGICAL][1][:4])[0]
+    physical = struct.unpack("<I", items[PHYSICAL][1][:4])[0]
+    _need(sector in (512, 4096) and physical in (512, 4096), "sector sizes")
+    _need(0 < size <= 64 << 40 and size % sector == 0, "virtual disk size")
+    loc_type, pairs = None, {}
+    if flags & 2:
+        _need(LOCATOR in items, "a differencing file has a parent locator")
+        loc_type, pairs = _parse_locator(items[LOCATOR][1])
+    n_blocks = -(-size // block)
+    ratio = chunk_ratio(block, sector)
+    need = -(-n_blocks // ratio) * (ratio + 1) if flags & 2 else n_blocks + (n_blocks - 1) // ratio
+    boff, blen, _ = regions[BAT]
+    _need(blen >= need * 8, "the BAT region holds every entry")
+    bat = list(struct.unpack_from(f"<{need}Q", data, boff))
+    return Parsed(headers, current, regions, items, user, block, size, sector, physical, flags,
+                  _guid_text(items[DISK_ID][1][:16]), loc_type, pairs, bat)
+
+
+def _parse_locator(raw: bytes) -> tuple[str, dict[str, str]]:
+    """§2.6.2.6: a 20-byte header, 12-byte entries, UTF-16LE keys and values."""
+    loc_type = _guid_text(raw[:16])
+    reserved, count = struct.unpack_from("<HH", raw, 16)
+    _need(reserved == 0 and 20 + 12 * count <= len(raw), "locator header")
+    out: dict[str, str] = {}
+    for i in range(count):
+        ko, vo, kl, vl = struct.unpack_from("<IIHH", raw, 20 + 12 * i)
+        _need(ko > 0 and vo > 0 and kl > 0 and vl > 0, "locator entry fields greater than zero")
+        _need(ko + kl <= len(raw) and vo + vl <= len(raw) and kl % 2 == 0 and vl % 2 == 0,
+              "locator key and value inside the item")
+        key = raw[ko:ko + kl].decode("utf-16-le")
+        value = raw[vo:vo + vl].decode("utf-16-le")
+        _need("\0" not in key + value, "no NUL in locator strings")
+        _need(key not in out, "locator keys unique")
+        out[key] = value
+    return loc_type, out

@@ -39,7 +39,9 @@ OPTIONS = typer.Option(None, "--options", "-o",
                        help="Container options as qemu-img -o takes them. qcow2: cluster_size="
                             "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on (create "
                             "also backing_file=...,backing_fmt=...); vhdx: subformat=dynamic|"
-                            "fixed,block_size=1M..256M.")
+                            "fixed,block_size=1M..256M (create also backing_file=PARENT.vhdx"
+                            "[,backing_fmt=vhdx]: a differencing child of the parent's size "
+                            "and block size).")
 _BY_NAME = {".qcow2": "qcow2", ".vhdx": "vhdx", ".vmdk": "vmdk", ".img": "raw", ".raw": "raw"}
 
 
@@ -74,6 +76,11 @@ def output_choice(path: str, output_format: OutputFormat | None, options: str | 
         merged = {**(shape["options"] if same and shape else {}), **opts}
         given = (subformat if subformat and subformat.startswith("vhdx")
                  else src_sub if same else "vhdx-dynamic")
+        if merged.get("backing_file"):
+            if merged.pop("subformat", "dynamic") != "dynamic" or given == "vhdx-fixed":
+                raise typer.BadParameter("a VHDX with backing_file is a differencing file, "
+                                         "neither fixed nor another subformat")
+            return fmt, "vhdx-differencing", merged
         kind = merged.pop("subformat", given.removeprefix("vhdx-"))
         if kind not in ("dynamic", "fixed"):
             raise typer.BadParameter(f"VHDX subformat is dynamic or fixed, not {kind!r}")
@@ -274,7 +281,9 @@ def _print_report(report, json_out: bool) -> None:
 @app.command()
 @handle_errors
 def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
-           size: str = typer.Option(..., "--size", "-s", help="Capacity, e.g. 100M, 8G."),
+           size: str | None = typer.Option(None, "--size", "-s",
+                                           help="Capacity, e.g. 100M, 8G (required, but for a "
+                                                "differencing VHDX: its parent's)."),
            subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat", "-F",
                                                help="The VMDK subformat, or raw."),
            adapter: Adapter = typer.Option(Adapter.ide, "--adapter", help="ddb.adapterType."),
@@ -282,22 +291,37 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            output_format: OutputFormat | None = OUTPUT_FORMAT,
            options: str | None = OPTIONS,
            force: bool = typer.Option(False, "--force", help="Write even if a VMware lock exists."),
-           overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
-    """Create an empty disk: VMDK (as VMware writes it), raw, qcow2 or VHDX.
+           overwrite: bool = OVERWRITE, json_out: bool = JSON,
+           allow_outside: bool = ALLOW_OUTSIDE) -> None:
+    """Create an empty disk: VMDK (as VMware writes it), raw, qcow2 or VHDX (also a
+    differencing VHDX over a VHDX parent).
 
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
     Example: vdisk create hd-flash.vhdx --size 100M -O vhdx -o subformat=dynamic,block_size=1M
+    Example: vdisk create hd-cf-child.vhdx -O vhdx -o backing_file=hd-cf.vhdx,backing_fmt=vhdx
     """
     from ..image.create import create_image
-    n = parse_size(size)
-    n = -(-n // 512) * 512
     subformat, adapter = subformat.value, adapter.value  # type: ignore[assignment]
     fmt, sub, opts = output_choice(file, output_format, options, str(subformat))
+    if size is not None:
+        n = -(-parse_size(size) // 512) * 512
+    elif sub == "vhdx-differencing":
+        from ..image.vhdx.create import parent_facts
+        assert isinstance(opts, dict)
+        n = parent_facts(file, opts["backing_file"], opts.get("backing_fmt"),
+                         allow_outside).size_bytes
+    else:
+        raise typer.BadParameter("--size is required (only a differencing VHDX takes its "
+                                 "parent's)", param_hint="'--size' / '-s'")
     files = create_image(file, n, sub, adapter, hw_version=hw_version, force=force,
-                         overwrite=overwrite, options=opts)
+                         overwrite=overwrite, options=opts, allow_outside=allow_outside)
     if json_out:
         emit_json({"files": files, "virtual_size_bytes": n, "subformat": sub})
+    elif sub == "vhdx-differencing":
+        assert isinstance(opts, dict)
+        typer.echo(f"Formatting '{file}', fmt=vhdx size={n} backing_file={opts['backing_file']} "
+                   "backing_fmt=vhdx subformat=vhdx-differencing")
     elif fmt == "qcow2":
         from ..image.qcow2.create import Qcow2Options
         assert isinstance(opts, Qcow2Options)

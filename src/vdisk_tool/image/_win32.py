@@ -105,6 +105,21 @@ def replace(src: str, dst: str) -> None:
         raise _error("MoveFileExW", src, dst)
 
 
+def volume_path(path: str) -> str:
+    """`path` through its volume's GUID name (\\\\?\\Volume{...}\\rest): GetVolumePathNameW
+    gives the mount point, GetVolumeNameForVolumeMountPointW the volume's name."""
+    k32 = _kernel32()
+    k32.GetVolumePathNameW.argtypes = [ctypes.c_wchar_p, ctypes.c_wchar_p, _DWORD]
+    k32.GetVolumeNameForVolumeMountPointW.argtypes = [ctypes.c_wchar_p, ctypes.c_wchar_p, _DWORD]
+    mount = ctypes.create_unicode_buffer(1024)
+    if not k32.GetVolumePathNameW(path, mount, len(mount)):
+        raise _error("GetVolumePathNameW", path)
+    name = ctypes.create_unicode_buffer(64)
+    if not k32.GetVolumeNameForVolumeMountPointW(mount.value, name, len(name)):
+        raise _error("GetVolumeNameForVolumeMountPointW", mount.value)
+    return name.value.rstrip("\\") + "\\" + path[len(mount.value):].lstrip("\\")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` is still running (os.kill would end it on Windows)."""
     k32 = _kernel32()

@@ -65,10 +65,12 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
                  parent_hint: str | None = None, parent_cid: int | None = None,
                  ddb: dict[str, str] | None = None, options: object = None,
                  compression_level: int = parallel.DEFAULT_LEVEL,
-                 workers: int | None = None) -> list[str]:
-    """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2', VHDX when 'vhdx-dynamic'
-    or 'vhdx-fixed'); fill it from `source` if given. `options` are the container's creation
-    options: a Qcow2Options for qcow2, qemu-img -o pairs (block_size=...) for VHDX.
+                 workers: int | None = None, allow_outside: bool = False) -> list[str]:
+    """Create a disk (raw when subformat == 'raw', qcow2 when 'qcow2', VHDX when 'vhdx-dynamic',
+    'vhdx-fixed' or 'vhdx-differencing'); fill it from `source` if given. `options` are the
+    container's creation options: a Qcow2Options for qcow2, qemu-img -o pairs (block_size=...,
+    backing_file=... for a differencing VHDX, whose parent may lie outside the folder only
+    with `allow_outside`) for VHDX.
 
     `template` keeps another descriptor's lines (uuid, tools version, ...) with a new CID
     and new extents; without one, `ddb` adds disk-database keys to a fresh descriptor
@@ -116,7 +118,7 @@ def create_image(path: str, size_bytes: int, subformat: str = "monolithicSparse"
     if vhdx:
         from .vhdx.create import create_vhdx, parse_options
         return create_vhdx(path, size_bytes, subformat, source=source, progress=progress,
-                           backup=backup,
+                           backup=backup, allow_outside=allow_outside,
                            **parse_options(options if isinstance(options, dict) else None))
     cid = new_cid()
     rep = Replacement()

@@ -107,6 +107,10 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
         old = disk.size_bytes
         sub = disk.subformat
         files = tuple(disk.files)
+        if disk.parent is not None and disk.format == "vhdx":
+            raise RefusedError("a differencing VHDX has its parent's size (MS-VHDX), and growing "
+                               "the parent gives it a new DataWriteGuid that orphans the child; "
+                               "convert the child to a standalone VHDX and grow that", path=path)
         if disk.parent is not None:
             raise RefusedError("growing a snapshot delta would break its chain; grow the base "
                                "disk after consolidating", path=path)

@@ -302,6 +302,17 @@ def replace(src: str, dst: str) -> None:
         os.replace(src, dst)
 
 
+def volume_path(path: str) -> str | None:
+    """`path` named through its volume's GUID (\\\\?\\Volume{...}\\...) where the host has
+    such names (Windows); None elsewhere or when the volume has none (a network share)."""
+    if not FEATURES.windows:
+        return None
+    try:
+        return _win32().volume_path(path)
+    except OSError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` still runs (os.kill(pid, 0) would end it on Windows)."""
     if FEATURES.windows:

@@ -47,7 +47,8 @@ def _attach_parent(disk, dev: VhdxDevice, allow_outside: bool, parent_dir: str |
     found = None
     refused: ImageError | None = None
     for key, name in parent_candidates(loc):
-        norm = name[4:] if name.startswith("\\\\?\\") else name
+        norm = ("\\\\" + name[8:] if name.startswith("\\\\?\\UNC\\")
+                else name[4:] if name.startswith("\\\\?\\") else name)
         try:
             cand = _resolve(base, norm, allow_outside, f"parent ({key})", disk.path)
         except ImageError as exc:
