@@ -26,6 +26,7 @@ SLOW_MODULES = frozenset({
     "test_qcow2_write", "test_qcow2_hostile", "test_qcow2_bundle", "test_bundle_convert",
     # every command walked or run through the CLI: the interpreter makes no difference there
     "test_locks", "test_readme", "test_json_schema", "test_cli_shape", "test_completion",
+    "test_fast",
 })
 SLOW_TESTS = frozenset({
     "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",
