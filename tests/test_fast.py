@@ -99,3 +99,23 @@ def test_other_command_lines_go_to_the_parser(images, extra) -> None:
 def test_what_the_fast_path_does_not_understand_is_left_alone(images, args) -> None:
     _, fast = _same([a.format(images["clean"]) for a in args])
     assert not fast
+
+
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-", "| true"])
+@pytest.mark.parametrize("name", ["clean", "mismatch"])
+def test_an_output_that_fails_ends_as_the_full_command_ends(images, name, redirect) -> None:
+    """A full disk (error, exit 3), a closed stdout, a reader that went away (exit 0):
+    the same line and exit code either way."""
+    if redirect == ">/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    got = []
+    for fast in (True, False):
+        env = dict(os.environ, VDISK_NO_FAST="" if fast else "1")
+        script = (f'"{sys.executable}" -m vdisk_tool check "{images[name]}" {redirect}; '
+                  'echo "rc=${PIPESTATUS[0]}" >&2')
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+        got.append(r.stderr)
+    assert got[0] == got[1]
+    # no stdout at all: nothing is printed and the verdict is the exit code
+    want = {">/dev/full": 3, "| true": 0}.get(redirect, 0 if name == "clean" else 1)
+    assert got[0].strip().endswith(f"rc={want}"), got

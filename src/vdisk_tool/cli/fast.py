@@ -35,7 +35,7 @@ def run(argv: list[str]) -> int | None:
     if os.environ.get("VDISK_NO_FAST", "") not in ("", "0"):
         return None
     parsed = _check_args(argv)
-    if parsed is None:
+    if parsed is None or not _plain_stdout():
         return None
     image, json_out = parsed
     import warnings
@@ -58,10 +58,28 @@ def run(argv: list[str]) -> int | None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly, as the full command line does
+        # the reader went away (`| head`): stop quietly with 0, as the full command line does
         from ..image import platform
         try:
             os.dup2(platform.open_fd(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
+        return 0
+    except (OSError, ValueError):
+        # nothing reached the output (a full disk, a character the encoding lacks): the
+        # full command line reports it
+        return None
     return 0 if report.clean else 1
+
+
+def _plain_stdout() -> bool:
+    """An output the full command line writes to as it is: present, and not ASCII-only
+    (click writes UTF-8 to an ASCII stream itself)."""
+    out = sys.stdout
+    if out is None or not hasattr(out, "write"):
+        return False
+    import codecs
+    try:
+        return codecs.lookup(getattr(out, "encoding", None) or "ascii").name != "ascii"
+    except LookupError:
+        return False

@@ -251,3 +251,4 @@ class ReadAhead:
         self._drop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

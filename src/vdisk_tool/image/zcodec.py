@@ -31,9 +31,10 @@ def use(name: str) -> str:
             from zlib_ng import zlib_ng as impl  # type: ignore[no-redef]
         except ImportError:
             impl = _stdlib
-    _impl = impl
-    NAME = "zlib" if impl is _stdlib else "zlib-ng"
+    # the errors first: a thread that sees the new codec must also catch its errors
     error = (_stdlib.error,) if impl is _stdlib else (_stdlib.error, impl.error)
+    NAME = "zlib" if impl is _stdlib else "zlib-ng"
+    _impl = impl
     return NAME
 
 

@@ -170,6 +170,10 @@ def zero_entries(table: array, start: int) -> int:
     return n
 
 
+def _raise(exc: BaseException) -> bytes:
+    raise exc
+
+
 def _cut(job: Callable[[], bytes], lo: int, hi: int) -> bytes:
     return job()[lo:hi]
 
@@ -328,11 +332,16 @@ class SparseExtent(ReopenableFile):
     def _decode_jobs(self, offset: int, length: int) -> Iterator[tuple[int, Callable[[], bytes]]]:
         gb, end = self.geo.grain_bytes, offset + length
         for grain in range(offset // gb, -(-end // gb)):
-            entry = self.gte(grain)
-            if entry <= vs.ZERO_GRAIN_GTE:
-                continue
-            job = self._compressed_job(grain, entry)
             lo, hi = max(grain * gb, offset), min((grain + 1) * gb, end)
+            try:
+                entry = self.gte(grain)
+                if entry <= vs.ZERO_GRAIN_GTE:
+                    continue
+                job = self._compressed_job(grain, entry)
+            except VdiskError as exc:
+                # raised where this grain's inflate would be: errors surface in grain order
+                yield lo - offset, functools.partial(_raise, exc)
+                return
             if hi - lo != gb:   # the request cuts this grain
                 job = functools.partial(_cut, job, lo - grain * gb, hi - grain * gb)
             yield lo - offset, job
