@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from ..errors import Finding, Severity, VdiskError
 from .detect import choose_format
 from .disk import Disk, open_image
-from .safe import GROW_JOURNAL_SUFFIX, TMP_MARK, leftover_temps, sidecar_path
+from .safe import (
+    EDIT_JOURNAL_SUFFIX,
+    GROW_JOURNAL_SUFFIX,
+    TMP_MARK,
+    leftover_temps,
+    sidecar_path,
+)
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -71,8 +77,10 @@ def check_image(path: str, allow_outside: bool = False, during_edit: bool = Fals
     """Open `path` (raising only if it cannot be opened) and check every layer of it.
     `during_edit`: the check of an edit's result before it commits (its journal is expected)."""
     report = CheckReport(path)
-    from .journal import pending_finding
-    pending = None if during_edit else pending_finding(path)
+    pending = None
+    if not during_edit and os.path.lexists(sidecar_path(path, EDIT_JOURNAL_SUFFIX)):
+        from .journal import pending_finding
+        pending = pending_finding(path)
     if pending is not None:
         report.roll_back = pending.fixable
         report.findings.append(pending)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from ..errors import Finding, ImageError, RefusedError, Severity
 from . import platform
 from .platform import fsync_dir
-from .safe import sidecar_path
+from .safe import EDIT_JOURNAL_SUFFIX, sidecar_path
 
-SUFFIX = ".vdisk-journal-edit"
+SUFFIX = EDIT_JOURNAL_SUFFIX
 MAGIC = b"VDISKJNL"
 VERSION = 1
 PAGE = 4096

@@ -21,6 +21,7 @@ from .base import copy_data, host_data_ranges
 
 TMP_MARK = ".vdisk-tmp-"
 GROW_JOURNAL_SUFFIX = ".vdisk-journal"   # the record of an in-progress flat grow (image/grow.py)
+EDIT_JOURNAL_SUFFIX = ".vdisk-journal-edit"   # the undo journal of an edit (image/journal.py)
 
 
 def sidecar_path(path: str, suffix: str) -> str:
