@@ -8,11 +8,11 @@ A scan never raises for what it finds; it records problems for image/qcow2/check
 """
 from __future__ import annotations
 
-import struct
 from array import array
 from dataclasses import dataclass, field
 
 from ...formats import qcow2 as q
+from . import bitmaps
 from .device import Qcow2Device
 from .refcount import be_u64s
 
@@ -134,15 +134,8 @@ def _walk_bitmaps(dev: Qcow2Device, s: Scan, inc) -> None:
     count, off, nbytes = dev.meta.bitmaps
     if not nbytes or nbytes > 64 << 20 or not inc(off, nbytes, META, "the bitmap directory"):
         return
-    raw = dev.pread(nbytes, off)
-    pos = 0
-    for k in range(min(count, 65535)):
-        if pos + 24 > len(raw):
-            break
-        t_off, t_size, _flags, _typ, _gran, name_size, extra = struct.unpack_from(
-            ">QIIBBHI", raw, pos)
-        pos += 24 + extra + name_size
-        pos += -pos % 8
+    for k, entry in enumerate(bitmaps.entries(dev.pread(nbytes, off), count)):
+        t_off, t_size = entry.table_offset, entry.table_size
         if not t_size or t_size * 8 > 64 << 20 or not inc(t_off, t_size * 8, META,
                                                          f"bitmap {k}'s table"):
             continue
