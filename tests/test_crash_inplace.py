@@ -311,3 +311,38 @@ def test_qcow2_overlay_copies_from_its_backing_file(tmp_path: Path) -> None:
                      tmp_path, points=POINTS)
     _enough(res)
     _finish("fs put (qcow2 overlay, copy from the backing file)", res)
+
+
+def test_qcow2_grow_over_a_larger_backing_file(tmp_path: Path) -> None:
+    """`grow` of a 2 MiB overlay (512-byte clusters) over an 8 MiB base: the L1 table
+    moves, the head of the new area is copied and zeroed, new L2 tables of zero entries
+    are written. After a kill: the old file, or the grown one reading the overlay's old
+    content and then zeros; the base never changes."""
+    qemu_img = need_tool("qemu-img")
+    ref = tmp_path / "ref.raw"
+
+    def make(folder: Path) -> None:
+        _fat_disk(folder, "v.vmdk")
+        run(qemu_img, "convert", "-q", "-O", "qcow2", str(folder / "v.vmdk"),
+            str(folder / "base.qcow2"))
+        (folder / "v.vmdk").unlink()
+        run(qemu_img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "-b",
+            "base.qcow2", "-F", "qcow2", str(folder / "d.qcow2"), "2095616")
+        if not ref.exists():
+            run(qemu_img, "convert", "-q", "-O", "raw", str(folder / "d.qcow2"), str(ref))
+            with open(ref, "r+b") as f:
+                f.truncate(12 * MIB)
+
+    base: dict[str, bytes] = {}
+
+    def grown(folder: Path) -> bool:
+        data = (folder / "base.qcow2").read_bytes()
+        base.setdefault("bytes", data)
+        img = folder / "d.qcow2"
+        return data == base["bytes"] and run(qemu_img, "check", str(img), check=False
+                                             ).returncode == 0 and run(
+            qemu_img, "compare", "-F", "raw", str(img), str(ref), check=False).returncode == 0
+
+    res = crash_test(make, ["grow", "d.qcow2", "--size", "12M"], grown, tmp_path, points=POINTS)
+    _enough(res)
+    _finish("grow (qcow2 overlay over a larger backing file)", res)
