@@ -346,3 +346,28 @@ def test_qcow2_grow_over_a_larger_backing_file(tmp_path: Path) -> None:
     res = crash_test(make, ["grow", "d.qcow2", "--size", "12M"], grown, tmp_path, points=POINTS)
     _enough(res)
     _finish("grow (qcow2 overlay over a larger backing file)", res)
+
+
+def test_qcow2_reuses_free_clusters(tmp_path: Path) -> None:
+    """`fs put` on a qcow2 whose clusters at 6 MiB were written and discarded by qemu-io
+    (free clusters inside the file): the new data, L2 entries and refcounts go into them,
+    the file does not grow. After a kill: the old file byte for byte, or the new one."""
+    qemu_img, qemu_io = need_tool("qemu-img"), need_tool("qemu-io")
+    size: dict[str, int] = {}
+
+    def make(folder: Path) -> None:
+        _fat_disk(folder, "v.vmdk")
+        img = folder / "d.qcow2"
+        run(qemu_img, "convert", "-q", "-O", "qcow2", "-o", "cluster_size=4096",
+            str(folder / "v.vmdk"), str(img))
+        (folder / "v.vmdk").unlink()
+        run(qemu_io, "-f", "qcow2", "-c", "write -P 0x5a 6M 512k", "-c", "discard 6M 512k",
+            str(img))
+        size.setdefault("d", img.stat().st_size)
+        (folder / "new.bin").write_bytes(DATA)
+
+    res = crash_test(make, ["fs", "put", "d.qcow2", "new.bin", "/NEW.BIN"],
+                     _put_result("d.qcow2", lambda f: (f / "d.qcow2").stat().st_size
+                                 == size["d"]), tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (qcow2, free clusters reused)", res)

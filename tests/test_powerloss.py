@@ -55,6 +55,10 @@ def _disk(subformat: str):
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2", "-o",
                 subformat.partition(":")[2], str(raw), str(folder / "d.qcow2"))
             raw.unlink()
+            if subformat.startswith("qcow2+holes"):
+                # free clusters inside the file, where the volume holds nothing (zeros)
+                run(need_tool("qemu-io"), "-f", "qcow2", "-c", "write -P 0x5a 3M 512k",
+                    "-c", "discard 3M 512k", str(folder / "d.qcow2"))
         else:
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                 f"subformat={subformat}", str(raw), str(folder / "d.vmdk"))
@@ -133,6 +137,9 @@ SCENARIOS = [
     Scenario("inplace-qcow2", "qcow2:cluster_size=4096,lazy_refcounts=on",
              ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
     Scenario("grow-qcow2", "qcow2:cluster_size=512", ("grow", "d.qcow2", "--size", "6M"), adds=()),
+    # qcow2 with free clusters inside the file: the new clusters reuse them
+    Scenario("inplace-qcow2-reuse", "qcow2+holes:cluster_size=4096",
+             ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
 ]
 
 
