@@ -37,7 +37,8 @@ OUTPUT_FORMAT = typer.Option(None, "--output-format", "-O", case_sensitive=False
                                   "(.img/.raw, .qcow2, .vhdx), else the source's.")
 OPTIONS = typer.Option(None, "--options", "-o",
                        help="Container options as qemu-img -o takes them. qcow2: cluster_size="
-                            "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on (create "
+                            "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on,"
+                            "extended_l2=on,preallocation=off|metadata|falloc|full (create "
                             "also backing_file=...,backing_fmt=...); vhdx: subformat=dynamic|"
                             "fixed,block_size=1M..256M.")
 _BY_NAME = {".qcow2": "qcow2", ".vhdx": "vhdx", ".vmdk": "vmdk", ".img": "raw", ".raw": "raw"}
@@ -306,7 +307,9 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     elif fmt == "qcow2":
         from ..image.qcow2.create import Qcow2Options
         assert isinstance(opts, Qcow2Options)
+        prealloc = f" preallocation={opts.preallocation}" if opts.preallocation != "off" else ""
         typer.echo(f"Formatting '{file}', fmt=qcow2 cluster_size={opts.cluster_bytes} "
+                   f"extended_l2={'on' if opts.extended_l2 else 'off'}{prealloc} "
                    f"compat={opts.compat} refcount_bits={opts.refcount_bits} size={n}")
     else:
         typer.echo(f"Formatting '{file}', fmt={fmt} size={n} subformat={sub} adapter={adapter}")

@@ -40,7 +40,8 @@ def new_cid() -> int:
 
 def like(disk) -> dict:
     """What create_image needs to make a blank disk identical in shape to `disk`
-    (for a qcow2: its cluster size, compat, refcount width and lazy refcounts as `options`)."""
+    (for a qcow2: its cluster size, compat, refcount width, lazy refcounts and extended L2
+    entries as `options`)."""
     desc = disk.descriptor
     sub = disk.subformat if disk.subformat in SUBFORMATS + FORMAT_SUBFORMATS else (
         "raw" if disk.format == "raw" else "monolithicSparse")
@@ -48,7 +49,8 @@ def like(disk) -> dict:
     if disk.format == "qcow2":
         from .qcow2.create import Qcow2Options
         m = disk.extents[0].device.meta
-        options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts)
+        options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts,
+                               extended_l2=m.extended_l2)
     if disk.format == "vhdx":
         from .vhdx import shape_of
         return shape_of(disk)

@@ -316,8 +316,10 @@ class Qcow2Device(ReopenableFile):
         content.extend(bytes(cs - len(content)))
         table_off = self._writable_l2(vc // self.l2n)
         old = entry & q.L2E_OFFSET_MASK
-        reuse = kind in (DATA, MIXED, ZERO) and not entry & q.OFLAG_COMPRESSED and old \
-            and entry & q.OFLAG_COPIED
+        # an extended entry may hold a host cluster with no subcluster allocated yet
+        # (qemu's preallocation=metadata): it is written in place like the others
+        reuse = kind in (DATA, MIXED, ZERO, UNALLOC) and not entry & q.OFLAG_COMPRESSED \
+            and old and entry & q.OFLAG_COPIED
         host = self._host(entry) if reuse else self.refs.alloc(1, zero=False)
         self.pwrite(content, host)
         self._set_entry(vc, table_off, host | q.OFLAG_COPIED, ALL_ALLOC)
@@ -370,6 +372,36 @@ class Qcow2Device(ReopenableFile):
             t[j] = entry
             raw = entry.to_bytes(8, "big")
         self.pwrite(raw, table_off + j * self.meta.l2_entry_bytes)
+
+    def preallocate(self, mode: str) -> None:
+        """Give every virtual cluster a host cluster of its own, as qemu-img create's
+        preallocation does: per L2 table, the table and then its data clusters in one run;
+        entries point at them with COPIED (extended: no subcluster allocated yet, so they
+        still read as zeros or from the backing file). `metadata` leaves the data clusters
+        as holes at the end of the file, `falloc` reserves their space, `full` writes
+        zeros into them."""
+        clusters = -(-self.size_bytes // self.cs)
+        step = 2 if self.ext else 1
+        for li in range(-(-clusters // self.l2n)):
+            first = li * self.l2n
+            n = min(self.l2n, clusters - first)
+            table_off = self._writable_l2(li)
+            t = self.l2_table(li)
+            assert t is not None
+            start = self.refs.alloc(n, zero=False)
+            for k in range(n):
+                t[k * step] = (start + k * self.cs) | q.OFLAG_COPIED
+            self.pwrite(u64s_be(t), table_off)
+            if mode == "falloc":
+                hostio.allocate(self._fd, start, n * self.cs)
+            elif mode == "full":
+                zeros = bytes(min(n * self.cs, 1 << 20))
+                for pos in range(start, start + n * self.cs, len(zeros)):
+                    self.pwrite(zeros[:min(len(zeros), start + n * self.cs - pos)], pos)
+        end = self.refs.end
+        if end > self.file_bytes:
+            hostio.ftruncate(self._fd, end)
+            self.file_bytes = end
 
     # -- header changes --------------------------------------------------------------------
     def set_incompatible(self, bits: int, on: bool) -> None:
