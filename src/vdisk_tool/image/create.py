@@ -280,13 +280,6 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
                     else:
                         assert src.file is not None and src.file_offset is not None
                         src_fd = files.fd(src.file)
-                        if getattr(source, "format", None) == "qcow2":
-                            # the unwritten tail of a qcow2's last cluster reads as zeros
-                            # (as in qemu); a cluster wholly past the end is an error
-                            length = min(length, hostio.file_bytes(src_fd) - src.file_offset)
-                            if length <= 0:
-                                source.read_at(source_start + off, 1)   # raises
-                                continue
                         copy_data(src_fd, src.file_offset, fd, off, length, src.file)
                     if progress:
                         progress(off + length, size_bytes)

@@ -250,7 +250,7 @@ class Qcow2Device(ReopenableFile):
                 bitmap = t[j * step + 1] if self.ext else 0
                 kind = self.classify(entry, bitmap)
                 if kind == DATA:
-                    yield Run(start, n, RunKind.DATA, self.path, entry & q.L2E_OFFSET_MASK)
+                    yield from self._stored(start, n, entry & q.L2E_OFFSET_MASK)
                 elif kind == UNALLOC:
                     yield Run(start, n, unalloc)
                 elif kind == ZERO:
@@ -272,9 +272,22 @@ class Qcow2Device(ReopenableFile):
             if bitmap >> (32 + k) & 1:
                 yield Run(a, m, RunKind.ZERO)
             elif bitmap >> k & 1:
-                yield Run(a, m, RunKind.DATA, self.path, host + k * sc)
+                yield from self._stored(a, m, host + k * sc)
             else:
                 yield Run(a, m, unalloc)
+
+    def _stored(self, start: int, n: int, host: int) -> Iterator[Run]:
+        """The runs of n bytes stored at `host`: as read_at reads them, the part past the
+        end of the file (the unwritten tail of the last cluster, as in qemu) is zeros; a
+        cluster wholly past the end is left to read_at (which refuses it)."""
+        have = self.file_bytes - host
+        if have <= 0:
+            yield Run(start, n, RunKind.DATA, self.path, None)
+        elif have >= n:
+            yield Run(start, n, RunKind.DATA, self.path, host)
+        else:
+            yield Run(start, have, RunKind.DATA, self.path, host)
+            yield Run(start + have, n - have, RunKind.ZERO)
 
     # -- writing ---------------------------------------------------------------------------
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
