@@ -279,7 +279,8 @@ def _print_report(report, json_out: bool) -> None:
 
 @app.command()
 @handle_errors
-def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
+def create(file: str = typer.Argument(..., help="The image to create: a VMDK's descriptor "
+                                       "file, or a raw, qcow2 or VHDX file."),
            size: str = typer.Option(..., "--size", "-s", help="Capacity, e.g. 100M, 8G."),
            subformat: Subformat = typer.Option(Subformat.monolithicSparse, "--subformat", "-F",
                                                help="The VMDK subformat, or raw."),
@@ -291,6 +292,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
            overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Create an empty disk: VMDK (as VMware writes it), raw, qcow2 or VHDX.
 
+    \b
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
     Example: vdisk create hd-flash.vhdx --size 100M -O vhdx -o subformat=dynamic,block_size=1M
@@ -336,6 +338,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
     The container follows -O, else the name (.img/.raw raw, .qcow2 qcow2, .vhdx VHDX), else
     the source's.
 
+    \b
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     Example: vdisk convert hd-cf.vmdk hd-cf.qcow2 -O qcow2 -o compat=1.1
     Example: vdisk convert hd-cf.vmdk hd-cf.vhdx -O vhdx -o subformat=fixed
