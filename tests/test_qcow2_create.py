@@ -1,7 +1,8 @@
 """`vdisk create`/`convert -O qcow2 -o extended_l2=on,preallocation=…` as qemu-img offers
 them: judged by `qemu-img check`, `qemu-img info --output=json`, `qemu-img map` (against
 `qemu-img create` with the same options) and `qemu-img compare`; then writes into the new
-images through vdisk's edit path, against a raw model."""
+images, and into mixed extended-L2 subclusters, through vdisk's edit path, against a raw
+model."""
 from __future__ import annotations
 
 import json
@@ -124,3 +125,40 @@ def test_refusals_as_qemu_img_refuses(tmp_path: Path, runner, opts: str, word: s
     if "backing_file" not in opts:
         assert run(_img(), "create", "-q", "-f", "qcow2", "-o", opts, str(tmp_path / "q"), "8M",
                    check=False).returncode != 0
+
+
+def test_a_write_into_mixed_subclusters_fills_them_as_they_read(tmp_path: Path) -> None:
+    """A builder-made extended-L2 overlay (64 KiB clusters, 2 KiB subclusters) over a raw
+    backing file: cluster 0 has subclusters allocated (even), zero (every third odd) and
+    unallocated (the rest, reading the backing file). A 100-byte write into it makes the
+    whole cluster allocated in place: each subcluster keeps what it read as (qemu-io is the
+    judge), and the bitmap becomes 32 allocated, none zero."""
+    import struct
+
+    from qcow2builder import Qcow2Builder
+
+    from vdisk_tool.image.edit import edit_image
+    (tmp_path / "base.raw").write_bytes(b"\x31" * (1 << 20))
+    alloc = sum(1 << k for k in range(0, 32, 2))
+    zero = sum(1 << k for k in range(1, 32, 6))
+    where = Qcow2Builder(size=1 << 20, backing="base.raw", extended_l2=True,
+                         extensions=[(0xE2792ACA, b"raw")], data={0: b"\x41" * 65536},
+                         bitmap_override={0: zero << 32 | alloc}).build(tmp_path / "top.qcow2")
+    top = tmp_path / "top.qcow2"
+    oracle_clean(top)
+    model = to_raw(top, tmp_path / "model.raw")
+    assert model.read_bytes()[:2048] == b"\x41" * 2048            # the builder is sound
+    assert model.read_bytes()[2048:4096] == bytes(2048)
+    assert model.read_bytes()[6144:8192] == b"\x31" * 2048
+    end = top.stat().st_size
+    with edit_image(str(top)) as disk, open(model, "r+b") as f:
+        disk.write_at(5000, b"\x5e" * 100)
+        f.seek(5000)
+        f.write(b"\x5e" * 100)
+    oracle_clean(top)
+    same(top, model)
+    assert top.stat().st_size == end                              # written in place
+    l2 = where["l2"][0] * 65536
+    entry, bitmap = struct.unpack_from(">QQ", top.read_bytes(), l2)
+    assert entry & 0x00FFFFFFFFFFFE00 == where["data"][0] * 65536
+    assert bitmap == 0xFFFFFFFF
