@@ -162,3 +162,15 @@ def test_a_write_into_mixed_subclusters_fills_them_as_they_read(tmp_path: Path) 
     entry, bitmap = struct.unpack_from(">QQ", top.read_bytes(), l2)
     assert entry & 0x00FFFFFFFFFFFE00 == where["data"][0] * 65536
     assert bitmap == 0xFFFFFFFF
+
+
+def test_convert_keeps_extended_l2_unless_the_options_exclude_it(tmp_path: Path,
+                                                                 runner) -> None:
+    src = qemu_image(tmp_path, "s.qcow2", "extended_l2=on")
+    for opts, ext in (("", True), ("cluster_size=4096", False), ("compat=0.10", False)):
+        out = tmp_path / f"o{len(opts)}.qcow2"
+        r = vdisk(runner, "convert", str(src), str(out), *(["-o", opts] if opts else []))
+        assert r.exit_code == 0, r.output
+        oracle_clean(out)
+        same(out, src, "qcow2")
+        assert _info(out)["format-specific"]["data"].get("extended-l2", False) is ext, opts

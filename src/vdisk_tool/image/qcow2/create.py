@@ -79,6 +79,10 @@ def parse_options(text: str | None, base: Qcow2Options | None = None) -> Qcow2Op
             raise RefusedError(f"unknown or unsupported qcow2 option {item!r}; vdisk takes "
                                "cluster_size, compat, refcount_bits, lazy_refcounts, "
                                "extended_l2, preallocation, backing_file, backing_fmt")
+    keys = {item.partition("=")[0].strip() for item in (text or "").split(",")}
+    if base is not None and opts.extended_l2 and "extended_l2" not in keys and (
+            opts.cluster_bytes < 1 << 14 or opts.compat == "0.10"):
+        opts = replace(opts, extended_l2=False)   # kept from the source, not asked for
     validate(opts)
     return opts
 
