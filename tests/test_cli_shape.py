@@ -191,3 +191,16 @@ def test_summaries_are_one_sentence_without_breaks() -> None:
     for path, cmd in TREE:
         if path:
             assert cmd.short_help and "\n" not in cmd.short_help, path
+
+
+@pytest.mark.parametrize("path", LEAVES + GROUPS, ids=lambda p: " ".join(p) or "vdisk")
+def test_each_example_stands_whole_on_its_own_line(runner, path) -> None:
+    """An example is one line that starts with "Example: vdisk": never run into the text
+    before it, never wrapped onto the next line (the next line is blank or another one)."""
+    lines = _help(runner, path).splitlines()
+    for i, line in enumerate(lines):
+        if "Example:" not in line:
+            continue
+        assert line.strip().startswith("Example: vdisk "), line
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        assert nxt == "" or nxt.startswith("Example: vdisk "), (line, nxt)

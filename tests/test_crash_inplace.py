@@ -318,3 +318,63 @@ def test_qcow2_overlay_copies_from_its_backing_file(tmp_path: Path) -> None:
                      tmp_path, points=POINTS)
     _enough(res)
     _finish("fs put (qcow2 overlay, copy from the backing file)", res)
+
+
+def test_qcow2_grow_over_a_larger_backing_file(tmp_path: Path) -> None:
+    """`grow` of a 2 MiB overlay (512-byte clusters) over an 8 MiB base: the L1 table
+    moves, the head of the new area is copied and zeroed, new L2 tables of zero entries
+    are written. After a kill: the old file, or the grown one reading the overlay's old
+    content and then zeros; the base never changes."""
+    qemu_img = need_tool("qemu-img")
+    ref = tmp_path / "ref.raw"
+
+    def make(folder: Path) -> None:
+        _fat_disk(folder, "v.vmdk")
+        run(qemu_img, "convert", "-q", "-O", "qcow2", str(folder / "v.vmdk"),
+            str(folder / "base.qcow2"))
+        (folder / "v.vmdk").unlink()
+        run(qemu_img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "-b",
+            "base.qcow2", "-F", "qcow2", str(folder / "d.qcow2"), "2095616")
+        if not ref.exists():
+            run(qemu_img, "convert", "-q", "-O", "raw", str(folder / "d.qcow2"), str(ref))
+            with open(ref, "r+b") as f:
+                f.truncate(12 * MIB)
+
+    base: dict[str, bytes] = {}
+
+    def grown(folder: Path) -> bool:
+        data = (folder / "base.qcow2").read_bytes()
+        base.setdefault("bytes", data)
+        img = folder / "d.qcow2"
+        return data == base["bytes"] and run(qemu_img, "check", str(img), check=False
+                                             ).returncode == 0 and run(
+            qemu_img, "compare", "-F", "raw", str(img), str(ref), check=False).returncode == 0
+
+    res = crash_test(make, ["grow", "d.qcow2", "--size", "12M"], grown, tmp_path, points=POINTS)
+    _enough(res)
+    _finish("grow (qcow2 overlay over a larger backing file)", res)
+
+
+def test_qcow2_reuses_free_clusters(tmp_path: Path) -> None:
+    """`fs put` on a qcow2 whose clusters at 6 MiB were written and discarded by qemu-io
+    (free clusters inside the file): the new data, L2 entries and refcounts go into them,
+    the file does not grow. After a kill: the old file byte for byte, or the new one."""
+    qemu_img, qemu_io = need_tool("qemu-img"), need_tool("qemu-io")
+    size: dict[str, int] = {}
+
+    def make(folder: Path) -> None:
+        _fat_disk(folder, "v.vmdk")
+        img = folder / "d.qcow2"
+        run(qemu_img, "convert", "-q", "-O", "qcow2", "-o", "cluster_size=4096",
+            str(folder / "v.vmdk"), str(img))
+        (folder / "v.vmdk").unlink()
+        run(qemu_io, "-f", "qcow2", "-c", "write -P 0x5a 6M 512k", "-c", "discard 6M 512k",
+            str(img))
+        size.setdefault("d", img.stat().st_size)
+        (folder / "new.bin").write_bytes(DATA)
+
+    res = crash_test(make, ["fs", "put", "d.qcow2", "new.bin", "/NEW.BIN"],
+                     _put_result("d.qcow2", lambda f: (f / "d.qcow2").stat().st_size
+                                 == size["d"]), tmp_path, points=POINTS)
+    _enough(res)
+    _finish("fs put (qcow2, free clusters reused)", res)

@@ -51,10 +51,24 @@ def _disk(subformat: str):
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vhdx", "-o",
                 f"subformat={subformat[5:]},block_size=1M", str(raw), str(folder / "d.vhdx"))
             raw.unlink()
+        elif subformat == "qcow2-overlay":
+            # a 4 MiB overlay (512-byte clusters) over a 6 MiB base that holds the volume
+            # and, past it, bytes the grow must hide behind zero clusters
+            with open(raw, "ab") as f:
+                f.write(b"\x5a" * (2 * MIB))
+            run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
+                str(folder / "base.qcow2"))
+            raw.unlink()
+            run(need_tool("qemu-img"), "create", "-q", "-f", "qcow2", "-o", "cluster_size=512",
+                "-b", "base.qcow2", "-F", "qcow2", str(folder / "d.qcow2"), "4M")
         elif subformat.startswith("qcow2"):
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2", "-o",
                 subformat.partition(":")[2], str(raw), str(folder / "d.qcow2"))
             raw.unlink()
+            if subformat.startswith("qcow2+holes"):
+                # free clusters inside the file, where the volume holds nothing (zeros)
+                run(need_tool("qemu-io"), "-f", "qcow2", "-c", "write -P 0x5a 3M 512k",
+                    "-c", "discard 3M 512k", str(folder / "d.qcow2"))
         else:
             run(need_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                 f"subformat={subformat}", str(raw), str(folder / "d.vmdk"))
@@ -77,6 +91,10 @@ def _fat_judge(image: str, want: dict[str, bytes]):
         else:
             raw.write_bytes(img.read_bytes())
         try:
+            with open(raw, "rb") as f:
+                f.seek(4 * MIB)
+                if any(f.read()):
+                    return "a grown image does not read zeros past the volume"
             code, out = fsck(raw)
             if code:
                 return f"fsck.fat -n: {out}"
@@ -133,6 +151,11 @@ SCENARIOS = [
     Scenario("inplace-qcow2", "qcow2:cluster_size=4096,lazy_refcounts=on",
              ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
     Scenario("grow-qcow2", "qcow2:cluster_size=512", ("grow", "d.qcow2", "--size", "6M"), adds=()),
+    # qcow2 overlay grown over a larger backing file: zero clusters hide its data
+    Scenario("grow-qcow2-overlay", "qcow2-overlay", ("grow", "d.qcow2", "--size", "6M"), adds=()),
+    # qcow2 with free clusters inside the file: the new clusters reuse them
+    Scenario("inplace-qcow2-reuse", "qcow2+holes:cluster_size=4096",
+             ("fs", "put", "d.qcow2", "payload.bin", "/NEW.BIN")),
 ]
 
 

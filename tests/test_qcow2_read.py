@@ -149,3 +149,27 @@ def test_format_option_forces_qcow2(tmp_path: Path, runner) -> None:
     raw.write_bytes(bytes(MiB))
     res = vdisk(runner, "info", "-f", "qcow2", str(raw))
     assert res.exit_code == 3 and "not a qcow2 image" in res.stderr
+
+
+@pytest.mark.parametrize("target", ["out.raw", "out.qcow2", "out.vmdk"])
+def test_the_unwritten_tail_of_the_last_cluster_reads_as_zeros(tmp_path: Path, runner,
+                                                               target: str) -> None:
+    """A file that ends inside its last data cluster (qemu writes no more than the data):
+    the rest of that cluster reads as zeros, in runs() too, so every converter copies the
+    stored part and leaves the rest as zeros, the bytes qemu-img reads."""
+    from qcow2builder import Qcow2Builder
+    p = tmp_path / "short.qcow2"
+    where = Qcow2Builder(data={0: b"\x11" * 65536, 5: b"\x22" * 65536}).build(p)
+    last = where["data"][5] * 65536
+    with open(p, "r+b") as f:
+        f.truncate(last + 1000)
+    ref = tmp_path / "ref.raw"
+    run(need_tool("qemu-img"), "convert", "-O", "raw", str(p), str(ref))
+    with open_image(p) as d:
+        runs = [r for r in d.extents[0].device.runs() if r.offset >= 5 * 65536]
+        assert (runs[0].kind, runs[0].length_bytes, runs[0].file_offset) == (RunKind.DATA, 1000, last)
+        assert runs[1].kind == RunKind.ZERO and runs[1].offset == 5 * 65536 + 1000
+    r = vdisk(runner, "convert", str(p), str(tmp_path / target))
+    assert r.exit_code == 0, r.output
+    res = run("qemu-img", "compare", "-F", "raw", str(tmp_path / target), str(ref), check=False)
+    assert res.returncode == 0, res.stdout

@@ -280,6 +280,7 @@ def write(disk: str = DISK,
     """Append a record the way the appliance does (for samples, tests and labs). When the
     ring is full the oldest record is overwritten (asked first).
 
+    \b
     Example: vdisk dump write hd-dump.vmdk --text crash_dump.txt --build 90468 --version "13r2"
     """
     limit = MAX_SLOT_SECTORS * 512 + 1          # bounded: a slot never holds more

@@ -189,8 +189,8 @@ def firmware_pack(build: int = typer.Option(..., "--build", min=0, max=0xFFFFFFF
                   overwrite: bool = OVERWRITE, json_out: bool = JSON) -> None:
     """Make a valid firmware image from section files (for samples, tests and lab setups).
 
-    Example: vdisk firmware pack --build 90468 --version "9.00 hotfix4"
-    --section LOADER=ld.bin --section PBX=pbx.bin -o ipva.bin
+    \b
+    Example: vdisk firmware pack --build 90468 --version "9.00" --section PBX=pbx.bin -o ipva.bin
     """
     sections = _parse_sections(section)
     refuse_existing(output, overwrite)
@@ -250,6 +250,7 @@ def boot_restore(disk: str = typer.Argument(..., help="The boot disk (hd-boot.vm
     subformat and adapter) with the firmware on it. An upgrade across 9.00 hotfix1 with more
     flash in use than the RAM then allows is refused without --yes.
 
+    \b
     Example: vdisk boot restore hd-boot.vmdk --firmware ipva.bin --backup hd-boot.old.vmdk
     """
     guard(disk, Role.BOOT, vmx, any_disk, allow_outside)

@@ -37,7 +37,8 @@ OUTPUT_FORMAT = typer.Option(None, "--output-format", "-O", case_sensitive=False
                                   "(.img/.raw, .qcow2, .vhdx), else the source's.")
 OPTIONS = typer.Option(None, "--options", "-o",
                        help="Container options as qemu-img -o takes them. qcow2: cluster_size="
-                            "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on (create "
+                            "64k,compat=0.10|1.1,refcount_bits=1..64,lazy_refcounts=on,"
+                            "extended_l2=on,preallocation=off|metadata|falloc|full (create "
                             "also backing_file=...,backing_fmt=...); vhdx: subformat=dynamic|"
                             "fixed,block_size=1M..256M (create also backing_file=PARENT.vhdx"
                             "[,backing_fmt=vhdx]: a differencing child of the parent's size "
@@ -280,7 +281,8 @@ def _print_report(report, json_out: bool) -> None:
 
 @app.command()
 @handle_errors
-def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to create."),
+def create(file: str = typer.Argument(..., help="The image to create: a VMDK's descriptor "
+                                       "file, or a raw, qcow2 or VHDX file."),
            size: str | None = typer.Option(None, "--size", "-s",
                                            help="Capacity, e.g. 100M, 8G (required, but for a "
                                                 "differencing VHDX: its parent's)."),
@@ -296,6 +298,7 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     """Create an empty disk: VMDK (as VMware writes it), raw, qcow2 or VHDX (also a
     differencing VHDX over a VHDX parent).
 
+    \b
     Example: vdisk create hd-flash.vmdk --size 100M --subformat monolithicSparse
     Example: vdisk create hd-flash.qcow2 --size 100M -O qcow2 -o cluster_size=64k
     Example: vdisk create hd-flash.vhdx --size 100M -O vhdx -o subformat=dynamic,block_size=1M
@@ -325,7 +328,9 @@ def create(file: str = typer.Argument(..., help="The VMDK (descriptor) file to c
     elif fmt == "qcow2":
         from ..image.qcow2.create import Qcow2Options
         assert isinstance(opts, Qcow2Options)
+        prealloc = f" preallocation={opts.preallocation}" if opts.preallocation != "off" else ""
         typer.echo(f"Formatting '{file}', fmt=qcow2 cluster_size={opts.cluster_bytes} "
+                   f"extended_l2={'on' if opts.extended_l2 else 'off'}{prealloc} "
                    f"compat={opts.compat} refcount_bits={opts.refcount_bits} size={n}")
     else:
         typer.echo(f"Formatting '{file}', fmt={fmt} size={n} subformat={sub} adapter={adapter}")
@@ -352,6 +357,7 @@ def convert(src: str = typer.Argument(..., help="Any image vdisk reads."),
     The container follows -O, else the name (.img/.raw raw, .qcow2 qcow2, .vhdx VHDX), else
     the source's.
 
+    \b
     Example: vdisk convert hd-cf.vmdk hd-cf-stream.vmdk --subformat streamOptimized
     Example: vdisk convert hd-cf.vmdk hd-cf.qcow2 -O qcow2 -o compat=1.1
     Example: vdisk convert hd-cf.vmdk hd-cf.vhdx -O vhdx -o subformat=fixed

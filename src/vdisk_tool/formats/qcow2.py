@@ -172,3 +172,41 @@ def refcount_set(block: bytearray, index: int, order: int, value: int) -> None:
         return
     width = bits // 8
     block[index * width:(index + 1) * width] = value.to_bytes(width, "big")
+
+
+def _has_zero_entry(order: int) -> bytes:
+    """A translate table: byte -> 1 when one of its 2**order-bit entries is 0, else 0."""
+    bits = 1 << order
+    full = (1 << bits) - 1
+    return bytes(int(any(not (b >> (bits * k)) & full for k in range(8 // bits)))
+                 for b in range(256))
+
+
+_HAS_ZERO = {order: _has_zero_entry(order) for order in range(3)}
+
+
+def refcount_find_zero(block: bytes | bytearray, start: int, order: int) -> int | None:
+    """The first entry index >= start of a refcount block whose value is 0 (None if none)."""
+    bits = 1 << order
+    entries = len(block) * 8 // bits
+    if bits < 8:
+        per = 8 // bits
+        i = start
+        while i < entries:
+            if i % per == 0:
+                pos = block.translate(_HAS_ZERO[order]).find(1, i // per)
+                if pos == -1:
+                    return None
+                i = pos * per
+            if not refcount_get(block, i, order):
+                return i
+            i += 1
+        return None
+    width = bits // 8
+    zero = bytes(width)
+    pos = block.find(zero, start * width)
+    while pos != -1:
+        if pos % width == 0:
+            return pos // width
+        pos = block.find(zero, pos + width - pos % width)
+    return None

@@ -40,7 +40,8 @@ def new_cid() -> int:
 
 def like(disk) -> dict:
     """What create_image needs to make a blank disk identical in shape to `disk`
-    (for a qcow2: its cluster size, compat, refcount width and lazy refcounts as `options`)."""
+    (for a qcow2: its cluster size, compat, refcount width, lazy refcounts and extended L2
+    entries as `options`)."""
     desc = disk.descriptor
     sub = disk.subformat if disk.subformat in SUBFORMATS + FORMAT_SUBFORMATS else (
         "raw" if disk.format == "raw" else "monolithicSparse")
@@ -48,7 +49,8 @@ def like(disk) -> dict:
     if disk.format == "qcow2":
         from .qcow2.create import Qcow2Options
         m = disk.extents[0].device.meta
-        options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts)
+        options = Qcow2Options(m.cluster_bytes, m.compat, m.refcount_bits, m.lazy_refcounts,
+                               extended_l2=m.extended_l2)
     if disk.format == "vhdx":
         from .vhdx import shape_of
         return shape_of(disk)
@@ -281,13 +283,6 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
                     else:
                         assert src.file is not None and src.file_offset is not None
                         src_fd = files.fd(src.file)
-                        if getattr(source, "format", None) == "qcow2":
-                            # the unwritten tail of a qcow2's last cluster reads as zeros
-                            # (as in qemu); a cluster wholly past the end is an error
-                            length = min(length, hostio.file_bytes(src_fd) - src.file_offset)
-                            if length <= 0:
-                                source.read_at(source_start + off, 1)   # raises
-                                continue
                         copy_data(src_fd, src.file_offset, fd, off, length, src.file)
                     if progress:
                         progress(off + length, size_bytes)

@@ -1,7 +1,8 @@
 """`vdisk grow`: enlarge any writable VMDK (or raw or qcow2 image) without touching its data.
 
 A qcow2 image is grown in place under the undo journal (its size field, and its L1 table,
-which moves to new clusters when it outgrows its own).
+which moves to new clusters when it outgrows its own); over a backing file larger than the
+old size the new area is zeroed, as qemu-img resize does, and the backing file is untouched.
 
 Sparse and stream subformats are rewritten into new files beside the old ones (cost: the
 metadata plus the allocated grains, never the capacity) and renamed over them. Flat
@@ -51,7 +52,8 @@ class GrowPlan:
                "extend-flat": "extend the flat extent file(s) sparsely and rewrite the descriptor",
                "extend-raw": "extend the raw file sparsely",
                "resize-qcow2": "set the qcow2 virtual size in place (the L1 table grows as "
-                               "needed), under the undo journal",
+                               "needed; over a larger backing file the new area reads as "
+                               "zeros), under the undo journal",
                "vhdx-in-place": "set the VHDX's virtual disk size in place, moving its BAT to "
                                 "the end if it needs more room"}[self.method]
         return [f"grow {self.path} ({self.subformat}) from {self.old_bytes} to {self.new_bytes} bytes",
@@ -111,7 +113,10 @@ def plan_grow(path: str, new_bytes: int, allow_outside: bool = False) -> GrowPla
             raise RefusedError("a differencing VHDX has its parent's size (MS-VHDX), and growing "
                                "the parent gives it a new DataWriteGuid that orphans the child; "
                                "convert the child to a standalone VHDX and grow that", path=path)
-        if disk.parent is not None:
+        if sub == "qcow2":
+            if new_bytes >= old:
+                disk.extents[0].device.check_resize(new_bytes)   # type: ignore[attr-defined]
+        elif disk.parent is not None:
             raise RefusedError("growing a snapshot delta would break its chain; grow the base "
                                "disk after consolidating", path=path)
     if new_bytes < old:

@@ -148,6 +148,18 @@ def ftruncate(fd: int, length: int) -> None:
     platform.ftruncate(fd, length)
 
 
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Reserve host space for [offset, offset+length) (qemu's preallocation=falloc); within
+    an edit, zeros are written through the journal instead."""
+    hit = _covered(fd)
+    if hit is not None:
+        zeros = bytes(min(length, 1 << 20))
+        for pos in range(offset, offset + length, len(zeros)):
+            hit[0].write(hit[1], pos, zeros[:min(len(zeros), offset + length - pos)])
+        return
+    platform.allocate(fd, offset, length)
+
+
 def fsync(fd: int) -> None:
     """Make the file's content durable (the journal first writes its pending pages)."""
     hit = _covered(fd)

@@ -160,6 +160,24 @@ def ftruncate(fd: int, length: int) -> None:
     os.ftruncate(fd, length)
 
 
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Reserve disk space for [offset, offset+length) (posix_fallocate; where the host has
+    none, zeros are written), extending the file if needed."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    chunk = bytes(min(length, 1 << 20))
+    done = 0
+    while done < length:
+        n = min(len(chunk), length - done)
+        pwrite(fd, chunk[:n], offset + done)
+        done += n
+
+
 def fsync(fd: int) -> None:
     """Make the file's data durable (FlushFileBuffers on Windows)."""
     os.fsync(fd)

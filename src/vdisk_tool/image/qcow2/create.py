@@ -1,7 +1,8 @@
-"""A new qcow2 file as qemu-img lays one out (specs/qcow2.md §Writer): the header (with a
+"""A new qcow2 file as qemu-img lays one out (specs/qcow2.md §Writing): the header (with a
 backing file name and format when given) in cluster 0, the refcount table and blocks
-covering the metadata, the L1 table; then the source's non-zero clusters, appended in
-order through the Qcow2Device write path (preallocation off).
+covering the metadata, the L1 table; with preallocation every L2 table and data cluster
+next (qemu's preallocation=metadata|falloc|full); then the source's non-zero clusters,
+through the Qcow2Device write path.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class Qcow2Options:
     lazy_refcounts: bool = False
     backing_file: str | None = None
     backing_format: str | None = None
+    extended_l2: bool = False
+    preallocation: str = "off"
 
     @property
     def cluster_bits(self) -> int:
@@ -35,10 +38,19 @@ class Qcow2Options:
     def refcount_order(self) -> int:
         return self.refcount_bits.bit_length() - 1
 
+    @property
+    def l2_entry_bytes(self) -> int:
+        return 16 if self.extended_l2 else 8
+
+
+PREALLOCATION = ("off", "metadata", "falloc", "full")
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
 
 def parse_options(text: str | None, base: Qcow2Options | None = None) -> Qcow2Options:
-    """`cluster_size=64k,compat=0.10,refcount_bits=16,lazy_refcounts=on,backing_file=…,
-    backing_fmt=…` as qemu-img's -o takes them."""
+    """`cluster_size=64k,compat=0.10,refcount_bits=16,lazy_refcounts=on,extended_l2=on,
+    preallocation=off|metadata|falloc|full,backing_file=…,backing_fmt=…` as qemu-img's -o
+    takes them."""
     from dataclasses import replace
     opts = base or Qcow2Options()
     for item in filter(None, (text or "").split(",")):
@@ -50,18 +62,27 @@ def parse_options(text: str | None, base: Qcow2Options | None = None) -> Qcow2Op
             opts = replace(opts, compat={"v2": "0.10", "v3": "1.1"}.get(val, val))
         elif key == "refcount_bits":
             opts = replace(opts, refcount_bits=int(val) if val.isdigit() else -1)
-        elif key == "lazy_refcounts":
-            opts = replace(opts, lazy_refcounts=val in ("on", "true", "yes", "1"))
+        elif key in ("lazy_refcounts", "extended_l2"):
+            if val not in _ON + _OFF:
+                raise RefusedError(f"{key} is on or off, not {val!r}")
+            opts = replace(opts, lazy_refcounts=val in _ON) if key == "lazy_refcounts" \
+                else replace(opts, extended_l2=val in _ON)
+        elif key == "preallocation":
+            if val not in PREALLOCATION:
+                raise RefusedError(f"preallocation is {', '.join(PREALLOCATION)}, not {val!r}")
+            opts = replace(opts, preallocation=val)
         elif key == "backing_file":
             opts = replace(opts, backing_file=val)
         elif key == "backing_fmt":
             opts = replace(opts, backing_format=val)
-        elif key == "preallocation" and val == "off":
-            pass
         else:
             raise RefusedError(f"unknown or unsupported qcow2 option {item!r}; vdisk takes "
                                "cluster_size, compat, refcount_bits, lazy_refcounts, "
-                               "backing_file, backing_fmt (preallocation=off)")
+                               "extended_l2, preallocation, backing_file, backing_fmt")
+    keys = {item.partition("=")[0].strip() for item in (text or "").split(",")}
+    if base is not None and opts.extended_l2 and "extended_l2" not in keys and (
+            opts.cluster_bytes < 1 << 14 or opts.compat == "0.10"):
+        opts = replace(opts, extended_l2=False)   # kept from the source, not asked for
     validate(opts)
     return opts
 
@@ -89,13 +110,20 @@ def validate(o: Qcow2Options) -> None:
         raise RefusedError("compat=0.10 has 16-bit refcounts and no lazy refcounts")
     if o.backing_file and len(o.backing_file.encode()) > q.MAX_BACKING_NAME_BYTES:
         raise RefusedError("the backing file name is longer than 1023 bytes")
+    if o.extended_l2 and o.compat == "0.10":
+        raise RefusedError("extended L2 entries need compat=1.1")
+    if o.extended_l2 and cs < 1 << 14:
+        raise RefusedError("extended L2 entries need a cluster_size of 16k or more")
+    if o.backing_file and o.preallocation != "off" and not o.extended_l2:
+        raise RefusedError("a backing file and preallocation go together only with "
+                           "extended_l2=on (as in qemu-img)")
 
 
 def layout(size_bytes: int, o: Qcow2Options) -> tuple[int, int, int, int]:
     """(L1 entries, L1 clusters, refcount table clusters, refcount blocks) of a new image
     whose first clusters hold header, refcount table, refcount blocks and L1."""
     cs, cb = o.cluster_bytes, o.cluster_bits
-    l1 = l1_entries_for(size_bytes, cb)
+    l1 = l1_entries_for(size_bytes, cb, o.l2_entry_bytes)
     if l1 * 8 > q.MAX_L1_BYTES:
         raise RefusedError(f"{size_bytes} bytes need an L1 table larger than qemu's limit; "
                            "choose a larger cluster_size")
@@ -124,7 +152,7 @@ def write_empty(path: str, size_bytes: int, o: Qcow2Options) -> None:
         nb_snapshots=0, snapshots_offset=0))
     if v3:
         header += q.build_header_v3(dict(
-            incompatible_features=0,
+            incompatible_features=q.INCOMPAT_EXTL2 if o.extended_l2 else 0,
             compatible_features=q.COMPAT_LAZY_REFCOUNTS if o.lazy_refcounts else 0,
             autoclear_features=0, refcount_order=o.refcount_order,
             header_length=q.V3_HEADER_BYTES))
@@ -158,10 +186,15 @@ def write_qcow2(path: str, size_bytes: int, o: Qcow2Options, source=None,
     from ..create import _coalesce, data_pieces
     from .device import Qcow2Device
     write_empty(path, size_bytes, o)
-    if source is None:
+    if source is None and o.preallocation == "off":
         return
     dev = Qcow2Device(path, writable=True)
     try:
+        if o.preallocation != "off":
+            dev.preallocate(o.preallocation)
+        if source is None:
+            dev.flush()
+            return
         for off, piece in _coalesce(data_pieces(source, 0, size_bytes, o.cluster_bytes)):
             dev.write_at(off, piece)
             if progress:

@@ -1,5 +1,7 @@
 """qcow2 refcounts: the two-level refcount table (table → blocks of 2**refcount_order-bit
-entries), read, updated in place and grown, and cluster allocation at the end of the file
+entries), read, updated in place and grown, and cluster allocation: like qemu
+(block/qcow2-refcount.c), the lowest run of clusters whose refcount is 0 (inside the file
+or past its end), found from a hint that a freed cluster moves back
 (docs/interop/qcow2.txt §Host cluster management; specs/qcow2.md §Writing).
 
 All I/O goes through the owning device's pread/pwrite (image/hostio.py), so an edit's undo
@@ -63,6 +65,8 @@ class Refcounts:
         self.table = be_u64s(host.pread(self.table_clusters * self.cs, self.table_offset))
         self._blocks: dict[int, bytearray] = {}
         self.end = -(-host.file_bytes // self.cs) * self.cs
+        self.hint = 0                    # where the search for free clusters starts
+        self._reserved: tuple[int, int] = (0, 0)   # clusters taken, refcounts still to come
 
     # -- reading -----------------------------------------------------------------------------
     def _block(self, index: int) -> tuple[int, bytearray] | None:
@@ -105,42 +109,92 @@ class Refcounts:
                              "refcounts are damaged; run `vdisk check`", path=self.host.path,
                              offset=host_offset)
         q.refcount_set(blk, idx, self.order, value)
+        if value == 0:
+            self.hint = min(self.hint, ci)
         bits = self.host.meta.refcount_bits
         lo = idx * bits // 8
         hi = max(lo + 1, (idx + 1) * bits // 8)
         self.host.pwrite(blk[lo:hi], off + lo)
         return value
 
-    def alloc(self, n: int = 1, zero: bool = True) -> int:
-        """n contiguous new clusters at the end of the file, each with refcount 1 (zeroed
-        unless the caller writes them whole)."""
+    # -- allocation --------------------------------------------------------------------------
+    def _next_free(self, ci: int) -> int:
+        """The first cluster index >= ci whose refcount is 0 and that is not reserved."""
+        lo, hi = self._reserved
+        end_ci = self.end >> self.cb
+        while ci < end_ci:
+            if lo <= ci < hi:
+                ci = hi
+                continue
+            hit = self._block(ci // self.rbe)
+            if hit is None:
+                return ci                # no refcount block: every cluster it covers is free
+            k = q.refcount_find_zero(hit[1], ci % self.rbe, self.order)
+            if k is None:
+                ci = (ci // self.rbe + 1) * self.rbe
+                continue
+            ci = ci - ci % self.rbe + k
+            if not lo <= ci < hi:
+                return ci
+        return max(ci, hi) if lo <= ci < hi else ci
+
+    def find_free(self, n: int) -> int:
+        """The host offset of the first run of n free clusters from the hint, which then
+        points past the run (qemu's alloc_clusters_noref: clusters skipped on the way
+        are not looked at again until one is freed; past the end of the file every
+        cluster is free)."""
+        ci = self._next_free(self.hint)
         while True:
-            start = self.end
+            for k in range(1, n):
+                if self._next_free(ci + k) != ci + k:
+                    ci = self._next_free(ci + k)
+                    break
+            else:
+                self.hint = ci + n
+                return ci << self.cb
+
+    def alloc(self, n: int = 1, zero: bool = True) -> int:
+        """n contiguous free clusters (the lowest run: reused inside the file, else at its
+        end), each with refcount 1 (zeroed unless the caller writes them whole)."""
+        while True:
+            start = self.find_free(n)
             first, last = (start >> self.cb) // self.rbe, ((start >> self.cb) + n - 1) // self.rbe
             missing = [k for k in range(first, last + 1)
                        if k >= len(self.table) or not self.table[k] & q.REFT_OFFSET_MASK]
             if not missing:
                 break
             self._new_block(missing[0])
-        self.end = start + n * self.cs
+            # the block may have taken a cluster of the run: search again from its start
+            self.hint = min(self.hint, start >> self.cb)
+        self._take(start, n)
         if zero:
             self.host.pwrite(bytes(n * self.cs), start)
         for k in range(n):
             self.add(start + k * self.cs, 1)
         return start
 
+    def _take(self, start: int, n: int) -> None:
+        self.end = max(self.end, start + n * self.cs)
+
     def _new_block(self, index: int) -> None:
-        """A zeroed refcount block for table entry `index`, placed at the end of the file;
-        when it covers its own cluster it counts itself (as qemu places them)."""
+        """A zeroed refcount block for table entry `index`, in the lowest free cluster: when
+        that cluster lies in the range the block covers, the block counts itself (as qemu
+        places them); a free cluster in another range without a block gets that range's
+        block first."""
         if index >= len(self.table):
             self._grow_table(index + 1)
             if self.table[index] & q.REFT_OFFSET_MASK:
                 return   # growing the table placed this block already
-        off = self.end
-        self.end += self.cs
+        while True:
+            off = self.find_free(1)
+            ci = off >> self.cb
+            own = ci // self.rbe == index
+            if own or (ci // self.rbe < len(self.table)
+                       and self.table[ci // self.rbe] & q.REFT_OFFSET_MASK):
+                break
+            self._new_block(ci // self.rbe)
+        self._take(off, 1)
         blk = bytearray(self.cs)
-        ci = off >> self.cb
-        own = ci // self.rbe == index
         if own:
             q.refcount_set(blk, ci % self.rbe, self.order, 1)
         self.host.pwrite(blk, off)
@@ -151,22 +205,23 @@ class Refcounts:
             self.add(off, 1)
 
     def _grow_table(self, min_entries: int) -> None:
-        """Move the refcount table to new, larger clusters at the end of the file."""
+        """Move the refcount table to the lowest run of free clusters large enough."""
         per = self.cs // 8
         clusters = max(self.table_clusters * 2, -(-(min_entries + 2) // per))
         if clusters * self.cs > q.MAX_REFTABLE_BYTES:
             raise ImageError("the refcount table would exceed qemu's limit of "
                              f"{q.MAX_REFTABLE_BYTES >> 20} MiB", path=self.host.path)
         old_off, old_clusters = self.table_offset, self.table_clusters
-        start = self.end
-        self.end += clusters * self.cs
-        self.host.pwrite(bytes(clusters * self.cs), start)
+        start = self.find_free(clusters)
+        self._take(start, clusters)
+        self._reserved = (start >> self.cb, (start >> self.cb) + clusters)
         table = array("Q", self.table)
         table.extend([0] * (clusters * per - len(table)))
         self.table, self.table_offset, self.table_clusters = table, start, clusters
         self.host.pwrite(u64s_be(self.table), start)
         for k in range(clusters):
-            self.add(start + k * self.cs, 1)
+            self.add(start + k * self.cs, 1)   # may add blocks, never in the reserved run
+        self._reserved = (0, 0)
         self.host.pwrite(u64s_be(self.table), start)
         self.host.pwrite(start.to_bytes(8, "big") + clusters.to_bytes(4, "big"), 48)
         self.host.meta.refcount_table_offset, self.host.meta.refcount_table_clusters = start, clusters
