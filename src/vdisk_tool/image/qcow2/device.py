@@ -425,9 +425,14 @@ class Qcow2Device(ReopenableFile):
 
     def mark_in_use(self, in_use: bool) -> None:
         """With lazy_refcounts qemu sets the dirty bit while the image is open for writing;
-        vdisk does the same for an edit (its refcounts stay exact) and clears it at the end."""
+        vdisk does the same for an edit (its refcounts stay exact) and clears it at the end.
+        Persistent bitmaps that record writes are marked in use and stay so: vdisk does not
+        update their contents (image/qcow2/bitmaps.py)."""
         if self.meta.lazy_refcounts:
             self.set_incompatible(q.INCOMPAT_DIRTY, in_use)
+        if in_use and self.meta.bitmaps:
+            from .bitmaps import mark_auto_in_use
+            mark_auto_in_use(self)
 
     def backing_bytes(self) -> int:
         """The virtual size of the backing file (0 without one)."""
@@ -441,6 +446,11 @@ class Qcow2Device(ReopenableFile):
         the backing file's data past the old size; qemu-img resize refuses it too)."""
         if new_bytes < self.size_bytes:
             raise UnsupportedError("a qcow2 image is never shrunk", path=self.path)
+        if self.meta.bitmaps and self.meta.bitmaps[0]:
+            raise UnsupportedError(
+                "the image has persistent dirty bitmaps, which vdisk does not resize",
+                path=self.path, hint="remove them first (qemu-img bitmap --remove IMAGE NAME; "
+                "`qemu-img info` lists them), or grow with qemu-img resize")
         need = l1_entries_for(new_bytes, self.cb, self.meta.l2_entry_bytes)
         if need * 8 > q.MAX_L1_BYTES:
             raise UnsupportedError(f"{new_bytes} bytes need an L1 table larger than qemu's "
