@@ -541,3 +541,32 @@ def test_stream_to_raw_reports_the_first_broken_grain(tmp_path: Path, runner, mo
     assert res.exit_code == 3
     assert "grain 2" in res.stderr and "grain 10" not in res.stderr, res.stderr
     assert not (tmp_path / "out.raw").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_stored_runs_are_copied_on_workers_to_the_same_bytes(tmp_path: Path, runner,
+                                                             monkeypatch, workers: int) -> None:
+    """Batches of two stored runs copied by 1 or 4 threads: the raw output is what qemu-img
+    reads, its holes stay holes; a flat extent cut short fails the copy (exit 3, no output)."""
+    qemu_img, qemu_io = need_tool("qemu-img"), need_tool("qemu-io")
+    from vdisk_tool.image import create as generic
+    monkeypatch.setattr(generic, "COPY_BATCH_RUNS", 2)
+    monkeypatch.setattr(generic, "COPY_WORKERS", workers)
+    monkeypatch.setattr(parallel, "default_workers", lambda: workers)
+    src = tmp_path / "many.vmdk"
+    run(qemu_img, "create", "-q", "-f", "vmdk", str(src), "24M")
+    run(qemu_io, "-f", "vmdk", *sum((["-c", f"write -P {k + 1} {k * 192}k 64k"]
+                                     for k in range(100)), []), str(src))
+    out = tmp_path / "out.raw"
+    assert vdisk(runner, "convert", str(src), str(out)).exit_code == 0
+    expected = tmp_path / "q.raw"
+    run(qemu_img, "convert", "-O", "raw", str(src), str(expected))
+    assert out.read_bytes() == expected.read_bytes()
+    assert _data_bytes(out) <= 100 * GRAIN + 4 * MiB
+    flat = _qemu_sparse(tmp_path, "monolithicFlat")
+    extent = tmp_path / "q-monolithicFlat-flat.vmdk"
+    with open(extent, "r+b") as f:
+        f.truncate(20 * MiB)
+    res = vdisk(runner, "convert", str(flat), str(tmp_path / "cut.raw"))
+    assert res.exit_code == 3 and "short read" in res.stderr, res.output
+    assert not (tmp_path / "cut.raw").exists()

@@ -9,6 +9,7 @@ never leaves a half-written image under the real name.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -276,17 +277,55 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
         fd = f.fileno()
         if source is not None:
             with _SourceFiles() as files:
-                for off, length, src in _raw_plan(source, source_start, size_bytes, runs):
-                    if src is None:
-                        _write_decoded(source, source_start + off, length, fd, off, progress,
-                                       size_bytes)
-                    else:
-                        assert src.file is not None and src.file_offset is not None
-                        src_fd = files.fd(src.file)
-                        copy_data(src_fd, src.file_offset, fd, off, length, src.file)
+                plan = _raw_plan(source, source_start, size_bytes, runs)
+                tasks = _copy_tasks(plan, files, source, source_start, fd, progress, size_bytes)
+                workers = 1 if hostio.any_journal() else min(COPY_WORKERS,
+                                                            parallel.default_workers())
+                for done in parallel.ordered_map(functools.partial(_copy_batch, fd), tasks,
+                                                 workers, limit=2 * workers):
                     if progress:
-                        progress(off + length, size_bytes)
+                        progress(done, size_bytes)
         hostio.fsync(fd)
+
+
+COPY_WORKERS = 4               # threads copying stored runs (each call waits in the kernel)
+COPY_BATCH_RUNS = 32           # stored runs per copy task
+COPY_BATCH_BYTES = 16 << 20    # ... or this many bytes
+
+
+def _copy_tasks(plan: Iterator[tuple[int, int, Run | None]], files: _SourceFiles,
+                source: BlockDevice, source_start: int, fd: int, progress: Progress | None,
+                size_bytes: int) -> Iterator[list[tuple[int, int, int, int, str]]]:
+    """Batches of stored runs to copy (source fd, source offset, output offset, length,
+    source path). What must be decoded is written here, in the reader's thread, as the
+    plan reaches it (decoding spreads over the cores itself)."""
+    batch: list[tuple[int, int, int, int, str]] = []
+    nbytes = 0
+    for off, length, src in plan:
+        if src is None:
+            if batch:
+                yield batch
+                batch, nbytes = [], 0
+            _write_decoded(source, source_start + off, length, fd, off, progress, size_bytes)
+            continue
+        assert src.file is not None and src.file_offset is not None
+        batch.append((files.fd(src.file), src.file_offset, off, length, src.file))
+        nbytes += length
+        if len(batch) >= COPY_BATCH_RUNS or nbytes >= COPY_BATCH_BYTES:
+            yield batch
+            batch, nbytes = [], 0
+    if batch:
+        yield batch
+
+
+def _copy_batch(fd: int, batch: list[tuple[int, int, int, int, str]]) -> int:
+    """Copy a batch of stored runs into the output (any thread: positional I/O only);
+    returns the output offset where the batch ends."""
+    end = 0
+    for src_fd, src_off, off, length, path in batch:
+        copy_data(src_fd, src_off, fd, off, length, path)
+        end = off + length
+    return end
 
 
 def _raw_plan(source: BlockDevice, start: int, length: int, runs: list[Run] | None

@@ -60,6 +60,11 @@ def _covered(fd: int) -> tuple[Journal, int] | None:
     return None if idx is None else (j, idx)
 
 
+def any_journal() -> bool:
+    """Whether an undo journal is bound (its I/O is driven by one thread)."""
+    return bool(_bound)
+
+
 def journalled(fd: int) -> bool:
     """Whether writes to `fd` go through a bound undo journal (which one thread drives)."""
     return _covered(fd) is not None
