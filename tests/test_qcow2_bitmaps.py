@@ -65,5 +65,5 @@ def test_grow_is_refused_while_bitmaps_exist(runner, fat_qcow2: Path):
     before = fat_qcow2.read_bytes()
     res = vdisk(runner, "grow", str(fat_qcow2), "--size", "128M")
     assert res.exit_code == 3
-    assert "bitmap" in res.stderr and "qemu-img bitmap --remove" in res.stderr
+    assert "bitmap" in res.stderr and "qemu-img bitmap" in res.stderr
     assert fat_qcow2.read_bytes() == before

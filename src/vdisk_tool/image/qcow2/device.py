@@ -449,8 +449,8 @@ class Qcow2Device(ReopenableFile):
         if self.meta.bitmaps and self.meta.bitmaps[0]:
             raise UnsupportedError(
                 "the image has persistent dirty bitmaps, which vdisk does not resize",
-                path=self.path, hint="remove them first (qemu-img bitmap --remove IMAGE NAME; "
-                "`qemu-img info` lists them), or grow with qemu-img resize")
+                path=self.path, hint="remove them first with qemu-img bitmap (qemu-img info lists "
+                "their names), or grow with qemu-img resize")
         need = l1_entries_for(new_bytes, self.cb, self.meta.l2_entry_bytes)
         if need * 8 > q.MAX_L1_BYTES:
             raise UnsupportedError(f"{new_bytes} bytes need an L1 table larger than qemu's "
