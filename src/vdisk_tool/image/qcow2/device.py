@@ -386,34 +386,9 @@ class Qcow2Device(ReopenableFile):
         self.pwrite(raw, table_off + j * self.meta.l2_entry_bytes)
 
     def preallocate(self, mode: str) -> None:
-        """Give every virtual cluster a host cluster of its own, as qemu-img create's
-        preallocation does: per L2 table, the table and then its data clusters in one run;
-        entries point at them with COPIED (extended: no subcluster allocated yet, so they
-        still read as zeros or from the backing file). `metadata` leaves the data clusters
-        as holes at the end of the file, `falloc` reserves their space, `full` writes
-        zeros into them."""
-        clusters = -(-self.size_bytes // self.cs)
-        step = 2 if self.ext else 1
-        for li in range(-(-clusters // self.l2n)):
-            first = li * self.l2n
-            n = min(self.l2n, clusters - first)
-            table_off = self._writable_l2(li)
-            t = self.l2_table(li)
-            assert t is not None
-            start = self.refs.alloc(n, zero=False)
-            for k in range(n):
-                t[k * step] = (start + k * self.cs) | q.OFLAG_COPIED
-            self.pwrite(u64s_be(t), table_off)
-            if mode == "falloc":
-                hostio.allocate(self._fd, start, n * self.cs)
-            elif mode == "full":
-                zeros = bytes(min(n * self.cs, 1 << 20))
-                for pos in range(start, start + n * self.cs, len(zeros)):
-                    self.pwrite(zeros[:min(len(zeros), start + n * self.cs - pos)], pos)
-        end = self.refs.end
-        if end > self.file_bytes:
-            hostio.ftruncate(self._fd, end)
-            self.file_bytes = end
+        """qemu-img create's preallocation (image/qcow2/resize.py)."""
+        from .resize import preallocate
+        preallocate(self, mode)
 
     # -- header changes --------------------------------------------------------------------
     def set_incompatible(self, bits: int, on: bool) -> None:
@@ -434,114 +409,15 @@ class Qcow2Device(ReopenableFile):
             from .bitmaps import mark_auto_in_use
             mark_auto_in_use(self)
 
-    def backing_bytes(self) -> int:
-        """The virtual size of the backing file (0 without one)."""
-        if self.backing is None:
-            return 0
-        return getattr(self.backing, "dev", self.backing).size_bytes
-
     def check_resize(self, new_bytes: int) -> None:
-        """Refuse a resize before anything changes: a shrink, an L1 table past qemu's limit,
-        or a version 2 image over a larger backing file (it has no zero clusters to hide
-        the backing file's data past the old size; qemu-img resize refuses it too)."""
-        if new_bytes < self.size_bytes:
-            raise UnsupportedError("a qcow2 image is never shrunk", path=self.path)
-        if self.meta.bitmaps and self.meta.bitmaps[0]:
-            raise UnsupportedError(
-                "the image has persistent dirty bitmaps, which vdisk does not resize",
-                path=self.path, hint="remove them first with qemu-img bitmap (qemu-img info lists "
-                "their names), or grow with qemu-img resize")
-        need = l1_entries_for(new_bytes, self.cb, self.meta.l2_entry_bytes)
-        if need * 8 > q.MAX_L1_BYTES:
-            raise UnsupportedError(f"{new_bytes} bytes need an L1 table larger than qemu's "
-                                   f"limit ({q.MAX_L1_BYTES >> 20} MiB)", path=self.path)
-        if new_bytes > self.size_bytes and self.meta.version < 3 \
-                and self.backing_bytes() > self.size_bytes:
-            raise UnsupportedError(
-                f"the backing file ({self.backing_bytes()} bytes) is larger than this "
-                f"version 2 (compat=0.10) image ({self.size_bytes} bytes), which cannot mark "
-                "the new area as zeros: it would show the backing file's data", path=self.path,
-                hint="upgrade the image to compat=1.1 (qemu-img amend -o compat=1.1), or grow "
-                     "the backing file's copy instead")
+        """Refuse a resize before anything changes (image/qcow2/resize.py)."""
+        from .resize import check_resize
+        check_resize(self, new_bytes)
 
     def resize(self, new_bytes: int) -> None:
-        """Grow the virtual size; the L1 table grows (and moves when its clusters are full).
-        Over a backing file larger than the old size the new area is made to read as zeros,
-        as qemu-img resize does: explicit zeros up to the next cluster boundary, zero
-        clusters from there on (the backing file is never written)."""
-        m = self.meta
-        self.check_resize(new_bytes)
-        old_bytes = self.size_bytes
-        hide = new_bytes > old_bytes and self.backing_bytes() > old_bytes
-        need = l1_entries_for(new_bytes, self.cb, m.l2_entry_bytes)
-        if need > m.l1_size:
-            room = -(-m.l1_size * 8 // self.cs) * self.cs // 8 if m.l1_size else 0
-            table = array("Q", self.l1)
-            table.extend([0] * (need - len(table)))
-            if need <= room:
-                self.pwrite(bytes((need - m.l1_size) * 8), m.l1_table_offset + m.l1_size * 8)
-            else:
-                old_off, old_clusters = m.l1_table_offset, -(-m.l1_size * 8 // self.cs)
-                new_off = self.refs.alloc(-(-need * 8 // self.cs))
-                self.pwrite(u64s_be(table), new_off)
-                m.l1_table_offset = new_off
-                self.pwrite(new_off.to_bytes(8, "big"), q.L1_SIZE_OFFSET + 4)
-                for k in range(old_clusters if m.l1_size else 0):
-                    self.refs.add(old_off + k * self.cs, -1)
-            self.l1, m.l1_size = table, need
-            self.pwrite(need.to_bytes(4, "big"), q.L1_SIZE_OFFSET)
-        self.pwrite(new_bytes.to_bytes(8, "big"), q.SIZE_OFFSET)
-        m.size_bytes = self.size_bytes = new_bytes
-        if self.backing is not None and hasattr(self.backing, "size_bytes"):
-            self.backing.size_bytes = new_bytes   # the padded view of the backing file
-        if hide:
-            head_end = min(-(-old_bytes // self.cs) * self.cs, new_bytes)
-            if head_end > old_bytes:
-                self.write_at(old_bytes, bytes(head_end - old_bytes))
-            self.zero_clusters(head_end // self.cs, -(-new_bytes // self.cs))
-
-    def zero_clusters(self, first: int, stop: int) -> None:
-        """Make virtual clusters [first, stop) read as zeros (version 3): zero entries (all
-        subclusters zero when extended); a data cluster this image owns keeps its host
-        cluster, as qemu keeps it; any other reference is dropped. A missing L2 table is
-        written whole, full of zero entries."""
-        step = 2 if self.ext else 1
-        zero_word = (ALL_ALLOC << 32) if self.ext else q.OFLAG_ZERO
-        vc = first
-        while vc < stop:
-            li, j = divmod(vc, self.l2n)
-            n = min(self.l2n - j, stop - vc)
-            if self.l1[li] & q.L1E_OFFSET_MASK == 0 and n == self.l2n:
-                self._new_zero_l2(li, zero_word)
-            else:
-                table_off = self._writable_l2(li)
-                t = self.l2_table(li)
-                assert t is not None
-                for k in range(j, j + n):
-                    entry, bitmap = t[k * step], (t[k * step + 1] if self.ext else 0)
-                    kind = self.classify(entry, bitmap)
-                    if kind == ZERO:
-                        continue
-                    keep = kind != COMPRESSED and entry & q.OFLAG_COPIED \
-                        and entry & q.L2E_OFFSET_MASK
-                    if not keep:
-                        self._drop_reference(entry)
-                    host = entry & (q.L2E_OFFSET_MASK | q.OFLAG_COPIED) if keep else 0
-                    if self.ext:
-                        self._set_entry(li * self.l2n + k, table_off, host, zero_word)
-                    else:
-                        self._set_entry(li * self.l2n + k, table_off, host | q.OFLAG_ZERO, 0)
-            vc += n
-
-    def _new_zero_l2(self, l1_index: int, zero_word: int) -> None:
-        """A new L2 table whose every entry reads as zeros, written in one piece."""
-        words = array("Q", [0, zero_word] * self.l2n) if self.ext \
-            else array("Q", [zero_word] * self.l2n)
-        new = self.refs.alloc(1, zero=False)
-        self.pwrite(u64s_be(words), new)
-        self.l1[l1_index] = new | q.OFLAG_COPIED
-        self.pwrite((new | q.OFLAG_COPIED).to_bytes(8, "big"),
-                    self.meta.l1_table_offset + l1_index * 8)
+        """Grow the virtual size as qemu-img resize does (image/qcow2/resize.py)."""
+        from .resize import resize
+        resize(self, new_bytes)
 
     def reset_caches(self) -> None:
         """Forget cached tables after they were rewritten underneath (a repair)."""
