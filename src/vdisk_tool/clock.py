@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import random
-import secrets
 import time
 
 _SEEDED: dict[str, random.Random] = {}
@@ -53,14 +52,23 @@ def now() -> _dt.datetime:
 
 def randbits(k: int) -> int:
     rng = _rng()
-    return secrets.randbits(k) if rng is None else rng.getrandbits(k)
+    if rng is None:
+        import secrets  # loaded when first needed (start-up)
+        return secrets.randbits(k)
+    return rng.getrandbits(k)
 
 
 def randbelow(n: int) -> int:
     rng = _rng()
-    return secrets.randbelow(n) if rng is None else rng.randrange(n)
+    if rng is None:
+        import secrets
+        return secrets.randbelow(n)
+    return rng.randrange(n)
 
 
 def token_bytes(n: int) -> bytes:
     rng = _rng()
-    return secrets.token_bytes(n) if rng is None else rng.randbytes(n)
+    if rng is None:
+        import secrets
+        return secrets.token_bytes(n)
+    return rng.randbytes(n)

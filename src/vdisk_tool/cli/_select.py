@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 ONLY: tuple[str, ...] | None = None
+WORD: str | None = None     # the command word of the line (None: help, unknown, none)
 
 ROUTES = {
     "info": "vmdk", "map": "vmdk", "compare": "vmdk", "check": "vmdk", "create": "vmdk",
@@ -12,7 +13,10 @@ ROUTES = {
 
 
 def route(argv: list[str]) -> tuple[str, ...] | None:
-    """The module for the first command word; None (load all) for help or anything unknown."""
+    """The module for the first command word; None (load all) for help or anything unknown.
+    The word itself is kept in WORD."""
+    global WORD
+    WORD = None
     for arg in argv:
         if arg.startswith("-"):
             if arg in ("-h", "--help"):
@@ -21,5 +25,7 @@ def route(argv: list[str]) -> tuple[str, ...] | None:
                 return ()
             continue
         module = ROUTES.get(arg)
+        if module:
+            WORD = arg
         return (module,) if module else None
     return None

@@ -166,9 +166,22 @@ def load_groups(only: tuple[str, ...] | None = None) -> None:
         importlib.import_module(f".{name}", __package__)
 
 
+def keep_only(word: str | None) -> None:
+    """Build only the top-level command the line names (the others' parameters are never
+    looked at: start-up); groups and anything else stay as they are."""
+    if word is None:
+        return
+    named = [c for c in app.registered_commands
+             if (c.name or getattr(c.callback, "__name__", "").replace("_", "-")) == word]
+    if len(named) == 1:
+        app.registered_commands = named
+
+
 from . import _select  # noqa: E402
 
 load_groups(_select.ONLY)
+if _select.ONLY is not None:
+    keep_only(_select.WORD)
 
 
 def main() -> None:

@@ -277,14 +277,20 @@ def _write_raw(tmp: str, size_bytes: int, source: BlockDevice | None, progress: 
         fd = f.fileno()
         if source is not None:
             with _SourceFiles() as files:
+                writeback = hostio.Writeback(fd)
+
+                def note(done: int, total: int) -> None:
+                    writeback.upto(done)
+                    if progress:
+                        progress(done, total)
+
                 plan = _raw_plan(source, source_start, size_bytes, runs)
-                tasks = _copy_tasks(plan, files, source, source_start, fd, progress, size_bytes)
+                tasks = _copy_tasks(plan, files, source, source_start, fd, note, size_bytes)
                 workers = 1 if hostio.any_journal() else min(COPY_WORKERS,
                                                             parallel.default_workers())
                 for done in parallel.ordered_map(functools.partial(_copy_batch, fd), tasks,
                                                  workers, limit=2 * workers):
-                    if progress:
-                        progress(done, size_bytes)
+                    note(done, size_bytes)
         hostio.fsync(fd)
 
 

@@ -136,7 +136,7 @@ def grain_block(lba_sectors: int, data: bytes, level: int) -> bytes:
     return head + blob + bytes(-(len(head) + len(blob)) % SECTOR)
 
 
-def inflate_grain(blob: bytes, grain: int, grain_bytes: int, last_bytes: int, path: str,
+def inflate_grain(blob: bytes | memoryview, grain: int, grain_bytes: int, last_bytes: int, path: str,
                   offset: int) -> bytes:
     """The `grain_bytes` content of one compressed grain; `last_bytes` of them must be in
     the data (less only for the last grain of the capacity). Raises ImageError for data

@@ -223,7 +223,7 @@ class SparseExtent(ReopenableFile):
         self._gd = self._read_dir(self.geo.gd_offset_sectors)
         self._gts: OrderedDict[int, array] = OrderedDict()
         self._ahead: parallel.ReadAhead | None = None
-        self._span, self._span_at = b"", 0
+        self._span, self._span_at = memoryview(b""), 0
         self._grains = -(-self.size_bytes // self.geo.grain_bytes)
 
     # -- metadata -------------------------------------------------------------------------
@@ -355,18 +355,20 @@ class SparseExtent(ReopenableFile):
         except VdiskError:
             return None   # the reader meets the error itself if it gets there
 
-    def _span_read(self, length: int, offset: int, what: str) -> bytes:
+    def _span_read(self, length: int, offset: int, what: str) -> bytes | memoryview:
         """Like _pread_exact, served from one cached stretch of SPAN_BYTES: a stream's
-        grains lie one after another, so one read serves many markers and grains."""
+        grains lie one after another, so one read serves many markers and grains. What is
+        served from the stretch is a view of it, not a copy (the stretch lives as long as
+        a view of it does)."""
         lo = self._span_at
-        if lo <= offset and offset + length <= lo + len(self._span):
-            return self._span[offset - lo:offset - lo + length]
-        if length >= SPAN_BYTES:
-            return self._pread_exact(length, offset, what)
-        self._span = self._pread_exact(min(SPAN_BYTES, self.file_bytes - offset), offset, what) \
-            if offset + length <= self.file_bytes else self._pread_exact(length, offset, what)
-        self._span_at = offset
-        return self._span[:length]
+        if not (lo <= offset and offset + length <= lo + len(self._span)):
+            if length >= SPAN_BYTES:
+                return self._pread_exact(length, offset, what)
+            self._span = memoryview(
+                self._pread_exact(min(SPAN_BYTES, self.file_bytes - offset), offset, what)
+                if offset + length <= self.file_bytes else self._pread_exact(length, offset, what))
+            self._span_at = lo = offset
+        return self._span[offset - lo:offset - lo + length]
 
     def _unallocated(self, offset: int, length: int) -> bytes:
         if self.parent is not None:
