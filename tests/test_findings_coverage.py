@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -282,16 +283,33 @@ def _child(tmp: Path, base_size: str = "1M", child_size: str | None = None) -> P
     return child
 
 
-def _parent_cid_line(p: Path) -> bytes:
+def _replace_keeping_size(p: Path, old: bytes, new: bytes) -> None:
+    """Replace inside an embedded descriptor: a longer text takes its extra bytes from the
+    zero padding that follows the descriptor, so nothing after it moves."""
     data = p.read_bytes()
-    i = data.index(b"parentCID=")
-    return data[i:i + 18]
+    assert data.count(old) == 1, (p, old)
+    i = data.index(old)
+    grow = len(new) - len(old)
+    out = data[:i] + new + data[i + len(old):]
+    if grow > 0:
+        pad = out.index(b"\0" * grow, i + len(new))
+        out = out[:pad] + out[pad + grow:]
+    assert len(out) == len(data) or grow < 0
+    p.write_bytes(out)
+
+
+def _parent_cid_line(p: Path) -> bytes:
+    """The parentCID line without its newline (qemu writes the CID in as few hex digits
+    as it takes: 7 in one case of 16)."""
+    m = re.search(rb"parentCID=[0-9a-fA-F]+", p.read_bytes())
+    assert m is not None
+    return m.group(0)
 
 
 def test_parent_hint_orphan(tmp_path, runner):
     child = _child(tmp_path)
     assert _check(runner, child) == (0, {})
-    _replace(child, _parent_cid_line(child), b"parentCID=ffffffff")
+    _replace_keeping_size(child, _parent_cid_line(child), b"parentCID=ffffffff")
     rc, found = _check(runner, child)
     assert rc == 1 and set(found) == {"vmdk.parent-hint-orphan"}, found
 
