@@ -200,3 +200,29 @@ def test_find_zero_entry_of_every_width() -> None:
     blk[1] = 1                  # 16-bit entry 0 is 0x0001; a zero pair straddles 1..2
     blk[3] = 2
     assert q.refcount_find_zero(blk, 0, 4) == 2
+
+
+def test_a_cluster_in_use_with_refcount_0_is_never_handed_out(tmp_path: Path) -> None:
+    """qemu-io discards leave free clusters; then the refcount of a cluster in use (the
+    lowest data cluster) is set to 0 by hand. A write must not take that cluster: with
+    refcounts that miss a reference, new clusters go to the end of the file, and every
+    byte that was there reads back unchanged."""
+    qemu_io = need_tool("qemu-io")
+    img = tmp_path / "c.qcow2"
+    run(_img(), "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(img), "8M")
+    run(qemu_io, "-f", "qcow2", "-c", "write -P 0x61 0 64k", "-c", "write -P 0x62 1M 64k",
+        "-c", "discard 1M 64k", str(img))
+    data = bytearray(img.read_bytes())
+    cs = 4096
+    first = min(e["offset"] for e in _map(img) if e.get("data") and "offset" in e)
+    reft = struct.unpack_from(">Q", data, 48)[0]                 # refcount_table_offset
+    block = struct.unpack_from(">Q", data, reft)[0] & q.REFT_OFFSET_MASK
+    struct.pack_into(">H", data, block + 2 * (first // cs), 0)   # 16-bit refcounts
+    img.write_bytes(bytes(data))
+    model = tmp_path / "model.raw"
+    run(_img(), "convert", "-O", "raw", str(img), str(model))
+    size = img.stat().st_size
+    _write(img, model, [(4 << 20, b"\x63" * 8192)])
+    assert img.stat().st_size > size                               # appended, not reused
+    same(img, model)
+    assert to_raw(img, tmp_path / "after.raw").read_bytes()[:65536] == b"\x61" * 65536

@@ -26,6 +26,7 @@ from .create import create_image, like, new_cid
 from .disk import Disk, open_image
 from .journal import UndoJournal, journal_path, recover
 from .qcow2 import Qcow2Device
+from .qcow2.check import refcounts_cover_references
 from .qcow2.repair import rebuild_refcounts
 from .safe import TMP_MARK, Replacement, check_unlocked, clean_leftovers_for, create_temp
 from .vmdk.sparse import SparseExtent
@@ -113,8 +114,12 @@ def _edit_in_place(path: str, files: list[str], backup: str | None, dry_run: boo
         hostio.bind(journal)
         sparse = flagged_devices(disk)
         for dev in sparse:
-            if isinstance(dev, Qcow2Device) and dev.meta.dirty:
-                rebuild_refcounts(dev)   # as qemu does when it opens a dirty image to write
+            if isinstance(dev, Qcow2Device):
+                if dev.meta.dirty:
+                    rebuild_refcounts(dev)   # as qemu does when it opens a dirty image to write
+                    dev.refs.reuse = True
+                else:   # free clusters are reused only where the refcounts can be trusted
+                    dev.refs.reuse = refcounts_cover_references(dev)
         for ext in sparse:
             ext.mark_in_use(True)
         journal.flush()          # the journal exists and the flag is set before any change

@@ -54,6 +54,16 @@ def compare_refcounts(dev: Qcow2Device, s: Scan) -> tuple[list[int], list[int], 
     return leaked, corrupt, overflow
 
 
+def refcounts_cover_references(dev: Qcow2Device) -> bool:
+    """Whether no cluster has fewer references counted than it has (leaks are harmless):
+    only then may free clusters inside the file be reused."""
+    s = scan_references(dev)
+    if s.problems:
+        return False
+    _leaked, corrupt, overflow = compare_refcounts(dev, s)
+    return not corrupt and not overflow
+
+
 def copied_errors(dev: Qcow2Device, s: Scan) -> list[int]:
     """Host offsets of active L1/L2 entries whose COPIED flag disagrees with refcount == 1."""
     bad: list[int] = []

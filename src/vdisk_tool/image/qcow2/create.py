@@ -189,6 +189,7 @@ def write_qcow2(path: str, size_bytes: int, o: Qcow2Options, source=None,
     if source is None and o.preallocation == "off":
         return
     dev = Qcow2Device(path, writable=True)
+    dev.refs.reuse = True   # refcounts vdisk just wrote cover every reference
     try:
         if o.preallocation != "off":
             dev.preallocate(o.preallocation)

@@ -66,6 +66,11 @@ class Refcounts:
         self._blocks: dict[int, bytearray] = {}
         self.end = -(-host.file_bytes // self.cs) * self.cs
         self.hint = 0                    # where the search for free clusters starts
+        # Free clusters inside the file are taken only once the refcounts have been found
+        # to cover every reference (edit.py verifies them, a rebuild makes them so): a
+        # cluster in use whose refcount says 0 must never be handed out again. Until then
+        # new clusters go to the end of the file.
+        self.reuse = False
         self._reserved: tuple[int, int] = (0, 0)   # clusters taken, refcounts still to come
 
     # -- reading -----------------------------------------------------------------------------
@@ -143,7 +148,7 @@ class Refcounts:
         points past the run (qemu's alloc_clusters_noref: clusters skipped on the way
         are not looked at again until one is freed; past the end of the file every
         cluster is free)."""
-        ci = self._next_free(self.hint)
+        ci = self._next_free(self.hint if self.reuse else max(self.hint, self.end >> self.cb))
         while True:
             for k in range(1, n):
                 if self._next_free(ci + k) != ci + k:
