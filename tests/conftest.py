@@ -27,6 +27,10 @@ SLOW_MODULES = frozenset({
     # every command walked or run through the CLI: the interpreter makes no difference there
     "test_locks", "test_readme", "test_json_schema", "test_cli_shape", "test_completion",
     "test_fast",
+    # interop with the independent tools, whose time is theirs: once is enough
+    "test_ova", "test_boot_verify", "test_fat_interop", "test_qcow2_grow", "test_upgrade_trap",
+    "test_dump_cli", "test_quiet", "test_vmdk_detect", "test_qcow2_create", "test_sample_bundle",
+    "test_vhdx_read", "test_vhdx_check", "test_vhdx_child",
 })
 SLOW_TESTS = frozenset({
     "test_grow_every_subformat", "test_interrupted_edit_is_undone_by_check_repair",
