@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import need_tool, run, vdisk
+from conftest import need, need_tool, run, vdisk
 
 from vdisk_tool.formats import vmdk_descriptor as vd
 from vdisk_tool.formats import vmdk_sparse as vs
@@ -32,7 +32,11 @@ def _library(name: str):
     """The deflate library itself (not vdisk's wrapper), to judge what vdisk wrote."""
     if name == "zlib":
         return zlib
-    return pytest.importorskip("zlib_ng.zlib_ng")
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        need(False, "zlib-ng (pip install zlib-ng)")
+    return zlib_ng
 
 
 @pytest.fixture(params=["zlib", "zlib-ng"])
