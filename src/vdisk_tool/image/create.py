@@ -375,7 +375,7 @@ def _write_decoded(source: BlockDevice, start: int, length: int, fd: int, at: in
     if jobs is not None:
         def put(off: int, data: bytes) -> None:
             hostio.pwrite(fd, data, at + off)
-        workers = 1 if hostio.journalled(fd) else parallel.default_workers()
+        workers = 1 if hostio.any_journal() else parallel.default_workers()
         for done in parallel.write_decoded(jobs, put, workers):
             if progress:
                 progress(at + done, total)

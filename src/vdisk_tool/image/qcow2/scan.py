@@ -132,7 +132,8 @@ def _walk_bitmaps(dev: Qcow2Device, s: Scan, inc) -> None:
     """Persistent dirty bitmaps: the directory, each bitmap table and its data clusters."""
     assert dev.meta.bitmaps is not None
     count, off, nbytes = dev.meta.bitmaps
-    if not nbytes or nbytes > 64 << 20 or not inc(off, nbytes, META, "the bitmap directory"):
+    if not nbytes or nbytes > bitmaps.MAX_DIRECTORY_BYTES or \
+            not inc(off, nbytes, META, "the bitmap directory"):
         return
     for k, entry in enumerate(bitmaps.entries(dev.pread(nbytes, off), count)):
         t_off, t_size = entry.table_offset, entry.table_size

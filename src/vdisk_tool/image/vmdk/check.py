@@ -339,12 +339,12 @@ class _TableReader:
         self.window, self.at, self.next = b"", -1, -1
 
     def raw(self, sector: int) -> bytes:
-        """The table's bytes (the table must lie inside the file)."""
+        """The table's bytes (the caller has checked that the table lies inside the file)."""
         off = sector * SECTOR
         if not (self.at <= off and off + self.size <= self.at + len(self.window)):
             if off != self.next:   # not where the last table ended: read just this one
                 self.next = off + self.size
-                return self.ext.read_gt_at(sector).tobytes()
+                return self.ext.pread(self.size, off)
             self.window = self.ext.pread(max(self.size, min(self.WINDOW, self.ext.file_bytes - off)),
                                          off)
             self.at = off
